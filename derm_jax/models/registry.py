@@ -59,9 +59,18 @@ def _lookup(name: str):
   return _REGISTRY[name]
 
 
-def get_backbone(name: str, **kwargs: Any) -> nn.Module:
+def get_backbone(name: str, /, **kwargs: Any) -> nn.Module:
   return _lookup(name)[0](**kwargs)
 
 
-def backbone_info(name: str, **kwargs: Any) -> BackboneInfo:
+def backbone_info(name: str, /, **kwargs: Any) -> BackboneInfo:
   return _lookup(name)[1](**kwargs)
+
+
+def check_image_size(name: str, backbone_kwargs: dict, image_size: int) -> None:
+  """Raises ValueError naming the problem if backbone `name` cannot take `image_size` inputs."""
+  info = backbone_info(name, **backbone_kwargs)
+  if image_size < info.stride or image_size % info.stride:
+    raise ValueError(
+        f"config.image_size={image_size} cannot be used with backbone {name!r}: it must "
+        f"be a positive multiple of the backbone's total stride {info.stride}.")

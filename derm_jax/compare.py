@@ -1,0 +1,72 @@
+"""The study in one run: pretrain the VAE, train both arms under identical conditions, report.
+
+Layout of the workdir (read by derm_jax.report):
+  vae/                      the VAE run (unless config.vae_workdir points at one)
+  arms/<arm>/seed_<s>/      one classifier run per arm and seed
+  report.md, figures/       the comparison
+The arms' configs are built by `arm_config`, which changes nothing but `init.*`: the
+same data, splits, augmentation, backbone, head, optimiser, schedule, epochs and seed.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+
+from absl import logging
+from ml_collections import ConfigDict
+
+_ARM_INIT = {"vae": "vae", "imagenet": "imagenet", "scratch": "scratch"}
+
+
+def vae_stage_config(config) -> ConfigDict:
+  """The VAE config with the study's shared settings (data, size, augmentation, backbone)."""
+  c = copy.deepcopy(config.vae)
+  with c.unlocked():
+    c.data = copy.deepcopy(config.data)
+    c.image_size = config.image_size
+    c.aug = copy.deepcopy(config.aug)
+    c.model.backbone = config.backbone
+    c.model.backbone_kwargs = copy.deepcopy(config.backbone_kwargs)
+  return c
+
+
+def arm_config(config, arm: str, seed: int, vae_workdir: str) -> ConfigDict:
+  """Classifier config of one arm: identical for every arm except `init.*`."""
+  if arm not in _ARM_INIT:
+    raise ValueError(f"Unknown arm {arm!r}; choose from {sorted(_ARM_INIT)}.")
+  c = copy.deepcopy(config.classifier)
+  with c.unlocked():
+    c.data = copy.deepcopy(config.data)
+    c.image_size = config.image_size
+    c.aug = copy.deepcopy(config.aug)
+    c.model.backbone = config.backbone
+    c.model.backbone_kwargs = copy.deepcopy(config.backbone_kwargs)
+    c.seed = int(seed)
+    c.init.source = _ARM_INIT[arm]
+    c.init.vae_workdir = vae_workdir if arm == "vae" else ""
+    if arm != "imagenet":
+      c.init.imagenet_dir = ""
+  return c
+
+
+def run(config, workdir: str):
+  from derm_jax import report, train_classifier, train_vae
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, "config.json"), "w") as f:
+    f.write(config.to_json_best_effort(indent=2))
+  vae_workdir = config.vae_workdir
+  if "vae" in config.arms and not vae_workdir:
+    vae_workdir = os.path.join(workdir, "vae")
+    logging.info("Stage 1: VAE pretraining in %s", vae_workdir)
+    train_vae.train_and_evaluate(vae_stage_config(config), vae_workdir)
+  results = {}
+  for seed in config.seeds:
+    for arm in config.arms:
+      arm_dir = os.path.join(workdir, "arms", arm, f"seed_{seed}")
+      logging.info("Stage 2: arm %s, seed %d in %s", arm, seed, arm_dir)
+      results[(arm, seed)] = train_classifier.train_and_evaluate(
+          arm_config(config, arm, seed, vae_workdir), arm_dir)
+  path = report.write_report(workdir)
+  logging.info("Report written to %s", path)
+  return results

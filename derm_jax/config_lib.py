@@ -1,0 +1,51 @@
+"""Config building blocks shared by the files in configs/ (data, augmentation, optimiser, input).
+
+Each experiment file in configs/ starts from these defaults and sets what is specific to
+it; every field can be overridden on the command line (`--config.aug.flip=False`).
+"""
+
+from __future__ import annotations
+
+from ml_collections import ConfigDict
+
+
+def data() -> ConfigDict:
+  c = ConfigDict()
+  c.source = "embedded"  # 'embedded' (packaged subset) | 'npz' (local file) | 'download'
+  c.npz_path = ""        # for source='npz': an official MedMNIST dermamnist*.npz
+  c.size = 28            # MedMNIST resolution to download: 28, 64, 128 or 224
+  c.data_dir = ""        # where TFDS prepares ArrayRecords; '' = ~/tensorflow_datasets
+  return c
+
+
+def augmentation() -> ConfigDict:
+  """Dermoscopy augmentation (see derm_jax/data/augment.py)."""
+  c = ConfigDict()
+  c.flip = True
+  c.rot90 = True
+  c.color_jitter = 0.1
+  c.random_resized_crop = False
+  c.crop_scale = (0.7, 1.0)
+  c.crop_ratio = (0.75, 1.333)
+  return c
+
+
+def optimizer(lr: float, weight_decay: float) -> ConfigDict:
+  """AdamW + linear warm-up + cosine decay + gradient clipping (derm_jax/train/optim.py)."""
+  c = ConfigDict()
+  c.lr = lr
+  c.weight_decay = weight_decay
+  c.b1 = 0.9
+  c.b2 = 0.999
+  c.warmup_steps = 0       # > 0 overrides warmup_epochs
+  c.warmup_epochs = 1.0
+  c.grad_clip = 1.0        # global-norm clipping; 0 disables
+  c.end_lr_factor = 0.01   # final learning rate = lr * end_lr_factor
+  return c
+
+
+def input_options() -> ConfigDict:
+  c = ConfigDict()
+  c.num_threads = 2        # Grain reader threads
+  c.prefetch = 4           # batches prefetched
+  return c

@@ -1,0 +1,135 @@
+"""Grain input pipelines: sharded, seeded, resumable training batches and padded eval batches.
+
+Training: source -> this process's shard -> seeded global shuffle (reshuffled every
+epoch) -> repeat forever -> per-example augmentation (`augment.train_transform`, seeded
+by the element index) -> batches of `batch_size // process_count`. The whole pipeline is
+a `grain.MapDataset`, so an iterator's state is a single index: it is saved with every
+checkpoint and a resumed run sees exactly the batches an uninterrupted run would.
+
+Evaluation: every example exactly once, in order, the last batch padded and marked with
+`mask == 0` so metrics ignore the padding.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterator, Sequence
+
+import grain
+import jax
+import numpy as np
+
+from derm_jax.data import augment
+
+
+def _process_shard(ds: grain.MapDataset, index: int, count: int) -> grain.MapDataset:
+  """Equal-sized contiguous-stride shard of `ds` for process `index` of `count`."""
+  n = (len(ds) // count) * count
+  if n == 0:
+    raise ValueError(f"Dataset of {len(ds)} examples cannot be sharded over {count} processes.")
+  return ds[:n][index::count]
+
+
+def balanced_indices(labels: np.ndarray, seed: int, epoch: int) -> np.ndarray:
+  """One epoch of class-balanced sampling with replacement (each class equally likely)."""
+  labels = np.asarray(labels)
+  counts = np.bincount(labels)
+  weights = 1.0 / counts[labels]
+  rng = np.random.default_rng([seed, epoch])
+  return rng.choice(len(labels), size=len(labels), replace=True, p=weights / weights.sum())
+
+
+class _BalancedSource:
+  """Random-access, practically endless view: index i of epoch i // n is a class-balanced draw.
+
+  Its length is `n * max_epochs` (not `n`) because Grain reads a repeated dataset modulo
+  its length, which would lose the epoch number that seeds each epoch's draw.
+  """
+
+  def __init__(self, source, labels: np.ndarray, seed: int, max_epochs: int = 1_000_000):
+    self._source, self._labels, self._seed = source, np.asarray(labels), seed
+    self._max_epochs = max_epochs
+    self._cache: dict[int, np.ndarray] = {}
+
+  def __len__(self):
+    return len(self._labels) * self._max_epochs
+
+  def __getitem__(self, i: int):
+    n = len(self._labels)
+    epoch, j = divmod(int(i), n)
+    idx = self._cache.get(epoch)
+    if idx is None:
+      idx = balanced_indices(self._labels, self._seed, epoch)
+      self._cache = {epoch: idx}
+    return self._source[int(idx[j])]
+
+
+def train_dataset(source, *, global_batch_size: int, image_size: int, aug, seed: int,
+                  labels: Sequence[int] | None = None, balanced: bool = False,
+                  process_index: int | None = None,
+                  process_count: int | None = None) -> grain.MapDataset:
+  """Infinite, shuffled, augmented, batched training dataset for this process."""
+  process_index = jax.process_index() if process_index is None else process_index
+  process_count = jax.process_count() if process_count is None else process_count
+  if global_batch_size % process_count:
+    raise ValueError(f"batch_size={global_batch_size} is not divisible by the "
+                     f"{process_count} processes.")
+  local_batch = global_batch_size // process_count
+  if balanced:
+    if labels is None:
+      raise ValueError("Balanced sampling needs the labels of the training split.")
+    ds = grain.MapDataset.source(_BalancedSource(source, labels, seed))
+    ds = _process_shard(ds, process_index, process_count).seed(seed)
+  else:
+    ds = grain.MapDataset.source(source)
+    ds = _process_shard(ds, process_index, process_count).seed(seed).shuffle()
+  if len(ds) < local_batch:
+    raise ValueError(f"Training split has {len(ds)} examples per process, fewer than one "
+                     f"batch of {local_batch}.")
+  ds = ds.repeat(None)
+  ds = ds.random_map(
+      lambda ex, rng: augment.train_transform(ex, rng, image_size=image_size, aug=aug))
+  return ds.batch(local_batch, drop_remainder=True)
+
+
+def train_iterator(ds: grain.MapDataset, num_threads: int = 2, prefetch: int = 4):
+  """A checkpointable iterator (get_state/set_state) that prefetches in threads."""
+  read = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch)
+  return iter(ds.to_iter_dataset(read))
+
+
+def steps_per_epoch(num_examples: int, global_batch_size: int) -> int:
+  return max(1, num_examples // global_batch_size)
+
+
+def eval_batches(source, *, global_batch_size: int, image_size: int,
+                 process_index: int | None = None, process_count: int | None = None,
+                 num_threads: int = 2) -> Iterator[dict]:
+  """Yields padded batches {'image','label','mask'} covering this process's share once."""
+  process_index = jax.process_index() if process_index is None else process_index
+  process_count = jax.process_count() if process_count is None else process_count
+  local_batch = global_batch_size // process_count
+  n = len(source)
+  per_process = math.ceil(n / process_count)
+  num_batches = max(1, math.ceil(per_process / local_batch))
+  start = process_index * per_process
+  stop = min(n, start + per_process)
+  ds = grain.MapDataset.source(source)[start:stop].map(
+      lambda ex: augment.eval_transform(ex, image_size=image_size))
+  ds = ds.batch(local_batch, drop_remainder=False)
+  read = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=4)
+  it = iter(ds.to_iter_dataset(read)) if len(ds) else iter(())
+  for b in range(num_batches):
+    batch = next(it, None)
+    if batch is None:  # this process has run out: a fully padded batch keeps hosts in step
+      batch = {"image": np.zeros((0, image_size, image_size, 3), np.float32),
+               "label": np.zeros((0,), np.int32)}
+    k = batch["label"].shape[0]
+    mask = np.zeros((local_batch,), np.float32)
+    mask[:k] = 1.0
+    pad = local_batch - k
+    yield {
+        "image": np.pad(batch["image"], ((0, pad), (0, 0), (0, 0), (0, 0))),
+        "label": np.pad(batch["label"], (0, pad)),
+        "mask": mask,
+    }

@@ -1,0 +1,57 @@
+"""Command-line entry point: `python -m derm_jax.main --config=configs/X.py --workdir=DIR`.
+
+The config file decides what runs (`config.task`: 'vae', 'classify' or 'compare');
+`--mode=eval` restores a checkpoint (`--step`, default the latest) instead of training.
+Override any config field with `--config.some.field=value`; an unknown field is an error.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and outputs.")
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval"], "Train (resumes) or evaluate.")
+_STEP = flags.DEFINE_integer("step", None, "Checkpoint step for --mode=eval (default latest).")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def run(config, workdir: str, mode: str = "train", step: int | None = None):
+  task = config.get("task", "vae")
+  if task == "vae":
+    from derm_jax import train_vae
+    return (train_vae.train_and_evaluate(config, workdir) if mode == "train"
+            else train_vae.evaluate(config, workdir, step))
+  if task == "classify":
+    from derm_jax import train_classifier
+    return (train_classifier.train_and_evaluate(config, workdir) if mode == "train"
+            else train_classifier.evaluate(config, workdir, step))
+  if task == "compare":
+    from derm_jax import compare
+    if mode != "train":
+      raise ValueError("--mode=eval is per arm: evaluate DIR/arms/<arm>/seed_<s> with "
+                       "python -m derm_jax.evaluate.")
+    return compare.run(config, workdir)
+  raise ValueError(f"Unknown config.task={task!r}; expected 'vae', 'classify' or 'compare'.")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  logging.get_absl_handler().use_absl_log_file = False
+  workdir = os.path.abspath(os.path.expanduser(_WORKDIR.value))
+  try:
+    run(_CONFIG.value, workdir, _MODE.value, _STEP.value)
+  except (ValueError, FileNotFoundError, FloatingPointError, KeyError) as e:
+    logging.error("%s: %s", type(e).__name__, e)
+    print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
+    sys.exit(1)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,266 @@
+"""Classification metrics in pure numpy (no jax): accuracy, balanced accuracy, macro-F1, macro AUC.
+
+Used by the training/evaluation loops (per-epoch train/val metrics, test metrics), by
+the majority-class baseline and by the overfitting-gap bookkeeping of the comparison.
+Everything returned is JSON-safe: Python floats/ints/lists, and `None` where a number
+is undefined (never numpy scalars, never NaN).
+
+Conventions (each one matches scikit-learn, which the tests check against):
+  * prediction = argmax of `probs` (ties -> the lowest class index, like `np.argmax`);
+  * balanced_accuracy = mean recall over the classes present in `labels`
+    (`sklearn.metrics.balanced_accuracy_score`);
+  * macro_f1 = unweighted mean over ALL `num_classes` classes of
+    F1_k = 2 TP / (2 TP + FP + FN), with F1_k = 0 when the denominator is 0, i.e. a
+    class that is neither present nor predicted counts as 0
+    (`f1_score(labels=range(K), average='macro', zero_division=0)`);
+  * macro_auc = one-vs-rest AUC per class, computed exactly as the Mann-Whitney U
+    statistic with tied scores counting 1/2, averaged over the classes that have both
+    positives and negatives in `labels` (`roc_auc_score(multi_class='ovr',
+    average='macro')` when every class is present; sklearn returns NaN otherwise,
+    we skip the undefined classes). `None` if no class qualifies.
+  * per_class_recall[k] = None for a class absent from `labels`;
+  * confusion_matrix[i][j] = number of examples of true class i predicted as j.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+  "confusion_matrix",
+  "binary_auc",
+  "classification_metrics",
+  "majority_baseline",
+  "overfitting_gap",
+  "MetricsAccumulator",
+  "to_jsonable",
+]
+
+
+def to_jsonable(obj: Any) -> Any:
+  """Recursively converts numpy scalars/arrays to Python types and NaN/inf to None."""
+  if isinstance(obj, dict):
+    return {str(k): to_jsonable(v) for k, v in obj.items()}
+  if isinstance(obj, (list, tuple)):
+    return [to_jsonable(v) for v in obj]
+  if isinstance(obj, np.ndarray):
+    return to_jsonable(obj.tolist())
+  if isinstance(obj, (bool, np.bool_)):
+    return bool(obj)
+  if isinstance(obj, (int, np.integer)):
+    return int(obj)
+  if isinstance(obj, (float, np.floating)):
+    x = float(obj)
+    return x if math.isfinite(x) else None
+  return obj
+
+
+def _check_inputs(labels: Any, probs: Any, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+  labels = np.asarray(labels)
+  probs = np.asarray(probs, dtype=np.float64)
+  if labels.ndim != 1:
+    raise ValueError(f"labels must be 1-D (N,), got shape {labels.shape}")
+  if probs.ndim != 2 or probs.shape != (labels.shape[0], num_classes):
+    raise ValueError(f"probs must have shape (N, K) = ({labels.shape[0]}, {num_classes}), got {probs.shape}")
+  if labels.size and not np.issubdtype(labels.dtype, np.integer):
+    if not np.all(labels == np.round(labels)):
+      raise ValueError("labels must be integers")
+  labels = labels.astype(np.int64)
+  if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+    raise ValueError(f"labels must lie in [0, {num_classes}), got range [{labels.min()}, {labels.max()}]")
+  return labels, probs
+
+
+def confusion_matrix(labels: Any, preds: Any, num_classes: int) -> np.ndarray:
+  """(K, K) int64 counts; rows = true class, columns = predicted class."""
+  labels = np.asarray(labels, dtype=np.int64)
+  preds = np.asarray(preds, dtype=np.int64)
+  cm = np.zeros((num_classes, num_classes), dtype=np.int64)
+  np.add.at(cm, (labels, preds), 1)
+  return cm
+
+
+def _average_ranks(x: np.ndarray) -> np.ndarray:
+  """1-based ranks of `x`, tied values sharing the average of their ranks."""
+  _, inverse, counts = np.unique(x, return_inverse=True, return_counts=True)
+  starts = np.cumsum(counts) - counts  # 0-based rank of the first element of each tie group
+  avg_rank = starts + (counts + 1) / 2.0
+  return avg_rank[inverse.reshape(-1)]
+
+
+def binary_auc(is_positive: Any, scores: Any) -> float | None:
+  """Exact ROC AUC = P(score_pos > score_neg) + 0.5 P(tie), via the Mann-Whitney U.
+
+  Returns None when there are no positives or no negatives.
+  """
+  pos = np.asarray(is_positive, dtype=bool)
+  scores = np.asarray(scores, dtype=np.float64)
+  n_pos = int(pos.sum())
+  n_neg = int(pos.size - n_pos)
+  if n_pos == 0 or n_neg == 0:
+    return None
+  ranks = _average_ranks(scores)
+  u = ranks[pos].sum() - n_pos * (n_pos + 1) / 2.0
+  return float(u / (n_pos * n_neg))
+
+
+def classification_metrics(labels: Any, probs: Any, num_classes: int,
+                           loss: float | None = None) -> dict[str, Any]:
+  """All classification metrics of (N,) integer labels vs (N, K) class probabilities.
+
+  Returns a JSON-safe dict with keys accuracy, balanced_accuracy, macro_f1, macro_auc,
+  per_class_recall (K entries, None for absent classes), per_class_f1, support (K true
+  counts), confusion_matrix (K x K), num_examples, and loss (float) when `loss` is given.
+  Undefined numbers (e.g. everything on an empty input) are None.
+  """
+  labels, probs = _check_inputs(labels, probs, num_classes)
+  n = int(labels.shape[0])
+  preds = np.argmax(probs, axis=1) if n else np.zeros((0,), np.int64)
+  cm = confusion_matrix(labels, preds, num_classes)
+  tp = np.diag(cm).astype(np.float64)
+  support = cm.sum(axis=1).astype(np.float64)   # true counts
+  predicted = cm.sum(axis=0).astype(np.float64)  # predicted counts
+  fp = predicted - tp
+  fn = support - tp
+
+  present = support > 0
+  recall = np.full(num_classes, np.nan)
+  recall[present] = tp[present] / support[present]
+  denom = 2 * tp + fp + fn
+  f1 = np.where(denom > 0, 2 * tp / np.where(denom > 0, denom, 1.0), 0.0)
+
+  aucs = [binary_auc(labels == k, probs[:, k]) for k in range(num_classes)]
+  valid_aucs = [a for a in aucs if a is not None]
+
+  out: dict[str, Any] = {
+    "accuracy": float(tp.sum() / n) if n else None,
+    "balanced_accuracy": float(recall[present].mean()) if present.any() else None,
+    "macro_f1": float(f1.mean()) if n else None,
+    "macro_auc": float(np.mean(valid_aucs)) if valid_aucs else None,
+    "per_class_recall": recall,
+    "per_class_f1": f1,
+    "support": support.astype(np.int64),
+    "confusion_matrix": cm,
+    "num_examples": n,
+  }
+  if loss is not None:
+    out["loss"] = float(loss)
+  return to_jsonable(out)
+
+
+def majority_baseline(train_labels: Any, eval_labels: Any, num_classes: int) -> dict[str, Any]:
+  """Scores of always predicting the most frequent TRAIN class on `eval_labels`.
+
+  Ties between equally frequent classes go to the lowest index. A constant score gives
+  every one-vs-rest AUC exactly 0.5, so macro_auc = 0.5.
+  Returns {accuracy, balanced_accuracy, macro_f1, macro_auc, majority_class}.
+  """
+  train_labels = np.asarray(train_labels, dtype=np.int64)
+  eval_labels = np.asarray(eval_labels, dtype=np.int64)
+  if train_labels.size == 0:
+    raise ValueError("majority_baseline needs at least one training label")
+  majority = int(np.argmax(np.bincount(train_labels, minlength=num_classes)))
+  probs = np.zeros((eval_labels.shape[0], num_classes))
+  probs[:, majority] = 1.0
+  m = classification_metrics(eval_labels, probs, num_classes)
+  return {
+    "accuracy": m["accuracy"],
+    "balanced_accuracy": m["balanced_accuracy"],
+    "macro_f1": m["macro_f1"],
+    "macro_auc": 0.5,
+    "majority_class": majority,
+  }
+
+
+def overfitting_gap(train: dict[str, Any], val: dict[str, Any]) -> dict[str, float | None]:
+  """Train-validation gaps; both are positive when the model overfits.
+
+  'gap/accuracy' = train accuracy - val accuracy; 'gap/loss' = val loss - train loss.
+  A gap is None when either side lacks (or has None for) the needed key.
+  """
+  def diff(a: Any, b: Any) -> float | None:
+    if a is None or b is None:
+      return None
+    d = float(a) - float(b)
+    return d if math.isfinite(d) else None
+
+  return {
+    "gap/accuracy": diff(train.get("accuracy"), val.get("accuracy")),
+    "gap/loss": diff(val.get("loss"), train.get("loss")),
+  }
+
+
+class MetricsAccumulator:
+  """Collects (labels, probs, per-example loss) batch by batch, on the host, in numpy.
+
+  Usage:
+    acc = MetricsAccumulator(num_classes=7)
+    for batch in ...:
+      acc.update(labels, probs, losses=per_example_loss, mask=is_real_example)
+    metrics = acc.result()   # classification_metrics(...), 'loss' = mean over kept examples
+
+  `mask` (optional, (B,) bool/0-1) drops padded examples. Either every update passes
+  `losses` (shape (B,)) or none does; the reported loss is the mean over all kept examples.
+  Inputs may be jax arrays (they are converted with np.asarray, which waits for them).
+  """
+
+  def __init__(self, num_classes: int):
+    self.num_classes = int(num_classes)
+    self.reset()
+
+  def reset(self) -> None:
+    self._labels: list[np.ndarray] = []
+    self._probs: list[np.ndarray] = []
+    self._losses: list[np.ndarray] = []
+    self._has_loss: bool | None = None
+
+  @property
+  def count(self) -> int:
+    """Number of (unmasked) examples collected so far."""
+    return int(sum(x.shape[0] for x in self._labels))
+
+  def update(self, labels: Any, probs: Any, losses: Any | None = None, mask: Any | None = None) -> None:
+    labels = np.asarray(labels).reshape(-1)
+    probs = np.asarray(probs, dtype=np.float64)
+    b = labels.shape[0]
+    if probs.shape != (b, self.num_classes):
+      raise ValueError(f"probs must have shape ({b}, {self.num_classes}), got {probs.shape}")
+    has_loss = losses is not None
+    if self._has_loss is None:
+      self._has_loss = has_loss
+    elif self._has_loss != has_loss:
+      raise ValueError("pass per-example losses either in every update or in none")
+    if has_loss:
+      losses = np.asarray(losses, dtype=np.float64)
+      if losses.shape != (b,):
+        raise ValueError(f"losses must be per-example with shape ({b},), got {losses.shape}")
+    if mask is not None:
+      mask = np.asarray(mask).reshape(-1).astype(bool)
+      if mask.shape != (b,):
+        raise ValueError(f"mask must have shape ({b},), got {mask.shape}")
+      labels, probs = labels[mask], probs[mask]
+      if has_loss:
+        losses = losses[mask]
+    self._labels.append(labels.astype(np.int64))
+    self._probs.append(probs)
+    if has_loss:
+      self._losses.append(losses)
+
+  def result(self) -> dict[str, Any]:
+    if self._labels:
+      labels = np.concatenate(self._labels)
+      probs = np.concatenate(self._probs)
+    else:
+      labels = np.zeros((0,), np.int64)
+      probs = np.zeros((0, self.num_classes))
+    loss = None
+    if self._has_loss:
+      all_losses = np.concatenate(self._losses)
+      loss = float(all_losses.mean()) if all_losses.size else None
+    out = classification_metrics(labels, probs, self.num_classes)
+    if self._has_loss:
+      out["loss"] = loss
+    return out

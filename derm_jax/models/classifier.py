@@ -1,0 +1,25 @@
+"""The paper's "identical classifier": the same head on top of any registered backbone.
+
+head = global average pool -> Dense(hidden) -> GELU -> Dropout -> Dense(num_classes).
+Backbone and head are separate modules with separate parameter trees, so a frozen
+backbone is applied outside differentiation: no backward pass through it and no
+optimiser state for it (see train_classifier.py). Change the head with `config.head.*`.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+
+
+class ClassifierHead(nn.Module):
+  num_classes: int
+  hidden: int = 256
+  dropout: float = 0.3
+
+  @nn.compact
+  def __call__(self, feats, train: bool):
+    x = feats.mean(axis=(1, 2)) if feats.ndim == 4 else feats
+    x = nn.Dense(self.hidden, name="hidden")(x)
+    x = nn.gelu(x)
+    x = nn.Dropout(self.dropout, deterministic=not train)(x)
+    return nn.Dense(self.num_classes, name="logits")(x)

@@ -1,0 +1,104 @@
+"""The VAE of the self-supervised arm: backbone encoder -> Gaussian posterior -> decoder -> image.
+
+encoder  any registered backbone (`config.model.backbone`, e.g. ConvNeXt or
+         EfficientNet-Lite) -> global average pool -> Dense to the mean and log-variance
+         of a `config.model.latent_dim`-dimensional diagonal Gaussian posterior q(z|x).
+decoder  Dense(z) -> a (S/2^n)x(S/2^n) grid -> n blocks of [nearest 2x upsample,
+         3x3 conv, GroupNorm, GELU] with `config.model.decoder_widths` channels -> 3x3
+         conv -> sigmoid: the mean of p(x|z) for images in [0, 1].
+After pretraining, the backbone's parameters (`params['encoder']['backbone_net']`) are what
+the classifier reuses as a feature extractor.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from derm_jax.models import registry
+
+
+class Encoder(nn.Module):
+  backbone: str
+  backbone_kwargs: dict[str, Any]
+  latent_dim: int
+
+  def setup(self):
+    # Assigned in setup, so its parameters live under params['encoder']['backbone_net'].
+    self.backbone_net = registry.get_backbone(self.backbone, **self.backbone_kwargs)
+    self.posterior = nn.Dense(2 * self.latent_dim)
+
+  def __call__(self, x, train: bool):
+    feats = self.backbone_net(x, train=train)
+    pooled = feats.mean(axis=(1, 2))
+    stats = self.posterior(pooled)
+    mean, logvar = jnp.split(stats, 2, axis=-1)
+    return mean, logvar
+
+
+class Decoder(nn.Module):
+  image_size: int
+  widths: Sequence[int]
+  out_channels: int = 3
+
+  @nn.compact
+  def __call__(self, z):
+    n_up = len(self.widths)
+    start = self.image_size // 2**n_up
+    x = nn.Dense(start * start * self.widths[0], name="project")(z)
+    x = nn.gelu(x.reshape(z.shape[0], start, start, self.widths[0]))
+    for i, w in enumerate(self.widths):
+      b, h, wd, c = x.shape
+      x = jax.image.resize(x, (b, 2 * h, 2 * wd, c), method="nearest")
+      x = nn.Conv(w, (3, 3), name=f"up{i}_conv")(x)
+      x = nn.GroupNorm(num_groups=min(8, w), name=f"up{i}_norm")(x)
+      x = nn.gelu(x)
+    x = nn.Conv(self.out_channels, (3, 3), name="out_conv")(x)
+    return nn.sigmoid(x)
+
+
+class VAE(nn.Module):
+  backbone: str
+  backbone_kwargs: dict[str, Any]
+  latent_dim: int
+  image_size: int
+  decoder_widths: Sequence[int]
+
+  def setup(self):
+    self.encoder = Encoder(self.backbone, dict(self.backbone_kwargs), self.latent_dim)
+    self.decoder = Decoder(self.image_size, tuple(self.decoder_widths))
+
+  def __call__(self, x, rng, train: bool):
+    """Returns (reconstruction mean, posterior mean, posterior log-variance)."""
+    mean, logvar = self.encoder(x, train)
+    z = mean + jnp.exp(0.5 * logvar) * jax.random.normal(rng, mean.shape, mean.dtype)
+    return self.decoder(z), mean, logvar
+
+  def encode(self, x, train: bool = False):
+    return self.encoder(x, train)
+
+  def decode(self, z):
+    return self.decoder(z)
+
+
+def check_image_size(image_size: int, backbone: str, backbone_kwargs: dict,
+                     decoder_widths: Sequence[int]) -> None:
+  """Raises ValueError naming the problem if the VAE cannot take `image_size` inputs."""
+  registry.check_image_size(backbone, backbone_kwargs, image_size)
+  up = 2 ** len(decoder_widths)
+  if image_size % up:
+    raise ValueError(
+        f"config.image_size={image_size} is not divisible by 2**len(decoder_widths)={up} "
+        f"(the decoder upsamples {len(decoder_widths)} times).")
+
+
+def create_vae(model_config, image_size: int) -> VAE:
+  check_image_size(image_size, model_config.backbone, dict(model_config.backbone_kwargs),
+                   model_config.decoder_widths)
+  return VAE(backbone=model_config.backbone,
+             backbone_kwargs=dict(model_config.backbone_kwargs),
+             latent_dim=model_config.latent_dim, image_size=image_size,
+             decoder_widths=tuple(model_config.decoder_widths))

@@ -1,0 +1,1 @@
+"""Training infrastructure shared by the VAE and classifier trainers (mesh, optimiser, checkpoints, logging)."""

@@ -1,0 +1,98 @@
+"""Run outputs: TensorBoard event files (tensorboardX: no TensorFlow needed), a plain
+`metrics.jsonl` (one JSON object per eval), PNG images, and a progress line with step
+rate and ETA.
+
+clu.metric_writers would pull in TensorFlow (see NOTES.md), so this module writes the
+same three things directly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import numpy as np
+from absl import logging
+
+
+class MetricWriter:
+  """Writes scalars to TensorBoard and to metrics.jsonl, images to TensorBoard and PNG."""
+
+  def __init__(self, workdir: str, enabled: bool = True):
+    self.workdir = workdir
+    self.enabled = enabled
+    self._tb = None
+    if enabled:
+      from tensorboardX import SummaryWriter
+      self._tb = SummaryWriter(logdir=os.path.join(workdir, "tensorboard"))
+    self.jsonl_path = os.path.join(workdir, "metrics.jsonl")
+
+  def truncate_after(self, step: int) -> None:
+    """Drops metrics.jsonl rows written after `step` (left by a run killed before its next
+    checkpoint), so a resumed run's file has each eval once."""
+    if not (self.enabled and os.path.exists(self.jsonl_path)):
+      return
+    with open(self.jsonl_path) as f:
+      rows = [line for line in f if line.strip()]
+    keep = [r for r in rows if json.loads(r).get("step", 0) <= step]
+    if len(keep) != len(rows):
+      with open(self.jsonl_path, "w") as f:
+        f.writelines(keep)
+
+  def write_scalars(self, step: int, scalars: dict, jsonl: bool = False, **extra) -> None:
+    if not self.enabled:
+      return
+    clean = {k: float(v) for k, v in scalars.items()}
+    for k, v in clean.items():
+      self._tb.add_scalar(k, v, step)
+    if jsonl:
+      with open(self.jsonl_path, "a") as f:
+        f.write(json.dumps({"step": int(step), **extra, **clean}) + "\n")
+
+  def write_image(self, step: int, tag: str, image: np.ndarray) -> None:
+    """image: (H, W, 3) float in [0, 1]."""
+    if self.enabled:
+      self._tb.add_image(tag, np.clip(image, 0, 1), step, dataformats="HWC")
+
+  def flush(self):
+    if self._tb is not None:
+      self._tb.flush()
+
+  def close(self):
+    if self._tb is not None:
+      self._tb.close()
+
+
+def _fmt_duration(seconds: float) -> str:
+  seconds = int(max(seconds, 0))
+  h, rem = divmod(seconds, 3600)
+  m, s = divmod(rem, 60)
+  return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
+
+
+class Progress:
+  """Logs `step i/N (p%) | x steps/s, y img/s | ETA` every `every` steps."""
+
+  def __init__(self, total_steps: int, start_step: int, batch_size: int, every: int):
+    self.total, self.batch, self.every = total_steps, batch_size, max(1, every)
+    self._t0, self._s0 = time.monotonic(), start_step
+    self._first_step_seen = False
+
+  def restart_clock(self, step: int) -> None:
+    """Start timing after the first (compiling) step so rates reflect steady state."""
+    self._t0, self._s0 = time.monotonic(), step
+
+  def __call__(self, step: int, scalars: dict | None = None) -> None:
+    if step % self.every and step != self.total:
+      return
+    dt = time.monotonic() - self._t0
+    done = step - self._s0
+    rate = done / dt if dt > 0 and done > 0 else float("nan")
+    eta = (self.total - step) / rate if rate == rate and rate > 0 else float("nan")
+    msg = (f"step {step}/{self.total} ({100 * step / self.total:.1f}%) | "
+           f"{rate:.2f} steps/s, {rate * self.batch:.1f} img/s | "
+           f"ETA {_fmt_duration(eta) if eta == eta else '?'}")
+    if scalars:
+      msg += " | " + ", ".join(f"{k}={float(v):.4g}" for k, v in scalars.items())
+    logging.info(msg)
