@@ -1,0 +1,11 @@
+"""The error type raised for bad or missing input data (files, archives, CSVs, images)."""
+
+from __future__ import annotations
+
+
+class DataError(ValueError):
+  """A data file is missing, unreadable or not in the expected layout.
+
+  The message always names the offending file (and row or key where that applies) and
+  says what is wrong with it.
+  """
