@@ -90,7 +90,7 @@ def train_step(state: TrainState, batch, *, model, tx, loss_config, base_rng):
                             opt_state=opt_state)
   metrics = TrainMetrics.single_from_model_output(
       loss=loss, recon=per_image["recon"], kl=per_image["kl"], elbo=per_image["elbo"],
-      grad_norm=optax.global_norm(grads))
+      grad_norm=optax.tree.norm(grads))
   return new_state, metrics
 
 
@@ -178,10 +178,10 @@ def _write_images(b, state, source, config, writer, workdir, step):
   writer.write_image(step, "samples", np.concatenate(list(samples), 1))
 
 
-def _check_finite(step: int, loss) -> None:
-  if not np.isfinite(float(loss)):
+def _check_finite(step: int, loss_plus_grad_norm) -> None:
+  if not np.isfinite(float(loss_plus_grad_norm)):
     raise FloatingPointError(
-        f"Non-finite training loss ({float(loss)}) at step {step}; stopping. The last "
+        f"Non-finite training loss or gradient at step {step}; stopping. The last "
         f"checkpoint (before step {step}) is kept; lower the learning rate or enable "
         f"gradient clipping (config.optimizer.grad_clip).")
 
@@ -219,41 +219,43 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
                config.batch_size, jax.device_count())
 
   # 4. Loop.
-  progress = outputs.Progress(total_steps, start, config.batch_size, config.log_every_steps)
-  eval_every = max(1, int(config.eval_every_epochs * spe))
-  ckpt_every = config.checkpoint_every_steps or spe
-  train_metrics, prev = None, None
-  last_eval: dict[str, float] = {}
-  for step in range(start + 1, total_steps + 1):
-    batch = mesh_lib.shard_batch(next(train_iter), mesh)
-    state, m = b["p_train"](state, batch)
-    if prev is not None:  # check the previous step while this one runs
-      _check_finite(step - 1, prev)
-    prev = m.loss.total
-    train_metrics = m if train_metrics is None else train_metrics.merge(m)
-    if step == start + 1:
-      progress.restart_clock(step)
-    is_last = step == total_steps
-    if step % config.log_every_steps == 0 or is_last:
-      scalars = {f"train/{k}": v for k, v in train_metrics.compute().items()}
-      _check_finite(step, prev)
-      writer.write_scalars(step, scalars)
-      progress(step, {"loss": scalars["train/loss"], "elbo": scalars["train/elbo"]})
-      train_metrics = None
-    if step % eval_every == 0 or is_last:
-      _check_finite(step, prev)
-      last_eval = {f"val/{k}": v for k, v in
-                   run_eval(b["p_eval"], state, sources["val"], config, mesh).items()}
-      writer.write_scalars(step, last_eval, jsonl=True, epoch=round(step / spe, 3))
-      logging.info("step %d | %s", step, ", ".join(f"{k}={v:.4f}" for k, v in last_eval.items()))
-      if is_main:
-        _write_images(b, state, sources["val"], config, writer, workdir, step)
-      writer.flush()
-    if step % ckpt_every == 0 or is_last:
-      _check_finite(step, prev)
-      ckpt.save(step, state, train_iter)
-  ckpt.close()
-  writer.close()
+  try:
+    progress = outputs.Progress(total_steps, start, config.batch_size, config.log_every_steps)
+    eval_every = max(1, int(config.eval_every_epochs * spe))
+    ckpt_every = config.checkpoint_every_steps or spe
+    train_metrics, prev = None, None
+    last_eval: dict[str, float] = {}
+    for step in range(start + 1, total_steps + 1):
+      batch = mesh_lib.shard_batch(next(train_iter), mesh)
+      state, m = b["p_train"](state, batch)
+      if prev is not None:  # check the previous step while this one runs
+        _check_finite(step - 1, prev)
+      prev = m.loss.total + m.grad_norm.total  # non-finite if either is
+      train_metrics = m if train_metrics is None else train_metrics.merge(m)
+      if step == start + 1:
+        progress.restart_clock(step)
+      is_last = step == total_steps
+      if step % config.log_every_steps == 0 or is_last:
+        scalars = {f"train/{k}": v for k, v in train_metrics.compute().items()}
+        _check_finite(step, prev)
+        writer.write_scalars(step, scalars)
+        progress(step, {"loss": scalars["train/loss"], "elbo": scalars["train/elbo"]})
+        train_metrics = None
+      if step % eval_every == 0 or is_last:
+        _check_finite(step, prev)
+        last_eval = {f"val/{k}": v for k, v in
+                     run_eval(b["p_eval"], state, sources["val"], config, mesh).items()}
+        writer.write_scalars(step, last_eval, jsonl=True, epoch=round(step / spe, 3))
+        logging.info("step %d | %s", step, ", ".join(f"{k}={v:.4f}" for k, v in last_eval.items()))
+        if is_main:
+          _write_images(b, state, sources["val"], config, writer, workdir, step)
+        writer.flush()
+      if step % ckpt_every == 0 or is_last:
+        _check_finite(step, prev)
+        ckpt.save(step, state, train_iter)
+  finally:  # also on errors: finish pending saves, keep the last good checkpoint
+    ckpt.close()
+    writer.close()
   if start >= total_steps:
     logging.info("Checkpoint at step %d already completes the %d-step run.", start, total_steps)
   return last_eval

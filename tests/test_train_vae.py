@@ -1,0 +1,182 @@
+"""End-to-end tests of VAE pretraining: learning on real data, outputs, resume after kill -9,
+1 vs 8 devices, eval mode, bad inputs, and the paper preset compiling and stepping."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from conftest import REPO, TINY_VAE, run_main, tiny_vae_config
+
+
+def _final_params(workdir, step=None):
+  from derm_jax.train import checkpoint
+  s, tree = checkpoint.restore_state_tree(os.path.join(workdir, "checkpoints"), step)
+  return s, tree["params"]
+
+
+def _assert_trees_equal(a, b):
+  import jax
+  la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
+  assert len(la) == len(lb)
+  for x, y in zip(la, lb):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_vae_learns_on_real_data_and_writes_outputs(data_dir, tmp_path):
+  from derm_jax import train_vae
+  c = tiny_vae_config(data_dir)
+  c.num_epochs = 4
+  workdir = str(tmp_path / "run")
+  train_vae.train_and_evaluate(c, workdir)
+  rows = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
+  assert len(rows) == 4
+  # The validation ELBO (higher is better) improves substantially over training.
+  assert rows[-1]["val/elbo"] > rows[0]["val/elbo"] + 100, rows
+  assert rows[-1]["val/mse"] < rows[0]["val/mse"]
+  for name in ("recon.png", "samples.png", "config.json"):
+    assert os.path.exists(os.path.join(workdir, name)), name
+  from PIL import Image
+  recon = Image.open(os.path.join(workdir, "recon.png"))
+  # Two rows (inputs above reconstructions) of 4 images of 32 px with 2 px padding.
+  assert recon.size == (4 * 32 + 5 * 2, 2 * 32 + 3 * 2)
+  assert any(f.startswith("events.out.tfevents")
+             for f in os.listdir(os.path.join(workdir, "tensorboard")))
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints")))[-1] == str(4 * (1700 // 16))
+
+
+def test_kill_and_resume_equals_uninterrupted_run(data_dir, tmp_path):
+  args = [f"--config={TINY_VAE}", f"--config.data.data_dir={data_dir}",
+          "--config.total_steps=24", "--config.checkpoint_every_steps=4",
+          "--config.eval_every_epochs=1000"]
+  full = str(tmp_path / "full")
+  r = run_main([*args, f"--workdir={full}"])
+  assert r.returncode == 0, r.stderr[-3000:]
+
+  killed = str(tmp_path / "killed")
+  cmd = [sys.executable, "-m", "derm_jax.main", *args, f"--workdir={killed}"]
+  proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  ckpts = os.path.join(killed, "checkpoints")
+  deadline = time.time() + 300
+  while time.time() < deadline:  # kill -9 as soon as the step-8 checkpoint is complete
+    if os.path.isdir(os.path.join(ckpts, "8")):
+      break
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  steps = [int(d) for d in os.listdir(ckpts) if d.isdigit()]
+  assert steps and max(steps) < 24, steps  # really interrupted
+  r = run_main([*args, f"--workdir={killed}"])
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert "Resuming from checkpoint" in r.stderr
+  s1, p1 = _final_params(full)
+  s2, p2 = _final_params(killed)
+  assert s1 == s2 == 24
+  _assert_trees_equal(p1, p2)
+
+
+def _losses(workdir):
+  rows = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
+  return rows
+
+
+def test_eight_devices_match_one(data_dir, tmp_path):
+  args = [f"--config={TINY_VAE}", f"--config.data.data_dir={data_dir}",
+          "--config.total_steps=6", "--config.eval_every_epochs=1000"]
+  one, eight = str(tmp_path / "one"), str(tmp_path / "eight")
+  r1 = run_main([*args, f"--workdir={one}"],
+                env_extra={"XLA_FLAGS": "--xla_force_host_platform_device_count=1"})
+  r8 = run_main([*args, f"--workdir={eight}"],
+                env_extra={"XLA_FLAGS": "--xla_force_host_platform_device_count=8"})
+  assert r1.returncode == 0, r1.stderr[-3000:]
+  assert r8.returncode == 0, r8.stderr[-3000:]
+  assert "on 8 devices" in r8.stderr and "on 1 devices" in r1.stderr
+  m1, m8 = _losses(one)[-1], _losses(eight)[-1]
+  for k in ("val/elbo", "val/recon", "val/kl"):
+    np.testing.assert_allclose(m8[k], m1[k], rtol=2e-4, err_msg=k)
+  _, p1 = _final_params(one)
+  _, p8 = _final_params(eight)
+  import jax
+  for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p8)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-3, atol=1e-5)
+
+
+def test_eval_mode_reports_val_and_test(data_dir, tmp_path):
+  workdir = str(tmp_path / "run")
+  base = [f"--config={TINY_VAE}", f"--config.data.data_dir={data_dir}",
+          "--config.total_steps=4", f"--workdir={workdir}"]
+  assert run_main(base).returncode == 0
+  r = run_main([*base, "--mode=eval", "--step=4"])
+  assert r.returncode == 0, r.stderr[-3000:]
+  result = json.load(open(os.path.join(workdir, "eval_step4.json")))
+  for split in ("val", "test"):
+    for k in ("elbo", "recon", "kl"):
+      assert np.isfinite(result[f"{split}/{k}"])
+  r = run_main([*base, "--mode=eval", "--step=3"])
+  assert r.returncode != 0 and "No checkpoint for step 3" in r.stderr
+
+
+@pytest.mark.parametrize("override,message", [
+    ("--config.model.no_such_field=1", "no_such_field"),
+    ("--config.image_size=48", "config.image_size=48"),
+    ("--config.data.source=npz", "npz"),
+])
+def test_bad_config_is_a_clear_error_and_writes_nothing(data_dir, tmp_path, override, message):
+  workdir = tmp_path / "run"
+  r = run_main([f"--config={TINY_VAE}", f"--config.data.data_dir={data_dir}", override,
+                f"--workdir={workdir}"])
+  assert r.returncode != 0
+  assert message in r.stderr
+  assert not (workdir / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("content", [None, b"this is not an npz file"])
+def test_missing_or_corrupt_npz_is_a_clear_error(data_dir, tmp_path, content):
+  npz = tmp_path / "dermamnist.npz"
+  if content is not None:
+    npz.write_bytes(content)
+  workdir = tmp_path / "run"
+  r = run_main([f"--config={TINY_VAE}", f"--config.data.data_dir={tmp_path / 'tfds'}",
+                "--config.data.source=npz", f"--config.data.npz_path={npz}",
+                f"--workdir={workdir}"])
+  assert r.returncode != 0
+  assert str(npz) in r.stderr and "Traceback" not in r.stderr
+  assert not (workdir / "checkpoints").exists()
+
+
+def test_non_finite_loss_stops_naming_the_step_and_keeps_last_checkpoint(data_dir, tmp_path):
+  from derm_jax import train_vae
+  c = tiny_vae_config(data_dir)
+  c.total_steps = 40
+  c.checkpoint_every_steps = 1
+  c.eval_every_epochs = 1000
+  c.optimizer.grad_clip = 0.0
+  c.optimizer.warmup_steps = 10  # step 1 trains at lr 0, then the lr explodes
+  c.optimizer.lr = 1e12
+  workdir = str(tmp_path / "run")
+  with pytest.raises(FloatingPointError, match=r"at step (\d+)") as e:
+    train_vae.train_and_evaluate(c, workdir)
+  bad_step = int(e.value.args[0].split("at step ")[1].split(";")[0])
+  from derm_jax.train import checkpoint
+  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), read_only=True)
+  assert ckpt.latest_step() is not None and ckpt.latest_step() < bad_step
+  _, tree = checkpoint.restore_state_tree(os.path.join(workdir, "checkpoints"))
+  import jax
+  assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(tree["params"]))
+
+
+@pytest.mark.slow
+def test_paper_preset_builds_compiles_and_steps(data_dir, tmp_path):
+  r = run_main(["--config=configs/vae.py:paper", f"--workdir={tmp_path / 'paper'}",
+                "--config.data.source=embedded", f"--config.data.data_dir={data_dir}",
+                "--config.batch_size=2", "--config.eval_batch_size=2", "--config.total_steps=2",
+                "--config.log_every_steps=1", "--config.eval_every_epochs=1000",
+                "--config.num_image_samples=2"])
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert "convnext_tiny" in open(tmp_path / "paper" / "config.json").read()
+  assert "step 2/2" in r.stderr
