@@ -69,15 +69,22 @@ class Checkpointer:
 
 
 def restore_state_tree(directory: str, step: int | None = None) -> tuple[int, dict]:
-  """Restores the raw 'state' pytree (nested dicts of arrays) of a run's checkpoint, without
-  needing the model that wrote it. Used to take a pretrained VAE's encoder."""
+  """Restores the raw 'state' pytree (nested dicts of arrays on one local device) of a
+  run's checkpoint, without the model that wrote it and whatever mesh it was saved from.
+  Used to take a pretrained VAE's encoder."""
   if not os.path.isdir(directory):
     raise FileNotFoundError(f"No checkpoint directory {directory!r}.")
   mngr = ocp.CheckpointManager(os.path.abspath(directory),
-                               options=ocp.CheckpointManagerOptions(read_only=True))
-  step = mngr.latest_step() if step is None else step
-  if step is None:
-    raise FileNotFoundError(f"No checkpoint found in {directory!r}.")
-  restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
-  mngr.close()
+                               options=ocp.CheckpointManagerOptions(read_only=True),
+                               item_handlers={"state": ocp.StandardCheckpointHandler()})
+  try:
+    step = mngr.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f"No checkpoint found in {directory!r}.")
+    sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding),
+                          mngr.item_metadata(step)["state"])
+    restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
+  finally:
+    mngr.close()
   return step, restored["state"]
