@@ -13,7 +13,9 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 
 def make_mesh() -> Mesh:
-  return jax.make_mesh((jax.device_count(),), ("data",))
+  # Auto axes: XLA propagates shardings (jax.make_mesh defaults to Explicit in new JAX).
+  return jax.make_mesh((jax.device_count(),), ("data",),
+                       axis_types=(jax.sharding.AxisType.Auto,))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

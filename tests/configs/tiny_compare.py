@@ -1,0 +1,23 @@
+"""The whole study in miniature for the test suite: configs/compare.py at 32 px, few steps."""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "configs"))
+import compare  # noqa: E402
+
+
+def get_config(arg=None):
+  c = compare.get_config()
+  c.image_size = 32
+  c.vae.total_steps = 12
+  c.vae.batch_size = 16
+  c.vae.log_every_steps = 4
+  c.vae.model.latent_dim = 16
+  c.vae.model.decoder_widths = (32, 16)
+  c.vae.num_image_samples = 4
+  c.classifier.batch_size = 50
+  c.classifier.eval_batch_size = 100
+  c.classifier.num_epochs = 2
+  c.classifier.log_every_steps = 10
+  return c

@@ -1,0 +1,152 @@
+"""The study's classifier stage: frozen backbone, identical arms, end-to-end compare, evaluate."""
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import REPO, run_main
+
+TINY_CLASSIFY = os.path.join(REPO, "tests", "configs", "tiny_classify.py")
+TINY_COMPARE = os.path.join(REPO, "tests", "configs", "tiny_compare.py")
+ISIC = os.path.join(REPO, "tests", "data", "isic2018_sample")
+
+
+def _load(name):
+  import importlib.util
+  spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "tests", "configs",
+                                                                   f"{name}.py"))
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  return mod.get_config()
+
+
+def _flatten(d, prefix=""):
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out.update(_flatten(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = v
+  return out
+
+
+def test_arm_configs_differ_only_in_backbone_initialisation():
+  from derm_jax import compare
+  c = _load("tiny_compare")
+  a = _flatten(compare.arm_config(c, "vae", 3, "/some/vae").to_dict())
+  b = _flatten(compare.arm_config(c, "imagenet", 3, "/some/vae").to_dict())
+  assert a.keys() == b.keys()
+  diff = {k for k in a if a[k] != b[k]}
+  assert diff and all(k.startswith("init.") for k in diff), diff
+  assert a["seed"] == b["seed"] == 3
+  assert a["model.backbone"] == b["model.backbone"] == c.backbone
+  # The VAE stage pretrains exactly the encoder architecture the classifier uses.
+  v = compare.vae_stage_config(c)
+  assert v.model.backbone == a["model.backbone"] and v.image_size == a["image_size"]
+
+
+def test_frozen_backbone_is_bit_for_bit_unchanged_and_has_no_optimizer_state(data_dir, tmp_path):
+  from derm_jax import train_classifier
+  from derm_jax.train import checkpoint
+  c = _load("tiny_classify")
+  c.data.data_dir = data_dir
+  c.num_epochs = 1
+  workdir = str(tmp_path / "run")
+  result = train_classifier.train_and_evaluate(c, workdir)
+  assert 0 <= result["accuracy"] <= 1
+  backbone = train_classifier.create_models(c)[0]
+  start = train_classifier.init_backbone_variables(c, backbone, workdir, jax.random.key(0))
+  _, tree = checkpoint.restore_state_tree(os.path.join(workdir, "checkpoints"))
+  for col, where in (("params", tree["frozen"]["backbone"]),
+                     ("batch_stats", tree["batch_stats"]["backbone"])):
+    la, lb = jax.tree.leaves(start[col]), jax.tree.leaves(where)
+    assert len(la) == len(lb) > 0
+    for x, y in zip(la, lb):
+      np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  assert set(tree["params"]) == {"head"}
+  head_size = sum(x.size for x in jax.tree.leaves(tree["params"]))
+  opt_size = sum(np.asarray(x).size for x in jax.tree.leaves(tree["opt_state"]))
+  assert opt_size < 2 * head_size + 10  # Adam moments of the head only
+  # The ImageNet initialisation really is the converted ImageNet model.
+  from derm_jax.convert import store
+  _, imagenet = store.load_pretrained(os.path.join(workdir, "imagenet_efficientnet_lite0"))
+  np.testing.assert_array_equal(np.asarray(imagenet["params"]["conv_stem"]["kernel"]),
+                                np.asarray(tree["frozen"]["backbone"]["conv_stem"]["kernel"]))
+
+
+def test_finetuned_backbone_moves(data_dir, tmp_path):
+  from derm_jax import train_classifier
+  from derm_jax.train import checkpoint
+  c = _load("tiny_classify")
+  c.data.data_dir = data_dir
+  c.num_epochs = 1
+  c.init.source = "scratch"
+  c.freeze_backbone = False
+  c.class_weighted_loss = True
+  c.balanced_sampling = True
+  workdir = str(tmp_path / "ft")
+  train_classifier.train_and_evaluate(c, workdir)
+  backbone = train_classifier.create_models(c)[0]
+  start = train_classifier.init_backbone_variables(c, backbone, workdir,
+                                                   jax.random.split(jax.random.key(0), 3)[0])
+  _, tree = checkpoint.restore_state_tree(os.path.join(workdir, "checkpoints"))
+  assert set(tree["params"]) == {"head", "backbone"}
+  moved = [not np.array_equal(np.asarray(a), np.asarray(b)) for a, b in
+           zip(jax.tree.leaves(start["params"]), jax.tree.leaves(tree["params"]["backbone"]))]
+  assert all(moved)
+
+
+def test_balanced_sampling_and_class_weights():
+  from derm_jax import train_classifier
+  from derm_jax.data import input_pipeline
+  labels = np.array([0] * 90 + [1] * 9 + [2] * 1)
+  idx = np.concatenate([input_pipeline.balanced_indices(labels, 0, e) for e in range(50)])
+  frac = np.bincount(labels[idx], minlength=3) / len(idx)
+  np.testing.assert_allclose(frac, [1 / 3] * 3, atol=0.03)
+  c = _load("tiny_classify")
+  c.class_weighted_loss = True
+  w = train_classifier.class_weights_for(c, np.array([0, 0, 0, 1, 5, 5]))
+  # n / (K * n_c) for present classes, 0 for absent ones.
+  np.testing.assert_allclose(w, [6 / 21, 6 / 7, 0, 0, 0, 6 / 14, 0], rtol=1e-6)
+
+
+@pytest.mark.slow
+def test_compare_end_to_end_then_evaluate_outside_data(data_dir, tmp_path):
+  workdir = tmp_path / "study"
+  r = run_main([f"--config={TINY_COMPARE}", f"--config.data.data_dir={data_dir}",
+                f"--workdir={workdir}"])
+  assert r.returncode == 0, r.stderr[-4000:]
+  for arm in ("vae", "imagenet"):
+    d = workdir / "arms" / arm / "seed_0"
+    rows = [json.loads(l) for l in open(d / "metrics.jsonl")]
+    assert [r_["epoch"] for r_ in rows] == [1, 2]
+    for k in ("train/balanced_accuracy", "val/macro_auc", "gap/accuracy", "gap/loss"):
+      assert k in rows[-1]
+    test = json.load(open(d / "test_metrics.json"))
+    assert len(test["confusion_matrix"]) == 7 and "majority_baseline" in test
+    cfg = json.load(open(d / "config.json"))
+    assert cfg["init"]["source"] == arm
+  report = (workdir / "report.md").read_text()
+  assert "vae" in report and "imagenet" in report
+  assert (workdir / "figures" / "gap.png").exists()
+
+  arm_dir = workdir / "arms" / "imagenet" / "seed_0"
+  out = tmp_path / "isic_eval"
+  import subprocess, sys
+  cmd = [sys.executable, "-m", "derm_jax.evaluate", f"--workdir={arm_dir}",
+         f"--isic_images={ISIC}/ISIC2018_Task3_Training_Input",
+         f"--isic_csv={ISIC}/ISIC2018_Task3_Training_GroundTruth.csv", f"--out={out}"]
+  r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert r.returncode == 0, r.stderr[-3000:]
+  m = json.load(open(out / "metrics.json"))
+  assert sum(map(sum, m["confusion_matrix"])) == 14
+  assert (out / "confusion.png").exists()
+  bad = tmp_path / "bad.csv"
+  bad.write_text("image,MEL,NV,BCC,AKIEC,BKL,DF,VASC\nISIC_9999999,1,0,0,0,0,0,0\n")
+  r = subprocess.run([*cmd[:-2], f"--isic_csv={bad}", f"--out={tmp_path / 'bad_out'}"],
+                     cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert r.returncode != 0 and "ISIC_9999999" in r.stderr
+  assert not (tmp_path / "bad_out").exists()
