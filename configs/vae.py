@@ -27,7 +27,7 @@ def get_config(arg: str | None = None) -> ConfigDict:
   c.model.backbone = "convnext_nano_cpu"   # any name in derm_jax.models.registry.available()
   c.model.backbone_kwargs = ConfigDict()
   c.model.latent_dim = 128
-  c.model.decoder_widths = (128, 96, 64, 32)  # one 2x upsampling block each
+  c.model.decoder_widths = (128, 64, 32, 16)  # one 2x upsampling block each
 
   c.loss = ConfigDict()
   c.loss.recon = "gaussian"    # 'gaussian' (MSE) or 'l1'

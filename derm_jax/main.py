@@ -18,6 +18,9 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config fil
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and outputs.")
 _MODE = flags.DEFINE_enum("mode", "train", ["train", "eval"], "Train (resumes) or evaluate.")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step for --mode=eval (default latest).")
+_DISTRIBUTED = flags.DEFINE_bool(
+    "jax_distributed", False, "Call jax.distributed.initialize() first (multi-host GPU/TPU "
+    "jobs; on Cloud TPU pods the coordinator is found automatically).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -44,6 +47,9 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   logging.get_absl_handler().use_absl_log_file = False
+  if _DISTRIBUTED.value:
+    import jax
+    jax.distributed.initialize()
   workdir = os.path.abspath(os.path.expanduser(_WORKDIR.value))
   try:
     run(_CONFIG.value, workdir, _MODE.value, _STEP.value)

@@ -158,20 +158,23 @@ def run_eval(p_eval, state, source, config, mesh) -> dict[str, float]:
   return {k: float(v) for k, v in acc.compute().items()}
 
 
-def _write_images(b, state, source, config, writer, workdir, step):
+def _write_images(b, state, source, config, writer, workdir, step, is_main: bool):
+  """Reconstruction grid (inputs above reconstructions) and prior samples, as PNG + TensorBoard.
+
+  Every process runs the computation (the state is a global array); process 0 writes."""
   n = config.num_image_samples
   batch = next(input_pipeline.eval_batches(source, global_batch_size=n,
                                            image_size=config.image_size,
                                            process_index=0, process_count=1))
-  x = batch["image"]
-  recon, samples = b["p_images"](state, jnp.asarray(x),
-                                 jax.random.fold_in(b["base_rng"], 2**30 + 1))
-  recon, samples = np.asarray(recon), np.asarray(samples)
+  x = jax.make_array_from_process_local_data(mesh_lib.replicated(b["mesh"]), batch["image"])
+  recon, samples = b["p_images"](state, x, jax.random.fold_in(b["base_rng"], 2**30 + 1))
+  if not is_main:
+    return
+  x, recon, samples = np.asarray(x), np.asarray(recon), np.asarray(samples)
   img_dir = os.path.join(workdir, "images")
   os.makedirs(img_dir, exist_ok=True)
   for name, rows in (("recon", [x, recon]), ("samples", [samples])):
-    path = os.path.join(img_dir, f"{name}_{step:07d}.png")
-    plots.save_image_grid(rows, path)
+    plots.save_image_grid(rows, os.path.join(img_dir, f"{name}_{step:07d}.png"))
     plots.save_image_grid(rows, os.path.join(workdir, f"{name}.png"))
   writer.write_image(step, "recon", np.concatenate([np.concatenate(list(x), 1),
                                                     np.concatenate(list(recon), 1)], 0))
@@ -247,8 +250,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
                      run_eval(b["p_eval"], state, sources["val"], config, mesh).items()}
         writer.write_scalars(step, last_eval, jsonl=True, epoch=round(step / spe, 3))
         logging.info("step %d | %s", step, ", ".join(f"{k}={v:.4f}" for k, v in last_eval.items()))
-        if is_main:
-          _write_images(b, state, sources["val"], config, writer, workdir, step)
+        _write_images(b, state, sources["val"], config, writer, workdir, step, is_main)
         writer.flush()
       if step % ckpt_every == 0 or is_last:
         _check_finite(step, prev)

@@ -1,0 +1,105 @@
+"""Training throughput benchmark (not a test): device-resident steps vs the real Grain pipeline.
+
+  python benchmarks/bench_train.py --config=configs/vae.py
+  python benchmarks/bench_train.py --config=configs/vae.py:paper --config.batch_size=8
+  python benchmarks/bench_train.py --config=configs/classify.py --config.freeze_backbone=False \
+      --config.init.source=scratch --config.image_size=224 --config.batch_size=32
+      (the same train step as ../shared/perf/torch_ref.py --model effnet_lite0)
+For the config's model and batch it prints, as a table and one JSON line:
+  (a) train-step images/s with one batch already on the device,
+  (b) end-to-end training images/s pulling every batch through the Grain pipeline,
+      (b)/(a) shows whether the input pipeline keeps up,
+  (c) achieved GFLOP/s: XLA's cost-analysis FLOPs of the compiled step / step time.
+Data: the config's data source (the embedded subset by default; nothing is downloaded).
+"""
+
+import json
+import statistics
+import sys
+import time
+
+import jax
+from absl import app, flags
+from ml_collections import config_flags
+
+from derm_jax.data import dermamnist, input_pipeline
+from derm_jax.train import mesh as mesh_lib
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config.")
+_STEPS = flags.DEFINE_integer("steps", 20, "Timed steps per measurement.")
+_WARMUP = flags.DEFINE_integer("warmup", 3, "Untimed steps (compilation) first.")
+_REPEATS = flags.DEFINE_integer("repeats", 3, "Measurements of each kind; the median is kept.")
+
+
+def _build(config):
+  """Jitted train step, initial state and train iterator for a VAE or classifier config."""
+  source = dermamnist.get_data_source(config.data, "train")
+  if config.task == "vae":
+    from derm_jax import train_vae
+    b = train_vae._build(config, len(source))
+    labels, balanced = None, False
+  elif config.task == "classify":
+    from derm_jax import train_classifier
+    labels = dermamnist.labels(config.data, "train")
+    b = train_classifier._build(config, "/tmp/derm_jax_bench", labels)
+    balanced = config.balanced_sampling
+  else:
+    raise ValueError(f"Benchmark needs a 'vae' or 'classify' config, got {config.task!r}.")
+  ds = input_pipeline.train_dataset(source, global_batch_size=config.batch_size,
+                                    image_size=config.image_size, aug=config.aug,
+                                    seed=config.seed, labels=labels, balanced=balanced)
+  it = input_pipeline.train_iterator(ds, config.input.num_threads, config.input.prefetch)
+  return b, it
+
+
+def _time_steps(step_fn, state, get_batch, n):
+  t0 = time.perf_counter()
+  for _ in range(n):
+    state, out = step_fn(state, get_batch())
+  jax.block_until_ready((state, out))
+  return state, time.perf_counter() - t0
+
+
+def main(argv):
+  del argv
+  config = _CONFIG.value
+  b, it = _build(config)
+  mesh, step_fn, state = b["mesh"], b["p_train"], b["state"]
+  batch = mesh_lib.shard_batch(next(it), mesh)
+  compiled = step_fn.lower(state, batch).compile()
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  flops = float(cost.get("flops", float("nan")))
+  fixed = lambda: batch  # noqa: E731
+  fresh = lambda: mesh_lib.shard_batch(next(it), mesh)  # noqa: E731
+  state, _ = _time_steps(step_fn, state, fresh, _WARMUP.value)
+  resident, e2e = [], []
+  for _ in range(_REPEATS.value):  # interleaved, so drift of the machine hits both alike
+    state, t = _time_steps(step_fn, state, fixed, _STEPS.value)
+    resident.append(_STEPS.value * config.batch_size / t)
+    state, t = _time_steps(step_fn, state, fresh, _STEPS.value)
+    e2e.append(_STEPS.value * config.batch_size / t)
+  a, e = statistics.median(resident), statistics.median(e2e)
+  gflops = flops * a / config.batch_size / 1e9
+  name = (config.model.backbone if config.task == "classify" else
+          f"vae[{config.model.backbone}]")
+  result = dict(task=config.task, model=name, image_size=config.image_size,
+                batch_size=config.batch_size, devices=jax.device_count(),
+                backend=jax.default_backend(), step_gflop=flops / 1e9,
+                resident_img_s=round(a, 2), end_to_end_img_s=round(e, 2),
+                pipeline_ratio=round(e / a, 3), achieved_gflop_s=round(gflops, 1))
+  print(f"\n{name} @ {config.image_size}px, batch {config.batch_size}, "
+        f"{jax.device_count()} {jax.default_backend()} device(s)")
+  print(f"  (a) device-resident train step : {a:8.1f} images/s  (runs: "
+        f"{', '.join(f'{x:.1f}' for x in resident)})")
+  print(f"  (b) end-to-end with Grain      : {e:8.1f} images/s  (runs: "
+        f"{', '.join(f'{x:.1f}' for x in e2e)})  = {100 * e / a:.1f}% of (a)")
+  print(f"  (c) XLA cost analysis          : {flops / 1e9:8.2f} GFLOP/step -> "
+        f"{gflops:.1f} GFLOP/s achieved")
+  print("RESULT " + json.dumps(result))
+  sys.stdout.flush()
+
+
+if __name__ == "__main__":
+  flags.mark_flag_as_required("config")
+  app.run(main)
