@@ -70,8 +70,8 @@ def main(argv):
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   flops = float(cost.get("flops", float("nan")))
-  fixed = lambda: batch  # noqa: E731
-  fresh = lambda: mesh_lib.shard_batch(next(it), mesh)  # noqa: E731
+  fixed = lambda: batch
+  fresh = lambda: mesh_lib.shard_batch(next(it), mesh)
   state, _ = _time_steps(step_fn, state, fresh, _WARMUP.value)
   resident, e2e = [], []
   for _ in range(_REPEATS.value):  # interleaved, so drift of the machine hits both alike

@@ -11,16 +11,16 @@ Shared settings (data, image size, augmentation, backbone) live at the top level
 copied into both stages.
 """
 
-import sys
 import os
+import sys
 
 from ml_collections import ConfigDict
 
 sys.path.insert(0, os.path.dirname(__file__))
-import classify as classify_config  # noqa: E402
-import vae as vae_config  # noqa: E402
+import classify as classify_config
+import vae as vae_config
 
-from derm_jax import config_lib  # noqa: E402
+from derm_jax import config_lib
 
 
 def get_config(arg: str | None = None) -> ConfigDict:

@@ -30,12 +30,12 @@ from typing import Any
 import numpy as np
 
 __all__ = [
-  "confusion_matrix",
+  "MetricsAccumulator",
   "binary_auc",
   "classification_metrics",
+  "confusion_matrix",
   "majority_baseline",
   "overfitting_gap",
-  "MetricsAccumulator",
   "to_jsonable",
 ]
 

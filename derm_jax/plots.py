@@ -12,16 +12,17 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from PIL import Image  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+from PIL import Image
 
-__all__ = ["save_confusion_matrix", "save_curves", "save_image_grid", "aggregate_histories"]
+__all__ = ["aggregate_histories", "save_confusion_matrix", "save_curves", "save_image_grid"]
 
 _LINESTYLES = ["-", "--", ":", "-."]
 

@@ -30,14 +30,15 @@ import math
 import os
 import re
 import sys
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
 from derm_jax import plots
 from derm_jax.metrics import overfitting_gap
 
-__all__ = ["ReportError", "ArmRuns", "SeedRun", "load_compare_dir", "summarize", "write_report", "main"]
+__all__ = ["ArmRuns", "ReportError", "SeedRun", "load_compare_dir", "main", "summarize", "write_report"]
 
 # Numbers reported in the paper's abstract (see shared NOTES.md). Accuracies in %.
 PAPER = {

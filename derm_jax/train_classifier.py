@@ -22,10 +22,13 @@ import optax
 from absl import logging
 from jax.experimental import multihost_utils
 
-from derm_jax import metrics as metrics_lib, plots
+from derm_jax import metrics as metrics_lib
+from derm_jax import plots
 from derm_jax.data import dermamnist, input_pipeline
-from derm_jax.models import classifier as classifier_lib, registry
-from derm_jax.train import checkpoint, mesh as mesh_lib, optim, outputs
+from derm_jax.models import classifier as classifier_lib
+from derm_jax.models import registry
+from derm_jax.train import checkpoint, optim, outputs
+from derm_jax.train import mesh as mesh_lib
 
 
 class ClsState(flax.struct.PyTreeNode):

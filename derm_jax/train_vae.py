@@ -25,7 +25,8 @@ from clu import parameter_overview
 from derm_jax import losses, plots
 from derm_jax.data import dermamnist, input_pipeline
 from derm_jax.models import vae as vae_lib
-from derm_jax.train import checkpoint, mesh as mesh_lib, optim, outputs
+from derm_jax.train import checkpoint, optim, outputs
+from derm_jax.train import mesh as mesh_lib
 
 
 class TrainState(flax.struct.PyTreeNode):

@@ -14,8 +14,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def data_dir(tmp_path_factory):
   """A TFDS data_dir with the embedded subset prepared once for all tests."""
   d = str(tmp_path_factory.mktemp("tfds"))
-  from derm_jax.data import dermamnist
   from derm_jax import config_lib
+  from derm_jax.data import dermamnist
   cfg = config_lib.data()
   cfg.data_dir = d
   dermamnist.get_data_source(cfg, "train")

@@ -6,7 +6,6 @@ import os
 import jax
 import numpy as np
 import pytest
-
 from conftest import REPO, run_main
 
 TINY_CLASSIFY = os.path.join(REPO, "tests", "configs", "tiny_classify.py")
@@ -135,7 +134,8 @@ def test_compare_end_to_end_then_evaluate_outside_data(data_dir, tmp_path):
 
   arm_dir = workdir / "arms" / "imagenet" / "seed_0"
   out = tmp_path / "isic_eval"
-  import subprocess, sys
+  import subprocess
+  import sys
   cmd = [sys.executable, "-m", "derm_jax.evaluate", f"--workdir={arm_dir}",
          f"--isic_images={ISIC}/ISIC2018_Task3_Training_Input",
          f"--isic_csv={ISIC}/ISIC2018_Task3_Training_GroundTruth.csv", f"--out={out}"]

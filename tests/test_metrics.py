@@ -9,8 +9,13 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from derm_jax.metrics import (MetricsAccumulator, binary_auc, classification_metrics, majority_baseline,
-                              overfitting_gap)
+from derm_jax.metrics import (
+  MetricsAccumulator,
+  binary_auc,
+  classification_metrics,
+  majority_baseline,
+  overfitting_gap,
+)
 
 # A 3-class example small enough to check on paper.
 #   row  label  probs            pred

@@ -10,7 +10,6 @@ import time
 
 import numpy as np
 import pytest
-
 from conftest import REPO, TINY_VAE, run_main, tiny_vae_config
 
 

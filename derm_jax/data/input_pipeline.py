@@ -13,7 +13,7 @@ Evaluation: every example exactly once, in order, the last batch padded and mark
 from __future__ import annotations
 
 import math
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import grain
 import jax

@@ -10,7 +10,7 @@ one parameter layout: `kernel` of shape (kh, kw, 1, C), as `nn.Conv` with
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import flax.linen as nn
 import jax

@@ -16,7 +16,8 @@ Change the backbone of an experiment with `config.model.backbone` (and
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 

@@ -12,7 +12,8 @@ the classifier reuses as a feature extractor.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax

@@ -9,6 +9,7 @@ same three things directly.
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 
@@ -89,10 +90,10 @@ class Progress:
     dt = time.monotonic() - self._t0
     done = step - self._s0
     rate = done / dt if dt > 0 and done > 0 else float("nan")
-    eta = (self.total - step) / rate if rate == rate and rate > 0 else float("nan")
+    eta = (self.total - step) / rate if math.isfinite(rate) and rate > 0 else float("nan")
     msg = (f"step {step}/{self.total} ({100 * step / self.total:.1f}%) | "
            f"{rate:.2f} steps/s, {rate * self.batch:.1f} img/s | "
-           f"ETA {_fmt_duration(eta) if eta == eta else '?'}")
+           f"ETA {_fmt_duration(eta) if math.isfinite(eta) else '?'}")
     if scalars:
       msg += " | " + ", ".join(f"{k}={float(v):.4g}" for k, v in scalars.items())
     logging.info(msg)

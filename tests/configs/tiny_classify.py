@@ -4,7 +4,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "configs"))
-import classify  # noqa: E402
+import classify
 
 
 def get_config(arg=None):

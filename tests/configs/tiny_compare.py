@@ -4,7 +4,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "configs"))
-import compare  # noqa: E402
+import compare
 
 
 def get_config(arg=None):
