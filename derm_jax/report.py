@@ -67,7 +67,9 @@ REFERENCES = [
 ]
 
 _CONFIG_FIELDS = {
-  "dataset": ["dataset", "dataset_name", "data_name", "tfds_name"],
+  "dataset": ["data.source", "dataset", "dataset_name", "data_name", "tfds_name"],
+  "init": ["init.source"],
+  "frozen backbone": ["freeze_backbone"],
   "backbone": ["backbone", "backbone_name", "encoder", "arch", "architecture"],
   "image size": ["image_size", "img_size", "resolution", "input_size"],
   "epochs (configured)": ["epochs", "num_epochs", "train_epochs", "classifier_epochs"],
@@ -290,6 +292,10 @@ def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
 
 def _config_field(flat: dict[str, Any], names: Sequence[str]) -> Any:
   for name in names:
+    if "." in name:  # an exact dotted path
+      if name in flat:
+        return flat[name]
+      continue
     hits = [k for k in flat if k.split(".")[-1] == name]
     if hits:
       hits.sort(key=lambda k: (k.count("."), k))  # shallowest first

@@ -107,10 +107,15 @@ def _imagenet_backbone(config, workdir: str) -> dict:
   return variables
 
 
+def random_backbone_variables(backbone, image_size: int, rng) -> dict:
+  """Randomly initialised backbone variables (jitted: eager init of a CNN is slow on CPU)."""
+  x = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
+  init = jax.jit(functools.partial(backbone.init, train=False))
+  return jax.tree.map(np.asarray, dict(init({"params": rng, "dropout": rng}, x)))
+
+
 def init_backbone_variables(config, backbone, workdir: str, rng) -> dict:
-  x = jnp.zeros((1, config.image_size, config.image_size, 3), jnp.float32)
-  target = jax.tree.map(np.asarray, dict(backbone.init({"params": rng, "dropout": rng}, x,
-                                                       train=False)))
+  target = random_backbone_variables(backbone, config.image_size, rng)
   source = config.init.source
   if source == "scratch":
     return target
@@ -225,9 +230,8 @@ def _build(config, workdir: str, train_labels: np.ndarray, *, load_backbone: boo
   bb_rng, head_rng, base_rng = jax.random.split(rng, 3)
   if load_backbone:
     bb_vars = init_backbone_variables(config, backbone, workdir, bb_rng)
-  else:  # shapes only: the values come from a checkpoint
-    x = jnp.zeros((1, config.image_size, config.image_size, 3), jnp.float32)
-    bb_vars = dict(backbone.init({"params": bb_rng, "dropout": bb_rng}, x, train=False))
+  else:  # the values come from a checkpoint
+    bb_vars = random_backbone_variables(backbone, config.image_size, bb_rng)
   feat_shape = jax.eval_shape(
       lambda v: backbone.apply(v, jnp.zeros((1, config.image_size, config.image_size, 3)),
                                train=False), bb_vars)

@@ -94,8 +94,8 @@ def test_report_tables_figures_and_conclusion_vae_wins(tmp_path):
 
   # Header from config.json.
   assert "convnext_tiny_in1k" in text and "dermamnist" in text
-  assert "| `vae` | dermamnist | convnext_tiny | 64 | 8 | 32 | — | 8 | 0, 1 |" in text
-  assert "| `imagenet` | dermamnist | convnext_tiny_in1k | 64 | 6 | 32 | — | 6 | 0, 1 |" in text
+  assert "| `vae` | dermamnist | — | — | convnext_tiny | 64 | 8 | 32 | — | 8 | 0, 1 |" in text
+  assert "| `imagenet` | dermamnist | — | — | convnext_tiny_in1k | 64 | 6 | 32 | — | 6 | 0, 1 |" in text
   assert "different numbers of epochs" in text
 
   # Paper's table, vae arm. Val loss change per seed: (0.6-0.9)/0.9 = -33.333%, (0.65-1.0)/1.0 = -35%:
