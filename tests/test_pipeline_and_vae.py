@@ -1,0 +1,131 @@
+"""Unit tests: the TFDS -> Grain input pipeline, the VAE's shapes, and the ELBO pieces."""
+
+import math
+import re
+
+import grain
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from ml_collections import ConfigDict
+
+from derm_jax import config_lib, losses
+from derm_jax.data import dermamnist, input_pipeline
+from derm_jax.models import vae as vae_lib
+
+
+@pytest.fixture(scope="module")
+def train_source(data_dir):
+  cfg = config_lib.data()
+  cfg.data_dir = data_dir
+  return dermamnist.get_data_source(cfg, "train")
+
+
+def _batches(source, n, seed=0, **kw):
+  ds = input_pipeline.train_dataset(source, global_batch_size=32, image_size=48,
+                                    aug=config_lib.augmentation(), seed=seed, **kw)
+  it = input_pipeline.train_iterator(ds)
+  return it, [next(it) for _ in range(n)]
+
+
+def test_train_batches_from_tfds_are_augmented_normalised_and_deterministic(train_source):
+  _, a = _batches(train_source, 3)
+  _, b = _batches(train_source, 3)
+  _, c = _batches(train_source, 3, seed=1)
+  x = a[0]["image"]
+  assert x.shape == (32, 48, 48, 3) and x.dtype == np.float32
+  assert 0.0 <= x.min() and x.max() <= 1.0 and x.std() > 0.05
+  assert a[0]["label"].shape == (32,) and set(a[0]["label"]) <= set(range(7))
+  for u, v in zip(a, b):
+    np.testing.assert_array_equal(u["image"], v["image"])
+  assert not np.array_equal(a[0]["image"], c[0]["image"])
+
+
+def test_iterator_state_resumes_exactly(train_source):
+  it, _ = _batches(train_source, 5)
+  state = it.get_state()
+  expected = next(it)
+  it2, _ = _batches(train_source, 0)
+  it2.set_state(state)
+  got = next(it2)
+  np.testing.assert_array_equal(expected["image"], got["image"])
+  np.testing.assert_array_equal(expected["label"], got["label"])
+
+
+def test_epochs_cover_the_split_and_processes_get_disjoint_shards(train_source):
+  n = len(train_source)
+  ids = []
+  for p in range(2):
+    shard = input_pipeline._process_shard(grain.MapDataset.source(train_source), p, 2)
+    ids.append({int(shard[i]["id"]) for i in range(len(shard))})
+  assert not ids[0] & ids[1]
+  assert len(ids[0]) + len(ids[1]) == (n // 2) * 2
+  with pytest.raises(ValueError, match="not divisible"):
+    input_pipeline.train_dataset(train_source, global_batch_size=33, image_size=32,
+                                 aug=config_lib.augmentation(), seed=0, process_index=0,
+                                 process_count=2)
+
+
+def test_eval_batches_are_padded_and_masked(train_source):
+  batches = list(input_pipeline.eval_batches(train_source, global_batch_size=512,
+                                             image_size=32))
+  assert len(batches) == math.ceil(len(train_source) / 512)
+  assert sum(b["mask"].sum() for b in batches) == len(train_source)
+  assert all(b["image"].shape == (512, 32, 32, 3) for b in batches)
+
+
+def _tiny_model_config():
+  c = ConfigDict()
+  c.backbone = "convnext_nano_cpu"
+  c.backbone_kwargs = ConfigDict({"dims": (8, 16, 16, 32), "depths": (1, 1, 1, 1)})
+  c.latent_dim = 12
+  c.decoder_widths = (16, 8)
+  return c
+
+
+def test_vae_shapes_and_encoder_parameters():
+  model = vae_lib.create_vae(_tiny_model_config(), 64)
+  rng = jax.random.key(0)
+  x = jax.random.uniform(rng, (3, 64, 64, 3))
+  variables = jax.jit(lambda r: model.init({"params": r}, x, r, train=False))(rng)
+  x_hat, mean, logvar = model.apply(variables, x, rng, train=False)
+  assert x_hat.shape == x.shape and mean.shape == logvar.shape == (3, 12)
+  assert float(x_hat.min()) >= 0 and float(x_hat.max()) <= 1
+  assert "backbone_net" in variables["params"]["encoder"]
+
+
+@pytest.mark.parametrize("size,message", [(48, "multiple of the backbone's total stride 32"),
+                                          (16, "positive multiple"),
+                                          (96, None)])
+def test_vae_rejects_image_sizes_it_cannot_take(size, message):
+  cfg = _tiny_model_config()
+  if message is None:
+    cfg.decoder_widths = (16, 8, 8, 8, 8, 8)  # 96 is not divisible by 2**6
+    message = "not divisible by 2**len(decoder_widths)=64"
+  with pytest.raises(ValueError, match=re.escape(message)):
+    vae_lib.create_vae(cfg, size)
+
+
+def test_elbo_pieces_match_closed_forms():
+  x = jnp.full((2, 4, 4, 3), 0.5)
+  x_hat = x + 0.1
+  d = 4 * 4 * 3
+  nll = losses.reconstruction_nll(x, x_hat, "gaussian", sigma=0.1)
+  np.testing.assert_allclose(nll, d * (0.5 + math.log(0.1 * math.sqrt(2 * math.pi))),
+                             rtol=1e-5)
+  nll1 = losses.reconstruction_nll(x, x_hat, "l1", l1_scale=0.1)
+  np.testing.assert_allclose(nll1, d * (1.0 + math.log(0.2)), rtol=1e-5)
+  zero = losses.kl_per_dim(jnp.zeros((2, 5)), jnp.zeros((2, 5)))
+  np.testing.assert_allclose(zero, 0.0)
+  kl = losses.kl_per_dim(jnp.ones((1, 1)), jnp.log(jnp.full((1, 1), 2.0)))
+  np.testing.assert_allclose(kl, 0.5 * (1 + 2 - 1 - math.log(2)), rtol=1e-6)
+  cfg = ConfigDict(dict(recon="gaussian", sigma=0.1, l1_scale=0.1, beta=1.0,
+                        kl_warmup_steps=10, free_bits=0.5))
+  mean, logvar = jnp.zeros((2, 5)), jnp.zeros((2, 5))
+  loss, per = losses.vae_loss(x, x_hat, mean, logvar, jnp.asarray(5), cfg)
+  # Free bits floor each dimension's KL at 0.5 nats; warm-up halves beta at step 5 of 10.
+  np.testing.assert_allclose(loss, nll[0] + 0.5 * 5 * 0.5, rtol=1e-5)
+  np.testing.assert_allclose(per["elbo"], -nll, rtol=1e-5)  # ELBO has no free bits / beta
+  with pytest.raises(ValueError, match="config.loss.recon='bce'"):
+    losses.reconstruction_nll(x, x_hat, "bce")
