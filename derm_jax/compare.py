@@ -19,9 +19,9 @@ from ml_collections import ConfigDict
 _ARM_INIT = {"vae": "vae", "imagenet": "imagenet", "scratch": "scratch"}
 
 
-def vae_stage_config(config) -> ConfigDict:
-  """The VAE config with the study's shared settings (data, size, augmentation, backbone)."""
-  c = copy.deepcopy(config.vae)
+def _with_shared_settings(config, stage: ConfigDict) -> ConfigDict:
+  """A copy of a stage's config with the study's shared data, size, augmentation, backbone."""
+  c = copy.deepcopy(stage)
   with c.unlocked():
     c.data = copy.deepcopy(config.data)
     c.image_size = config.image_size
@@ -31,17 +31,17 @@ def vae_stage_config(config) -> ConfigDict:
   return c
 
 
+def vae_stage_config(config) -> ConfigDict:
+  """The VAE config with the study's shared settings."""
+  return _with_shared_settings(config, config.vae)
+
+
 def arm_config(config, arm: str, seed: int, vae_workdir: str) -> ConfigDict:
   """Classifier config of one arm: identical for every arm except `init.*`."""
   if arm not in _ARM_INIT:
     raise ValueError(f"Unknown arm {arm!r}; choose from {sorted(_ARM_INIT)}.")
-  c = copy.deepcopy(config.classifier)
+  c = _with_shared_settings(config, config.classifier)
   with c.unlocked():
-    c.data = copy.deepcopy(config.data)
-    c.image_size = config.image_size
-    c.aug = copy.deepcopy(config.aug)
-    c.model.backbone = config.backbone
-    c.model.backbone_kwargs = copy.deepcopy(config.backbone_kwargs)
     c.seed = int(seed)
     c.init.source = _ARM_INIT[arm]
     c.init.vae_workdir = vae_workdir if arm == "vae" else ""

@@ -290,13 +290,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   train_iter = input_pipeline.train_iterator(train_ds, config.input.num_threads,
                                              config.input.prefetch)
   # 3. Outputs and resume (checkpoints at epoch ends only).
-  is_main = jax.process_index() == 0
-  if is_main:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=2))
-  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"),
-                                 max_to_keep=config.keep_checkpoints)
-  writer = outputs.MetricWriter(workdir, enabled=is_main)
+  ckpt, writer, is_main = outputs.open_run(workdir, config, config.keep_checkpoints)
   start = ckpt.latest_step() or 0
   if start:
     state = ckpt.restore(start, state, train_iter)

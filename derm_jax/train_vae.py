@@ -203,14 +203,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
   train_iter = input_pipeline.train_iterator(train_ds, config.input.num_threads,
                                              config.input.prefetch)
   # 3. Workdir, outputs, checkpoint manager; resume if possible.
-  is_main = jax.process_index() == 0
-  os.makedirs(workdir, exist_ok=True)
-  if is_main:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=2))
-  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"),
-                                 max_to_keep=config.keep_checkpoints)
-  writer = outputs.MetricWriter(workdir, enabled=is_main)
+  ckpt, writer, is_main = outputs.open_run(workdir, config, config.keep_checkpoints)
   start = ckpt.latest_step()
   if start is not None:
     logging.info("Resuming from checkpoint at step %d in %s", start, ckpt.directory)

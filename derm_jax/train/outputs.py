@@ -13,8 +13,11 @@ import math
 import os
 import time
 
+import jax
 import numpy as np
 from absl import logging
+
+from derm_jax.train import checkpoint
 
 
 class MetricWriter:
@@ -63,6 +66,20 @@ class MetricWriter:
   def close(self):
     if self._tb is not None:
       self._tb.close()
+
+
+def open_run(workdir: str, config, keep_checkpoints: int):
+  """Creates the workdir (config.json, checkpoint manager, writers) of a training run.
+
+  Returns (checkpointer, writer, is_main); only process 0 writes logs and config.json."""
+  is_main = jax.process_index() == 0
+  os.makedirs(workdir, exist_ok=True)
+  if is_main:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=2))
+  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"),
+                                 max_to_keep=keep_checkpoints)
+  return ckpt, MetricWriter(workdir, enabled=is_main), is_main
 
 
 def _fmt_duration(seconds: float) -> str:
