@@ -63,4 +63,12 @@ def get_config(arg: str | None = None) -> ConfigDict:
     c.classifier.optimizer.backbone_lr = 3e-4
   elif arg not in (None, ""):
     raise ValueError(f"Unknown configs/compare.py preset {arg!r}; use '', 'recipe' or 'paper'.")
+  # The shared settings exist once, at the top level (an override of a copy inside a stage
+  # would be silently ignored): derm_jax/compare.py puts them into each stage.
+  for stage in (c.vae, c.classifier):
+    for field in ("data", "image_size", "aug"):
+      del stage[field]
+    del stage.model["backbone"]
+    del stage.model["backbone_kwargs"]
+  del c.classifier["seed"]  # one per arm run, from `seeds`
   return c

@@ -51,10 +51,14 @@ def arm_config(config, arm: str, seed: int, vae_workdir: str) -> ConfigDict:
 
 
 def run(config, workdir: str):
+  import jax
+
   from derm_jax import report, train_classifier, train_vae
+  from derm_jax.train import outputs
+  is_main = jax.process_index() == 0
   os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    f.write(config.to_json_best_effort(indent=2))
+  if is_main:
+    outputs.write_config(workdir, config)
   vae_workdir = config.vae_workdir
   if "vae" in config.arms and not vae_workdir:
     vae_workdir = os.path.join(workdir, "vae")
@@ -67,6 +71,7 @@ def run(config, workdir: str):
       logging.info("Stage 2: arm %s, seed %d in %s", arm, seed, arm_dir)
       results[(arm, seed)] = train_classifier.train_and_evaluate(
           arm_config(config, arm, seed, vae_workdir), arm_dir)
-  path = report.write_report(workdir)
-  logging.info("Report written to %s", path)
+  if is_main:
+    path = report.write_report(workdir)
+    logging.info("Report written to %s", path)
   return results

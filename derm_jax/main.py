@@ -24,8 +24,29 @@ _DISTRIBUTED = flags.DEFINE_bool(
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+def eval_config(cli_config, workdir: str):
+  """For --mode=eval: the run's own config.json (so the model is rebuilt exactly as it was
+  trained), with the data location taken from the command line when one is given there."""
+  import json
+  from ml_collections import ConfigDict
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path} not found: {workdir!r} is not a derm_jax run directory.")
+  with open(path) as f:
+    config = ConfigDict(json.load(f))
+  if config.get("task") != cli_config.get("task"):
+    raise ValueError(f"{workdir!r} holds a {config.get('task')!r} run, but --config is a "
+                     f"{cli_config.get('task')!r} config.")
+  for field in ("data_dir", "npz_path"):
+    if cli_config.data[field]:
+      config.data[field] = cli_config.data[field]
+  return config
+
+
 def run(config, workdir: str, mode: str = "train", step: int | None = None):
   task = config.get("task", "vae")
+  if mode == "eval" and task in ("vae", "classify"):
+    config = eval_config(config, workdir)
   if task == "vae":
     from derm_jax import train_vae
     return (train_vae.train_and_evaluate(config, workdir) if mode == "train"

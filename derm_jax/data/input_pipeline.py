@@ -75,6 +75,9 @@ def train_dataset(source, *, global_batch_size: int, image_size: int, aug, seed:
     raise ValueError(f"batch_size={global_batch_size} is not divisible by the "
                      f"{process_count} processes.")
   local_batch = global_batch_size // process_count
+  if len(source) // process_count < local_batch:
+    raise ValueError(f"Training split has {len(source)} examples, fewer than one batch of "
+                     f"{local_batch} per process.")
   if balanced:
     if labels is None:
       raise ValueError("Balanced sampling needs the labels of the training split.")
@@ -83,9 +86,6 @@ def train_dataset(source, *, global_batch_size: int, image_size: int, aug, seed:
   else:
     ds = grain.MapDataset.source(source)
     ds = _process_shard(ds, process_index, process_count).seed(seed).shuffle()
-  if len(ds) < local_batch:
-    raise ValueError(f"Training split has {len(ds)} examples per process, fewer than one "
-                     f"batch of {local_batch}.")
   ds = ds.repeat(None)
   ds = ds.random_map(
       lambda ex, rng: augment.train_transform(ex, rng, image_size=image_size, aug=aug))
@@ -96,10 +96,6 @@ def train_iterator(ds: grain.MapDataset, num_threads: int = 2, prefetch: int = 4
   """A checkpointable iterator (get_state/set_state) that prefetches in threads."""
   read = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch)
   return iter(ds.to_iter_dataset(read))
-
-
-def steps_per_epoch(num_examples: int, global_batch_size: int) -> int:
-  return max(1, num_examples // global_batch_size)
 
 
 def eval_batches(source, *, global_batch_size: int, image_size: int,

@@ -27,11 +27,13 @@ def data_sharded(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P("data"))
 
 
-def check_batch_size(global_batch_size: int) -> None:
+def check_batch_sizes(config) -> None:
+  """Both batch sizes must split evenly over the devices (and so over the processes)."""
   n = jax.device_count()
-  if global_batch_size % n:
-    raise ValueError(f"config.batch_size={global_batch_size} must be divisible by the number "
-                     f"of devices ({n}).")
+  for field in ("batch_size", "eval_batch_size"):
+    if config[field] % n:
+      raise ValueError(f"config.{field}={config[field]} must be divisible by the number of "
+                       f"devices ({n}).")
 
 
 def shard_batch(batch: dict, mesh: Mesh) -> dict:

@@ -17,7 +17,48 @@ import jax
 import numpy as np
 from absl import logging
 
+from derm_jax.metrics import to_jsonable
 from derm_jax.train import checkpoint
+
+# Fields that may change between a run and its resumption (they do not change the numbers).
+_RESUME_SAFE = ("log_every_steps", "input.", "eval_batch_size", "data.data_dir",
+                "data.npz_path", "keep_checkpoints", "num_image_samples")
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out.update(_flatten(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = v
+  return out
+
+
+def check_resume_config(workdir: str, config) -> None:
+  """A run resumes only under the settings it started with: anything else would silently
+  mix two experiments in one workdir."""
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    old = _flatten(json.load(f))
+  new = _flatten(json.loads(config.to_json_best_effort()))
+  diff = sorted(k for k in old.keys() | new.keys()
+                if old.get(k) != new.get(k) and not k.startswith(_RESUME_SAFE))
+  if diff:
+    changes = "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diff[:8])
+    raise ValueError(f"{workdir} holds a run started with other settings ({changes}). "
+                     "Resuming needs the same config: repeat the original overrides or use a "
+                     "new --workdir.")
+
+
+def write_config(workdir: str, config) -> None:
+  """Writes config.json atomically (a kill never leaves half a file)."""
+  path = os.path.join(workdir, "config.json")
+  with open(path + ".tmp", "w") as f:
+    f.write(config.to_json_best_effort(indent=2))
+  os.replace(path + ".tmp", path)
 
 
 class MetricWriter:
@@ -39,7 +80,13 @@ class MetricWriter:
       return
     with open(self.jsonl_path) as f:
       rows = [line for line in f if line.strip()]
-    keep = [r for r in rows if json.loads(r).get("step", 0) <= step]
+    keep = []
+    for r in rows:
+      try:
+        if json.loads(r).get("step", 0) <= step:
+          keep.append(r)
+      except json.JSONDecodeError:  # a line cut short by a kill mid-write
+        logging.warning("Dropping a truncated line of %s", self.jsonl_path)
     if len(keep) != len(rows):
       with open(self.jsonl_path, "w") as f:
         f.writelines(keep)
@@ -53,6 +100,12 @@ class MetricWriter:
     if jsonl:
       with open(self.jsonl_path, "a") as f:
         f.write(json.dumps({"step": int(step), **extra, **clean}) + "\n")
+
+  def write_row(self, row: dict) -> None:
+    """Appends one row (JSON-safe: NaN and numpy types converted) to metrics.jsonl."""
+    if self.enabled:
+      with open(self.jsonl_path, "a") as f:
+        f.write(json.dumps(to_jsonable(row)) + "\n")
 
   def write_image(self, step: int, tag: str, image: np.ndarray) -> None:
     """image: (H, W, 3) float in [0, 1]."""
@@ -73,10 +126,11 @@ def open_run(workdir: str, config, keep_checkpoints: int):
 
   Returns (checkpointer, writer, is_main); only process 0 writes logs and config.json."""
   is_main = jax.process_index() == 0
+  if os.path.isdir(os.path.join(workdir, "checkpoints")):
+    check_resume_config(workdir, config)
   os.makedirs(workdir, exist_ok=True)
   if is_main:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=2))
+    write_config(workdir, config)
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"),
                                  max_to_keep=keep_checkpoints)
   return ckpt, MetricWriter(workdir, enabled=is_main), is_main
