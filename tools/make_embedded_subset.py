@@ -11,7 +11,7 @@ file is larger than `--max-bytes`.
 
 Usage:
   python tools/make_embedded_subset.py \
-      --source /work/shared/data/dermamnist/dermamnist.npz \
+      --source /path/to/dermamnist.npz \
       --out derm_jax/data/embedded/dermamnist_mini.npz
 """
 
@@ -76,7 +76,7 @@ def make_subset(source: dict[str, np.ndarray], counts: dict[str, int], seed: int
 
 def main(argv: list[str] | None = None) -> int:
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  p.add_argument("--source", default="/work/shared/data/dermamnist/dermamnist.npz")
+  p.add_argument("--source", required=True, help="the full official dermamnist.npz")
   p.add_argument("--out", default=os.path.join(
       os.path.dirname(__file__), "..", "derm_jax", "data", "embedded", "dermamnist_mini.npz"))
   p.add_argument("--seed", type=int, default=20250522)
