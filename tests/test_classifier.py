@@ -22,18 +22,9 @@ def _load(name):
   return mod.get_config()
 
 
-def _flatten(d, prefix=""):
-  out = {}
-  for k, v in d.items():
-    if isinstance(v, dict):
-      out.update(_flatten(v, f"{prefix}{k}."))
-    else:
-      out[f"{prefix}{k}"] = v
-  return out
-
-
 def test_arm_configs_differ_only_in_backbone_initialisation():
   from derm_jax import compare
+  from derm_jax.train.outputs import _flatten
   c = _load("tiny_compare")
   a = _flatten(compare.arm_config(c, "vae", 3, "/some/vae").to_dict())
   b = _flatten(compare.arm_config(c, "imagenet", 3, "/some/vae").to_dict())
