@@ -28,6 +28,7 @@ def eval_config(cli_config, workdir: str):
   """For --mode=eval: the run's own config.json (so the model is rebuilt exactly as it was
   trained), with the data location taken from the command line when one is given there."""
   import json
+
   from ml_collections import ConfigDict
   path = os.path.join(workdir, "config.json")
   if not os.path.exists(path):

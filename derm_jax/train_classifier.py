@@ -394,19 +394,8 @@ def restore_for_eval(config, workdir: str, step: int | None = None):
     raise FileNotFoundError(f"No checkpoints directory in workdir {workdir!r}.")
   train_labels = _labels(config, "train")
   b = _build(config, workdir, train_labels, load_backbone=False)
-  ckpt = checkpoint.Checkpointer(ckpt_dir, read_only=True)
-  if step is not None and step not in ckpt.all_steps():
-    raise FileNotFoundError(f"No checkpoint for step {step} in {ckpt_dir}; available: "
-                            f"{ckpt.all_steps()}")
-  # Only what inference needs: the optimiser state is not read, so a checkpoint stays
-  # evaluable whatever optimiser (or optax version) trained it.
-  _, tree = checkpoint.restore_state_tree(ckpt_dir, step)
-  repl = mesh_lib.replicated(b["mesh"])
-  put = lambda t: jax.tree.map(  # noqa: E731
-      lambda a: jax.make_array_from_process_local_data(repl, np.asarray(a)), t)
-  state = b["state"].replace(step=put(tree["step"]), params=put(tree["params"]),
-                             frozen=put(tree.get("frozen") or {}),
-                             batch_stats=put(tree.get("batch_stats") or {}))
+  state = checkpoint.restore_for_inference(ckpt_dir, b["state"], step,
+                                          mesh_lib.replicated(b["mesh"]))
   return b, state, train_labels
 
 

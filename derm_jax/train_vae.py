@@ -263,8 +263,8 @@ def evaluate(config, workdir: str, step: int | None = None,
     raise FileNotFoundError(f"No checkpoints directory in workdir {workdir!r}.")
   sources = {s: dermamnist.get_data_source(config.data, s) for s in ("train", *splits)}
   b = _build(config, len(sources["train"]))
-  ckpt = checkpoint.Checkpointer(ckpt_dir, read_only=True)
-  state = ckpt.restore(step, b["state"])
+  state = checkpoint.restore_for_inference(ckpt_dir, b["state"], step,
+                                          mesh_lib.replicated(b["mesh"]))
   results: dict[str, Any] = {"step": int(state.step)}
   for split in splits:
     for k, v in run_eval(b["p_eval"], state, sources[split], config, b["mesh"]).items():

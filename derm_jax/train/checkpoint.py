@@ -13,6 +13,7 @@ import os
 
 import grain
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 
@@ -88,3 +89,20 @@ def restore_state_tree(directory: str, step: int | None = None) -> tuple[int, di
   finally:
     mngr.close()
   return step, restored["state"]
+
+
+def restore_for_inference(directory: str, target_state, step: int | None, sharding):
+  """`target_state` with every field but `opt_state` replaced by the checkpoint's values.
+
+  The optimiser state is not read, so a checkpoint stays evaluable whatever optimiser (or
+  optax version) trained it. Raises FileNotFoundError naming the missing step."""
+  if step is not None:
+    available = Checkpointer(directory, read_only=True).all_steps()
+    if step not in available:
+      raise FileNotFoundError(f"No checkpoint for step {step} in {directory}; "
+                              f"available: {available}")
+  _, tree = restore_state_tree(directory, step)
+  put = lambda t: jax.tree.map(  # noqa: E731
+      lambda a: jax.make_array_from_process_local_data(sharding, np.asarray(a)), t)
+  fields = {k: put(v if v is not None else {}) for k, v in tree.items() if k != "opt_state"}
+  return target_state.replace(**fields)
