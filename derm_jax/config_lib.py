@@ -11,10 +11,17 @@ from ml_collections import ConfigDict
 
 def data() -> ConfigDict:
   c = ConfigDict()
-  c.source = "embedded"  # 'embedded' (packaged subset) | 'npz' (local file) | 'download'
+  c.name = "dermamnist"  # a dataset of derm_jax.data.registry.available()
+  c.source = "embedded"  # dermamnist: 'embedded' (packaged subset) | 'npz' | 'download'
   c.npz_path = ""        # for source='npz': an official MedMNIST dermamnist*.npz
   c.size = 28            # MedMNIST resolution to download: 28, 64, 128 or 224
   c.data_dir = ""        # where TFDS prepares ArrayRecords; '' = ~/tensorflow_datasets
+  # Full-resolution datasets that users bring (ham10000, isic2019):
+  c.manual_dir = ""      # the folder holding the official download layout
+  c.stored_size = 256    # images are stored as centred square crops of this side (JPEG)
+  c.split_seed = 0       # seed of the lesion-grouped, class-stratified train/val/test split
+  c.val_fraction = 0.1
+  c.test_fraction = 0.2
   return c
 
 

@@ -555,3 +555,26 @@ def labels(data_config: Any, split: str) -> np.ndarray:
 def class_counts(data_config: Any, split: str) -> np.ndarray:
   """Number of images of each class in `split`, shape (NUM_CLASSES,), int64."""
   return np.bincount(labels(data_config, split), minlength=NUM_CLASSES).astype(np.int64)
+
+
+class Dataset:
+  """DermaMNIST through the dataset registry (`config.data.name='dermamnist'`)."""
+
+  def __init__(self, data_config: Any):
+    from derm_jax.data.registry import DatasetMeta
+    self._config = data_config
+    self._builder = prepare(data_config)
+    self.meta = DatasetMeta(name="dermamnist", class_names=CLASS_NAMES)
+
+  def source(self, split: str) -> DermaMNISTSource:
+    return DermaMNISTSource(self._builder.data_dir, _tfds_split(split))
+
+  def labels(self, split: str) -> np.ndarray:
+    return labels(self._config, split)
+
+  def describe(self) -> dict[str, Any]:
+    splits = {s: int(self._builder.info.splits[_tfds_split(s)].num_examples)
+              for s in ("train", "val", "test")}
+    return {"name": "dermamnist", "source": str(_field(self._config, "source", "embedded")),
+            "splits": splits,
+            "image_size": int(self._builder.info.features["image"].shape[0])}

@@ -1,0 +1,93 @@
+"""Dataset registry: `config.data.name` -> the dataset's split sources and its meta.
+
+Trainers, evaluators and readers of outside data never import a dataset module: they
+call `get(config.data)` and use what it returns.
+
+  ds = registry.get(config.data)
+  ds.meta.class_names            # ('akiec', 'bcc', ...), the label order
+  ds.source('train')             # random access: [i] -> {'image': uint8 (S,S,3), 'label', 'id'}
+  ds.labels('val')               # int64 labels, index i = label of source('val')[i]
+  ds.describe()                  # {'name', 'source', 'splits': {split: n}, 'image_size', ...}
+
+Adding a dataset: one module defining a class with that interface (`Dataset` below), and
+one line in `_DATASETS`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from typing import Any, Protocol
+
+import numpy as np
+
+from derm_jax.data.errors import DataError
+
+SPLITS = ("train", "val", "test")
+
+# name -> "module:factory"; the factory takes the data config and returns a Dataset.
+_DATASETS = {
+    "dermamnist": "derm_jax.data.dermamnist:Dataset",
+}
+
+# Plain-language names of the seven HAM10000 / DermaMNIST diagnoses.
+CLASS_DESCRIPTIONS = {
+    "akiec": "actinic keratoses / intraepithelial carcinoma",
+    "bcc": "basal cell carcinoma",
+    "bkl": "benign keratosis-like lesions",
+    "df": "dermatofibroma",
+    "mel": "melanoma",
+    "nv": "melanocytic nevi",
+    "vasc": "vascular lesions",
+    "scc": "squamous cell carcinoma",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetMeta:
+  """What a model and its metrics need to know about a dataset's labels."""
+
+  name: str
+  class_names: tuple[str, ...]
+
+  @property
+  def num_classes(self) -> int:
+    return len(self.class_names)
+
+  @property
+  def class_descriptions(self) -> tuple[str, ...]:
+    return tuple(CLASS_DESCRIPTIONS.get(c, c) for c in self.class_names)
+
+
+class Dataset(Protocol):
+  """The interface every registered dataset implements."""
+
+  meta: DatasetMeta
+
+  def source(self, split: str) -> Any:
+    """Random-access source of `split` ('train', 'val', 'test'); len() and [i] ->
+    {'image': uint8 (S, S, 3) at the stored resolution, 'label': int, 'id': int}."""
+
+  def labels(self, split: str) -> np.ndarray:
+    """All int64 labels of `split`, without decoding images."""
+
+  def describe(self) -> dict[str, Any]:
+    """JSON-safe summary: name, source, split sizes, stored image size."""
+
+
+def available() -> list[str]:
+  return sorted(_DATASETS)
+
+
+def get(data_config: Any) -> Dataset:
+  """The dataset named by `data_config.name` (default 'dermamnist'), prepared if needed."""
+  name = str(getattr(data_config, "name", None) or "dermamnist")
+  if name not in _DATASETS:
+    raise DataError(f"unknown config.data.name={name!r}; registered datasets: {available()}.")
+  module, factory = _DATASETS[name].split(":")
+  return getattr(importlib.import_module(module), factory)(data_config)
+
+
+def meta(data_config: Any) -> DatasetMeta:
+  """The meta of the configured dataset (prepares it if needed)."""
+  return get(data_config).meta
