@@ -1,0 +1,263 @@
+"""Per-image prediction files: the CSV every classifier run writes, and ISIC submission CSVs.
+
+Prediction CSV (`write_predictions_csv` / `read_predictions_csv`), one row per image:
+
+  image_id,label,p_akiec,p_bcc,p_bkl,p_df,p_mel,p_nv,p_vasc,pred
+  17,5,0.01,0.02,0.05,0.001,0.12,0.79,0.009,5
+
+  * image_id: the image's id (string or integer, written as text);
+  * label: the true class as an integer index into the class names, or an empty cell
+    when the ground truth is unknown (then every row's label is empty);
+  * p_<class>: the predicted probability of each class, in the label order, written
+    with Python's shortest round-trip float repr (so reading returns the exact values);
+  * pred: argmax of the probabilities (ties -> the lowest index), an integer index.
+The class names are recovered from the p_<class> header. Files are written atomically
+(a temporary file in the same folder, then os.replace), so a reader never sees half a file.
+
+ISIC challenge submission CSV (`write_isic_submission_csv`): the official column order of
+the ISIC 2018 task 3 or ISIC 2019 challenge, mapped from the DermaMNIST class codes.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import math
+import os
+import tempfile
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+  "ISIC_2018_COLUMNS",
+  "ISIC_2019_COLUMNS",
+  "Predictions",
+  "PredictionsError",
+  "read_predictions_csv",
+  "write_isic_submission_csv",
+  "write_predictions_csv",
+]
+
+PROB_PREFIX = "p_"
+
+# ISIC column -> DermaMNIST class code (None = no DermaMNIST counterpart, written as 0.0
+# unless the class names include the code in brackets).
+ISIC_2018_COLUMNS = (("MEL", "mel"), ("NV", "nv"), ("BCC", "bcc"), ("AKIEC", "akiec"), ("BKL", "bkl"),
+                     ("DF", "df"), ("VASC", "vasc"))
+ISIC_2019_COLUMNS = (("MEL", "mel"), ("NV", "nv"), ("BCC", "bcc"), ("AK", "akiec"), ("BKL", "bkl"),
+                     ("DF", "df"), ("VASC", "vasc"), ("SCC", "scc"), ("UNK", None))
+# Classes an ISIC 2019 file may score as 0.0 when the model does not know them.
+_OPTIONAL_2019 = ("scc",)
+
+
+class PredictionsError(ValueError):
+  """A malformed predictions file (the message names the file and line)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Predictions:
+  """The content of a predictions CSV.
+
+  image_ids: one id per row, as text; labels: (N,) int64 true classes, or None when the
+  file holds no ground truth; probs: (N, K) float64; class_names: the K class names.
+  """
+
+  image_ids: tuple[str, ...]
+  labels: np.ndarray | None
+  probs: np.ndarray
+  class_names: tuple[str, ...]
+
+  @property
+  def preds(self) -> np.ndarray:
+    """(N,) int64 argmax of probs (ties -> lowest index)."""
+    if self.probs.shape[0] == 0:
+      return np.zeros((0,), np.int64)
+    return np.argmax(self.probs, axis=1).astype(np.int64)
+
+  def __len__(self) -> int:
+    return len(self.image_ids)
+
+
+def _atomic_write_text(path: str | os.PathLike, text: str) -> str:
+  path = os.fspath(path)
+  parent = os.path.dirname(os.path.abspath(path))
+  os.makedirs(parent, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=parent, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
+  try:
+    with os.fdopen(fd, "w", newline="") as f:
+      f.write(text)
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+  return path
+
+
+def _check_class_names(class_names: Sequence[str]) -> tuple[str, ...]:
+  names = tuple(str(c) for c in class_names)
+  if not names:
+    raise ValueError("class_names must not be empty")
+  if len(set(names)) != len(names):
+    raise ValueError(f"class_names must be unique, got {names}")
+  for c in names:
+    if not c or any(ch in c for ch in ",\"\r\n"):
+      raise ValueError(f"class name {c!r} must be non-empty and free of commas, quotes and newlines")
+  return names
+
+
+def _check_probs(probs: Any, n: int, k: int) -> np.ndarray:
+  probs = np.asarray(probs, dtype=np.float64)
+  if probs.shape != (n, k):
+    raise ValueError(f"probs must have shape (N, K) = ({n}, {k}), got {probs.shape}")
+  if not np.all(np.isfinite(probs)):
+    raise ValueError("probs must be finite")
+  return probs
+
+
+def write_predictions_csv(path: str | os.PathLike, ids: Sequence[Any], labels: Any | None, probs: Any,
+                          class_names: Sequence[str]) -> str:
+  """Writes the predictions CSV described in the module docstring, atomically; returns `path`.
+
+  ids: N image ids (str or int); labels: N integer classes in [0, K), or None when the
+  ground truth is unknown; probs: (N, K) probabilities, K = len(class_names).
+  """
+  names = _check_class_names(class_names)
+  ids = [str(i) for i in ids]
+  n, k = len(ids), len(names)
+  for i in ids:
+    if not i or any(ch in i for ch in "\r\n"):
+      raise ValueError(f"image id {i!r} must be non-empty and on one line")
+  if len(set(ids)) != n:
+    raise ValueError("image ids must be unique")
+  probs = _check_probs(probs, n, k)
+  if labels is not None:
+    labels = np.asarray(labels)
+    if labels.shape != (n,):
+      raise ValueError(f"labels must have shape ({n},), got {labels.shape}")
+    if n and (not np.all(labels == np.round(labels)) or labels.min() < 0 or labels.max() >= k):
+      raise ValueError(f"labels must be integers in [0, {k})")
+    labels = labels.astype(np.int64)
+  preds = np.argmax(probs, axis=1) if n else np.zeros((0,), np.int64)
+  buf = io.StringIO()
+  w = csv.writer(buf, lineterminator="\n")
+  w.writerow(["image_id", "label", *[PROB_PREFIX + c for c in names], "pred"])
+  for r in range(n):
+    w.writerow([ids[r], "" if labels is None else int(labels[r]), *[repr(float(p)) for p in probs[r]],
+                int(preds[r])])
+  return _atomic_write_text(path, buf.getvalue())
+
+
+def read_predictions_csv(path: str | os.PathLike) -> Predictions:
+  """Reads a file written by `write_predictions_csv`.
+
+  Raises PredictionsError naming the file and line for: a missing or empty file, a bad
+  header, a row with the wrong number of cells, a non-finite or non-numeric probability,
+  a label or pred outside [0, K), duplicate image ids, or a label column that is blank on
+  some rows only.
+  """
+  path = os.fspath(path)
+  if not os.path.isfile(path):
+    raise PredictionsError(f"missing predictions file: {path}")
+  with open(path, newline="") as f:
+    rows = list(csv.reader(f))
+  if not rows:
+    raise PredictionsError(f"{path}:1: empty file (expected a header line)")
+  header = [h.strip() for h in rows[0]]
+  if (len(header) < 4 or header[0] != "image_id" or header[1] != "label" or header[-1] != "pred"
+      or not all(h.startswith(PROB_PREFIX) and len(h) > len(PROB_PREFIX) for h in header[2:-1])):
+    raise PredictionsError(f"{path}:1: bad header {','.join(header)!r}; expected "
+                           f"image_id,label,{PROB_PREFIX}<class>...,pred")
+  names = tuple(h[len(PROB_PREFIX):] for h in header[2:-1])
+  if len(set(names)) != len(names):
+    raise PredictionsError(f"{path}:1: duplicate class columns in the header")
+  k = len(names)
+  ids: list[str] = []
+  labels: list[int | None] = []
+  probs = np.zeros((max(len(rows) - 1, 0), k), dtype=np.float64)
+  seen: dict[str, int] = {}
+  n = 0
+  for line, row in enumerate(rows[1:], start=2):
+    if not row or (len(row) == 1 and not row[0].strip()):
+      continue  # blank line
+    if len(row) != k + 3:
+      raise PredictionsError(f"{path}:{line}: expected {k + 3} cells, got {len(row)}")
+    image_id = row[0].strip()
+    if not image_id:
+      raise PredictionsError(f"{path}:{line}: empty image_id")
+    if image_id in seen:
+      raise PredictionsError(f"{path}:{line}: duplicate image_id {image_id!r} (first on line {seen[image_id]})")
+    seen[image_id] = line
+    label_text = row[1].strip()
+    if label_text:
+      labels.append(_parse_class(label_text, names, path, line, "label"))
+    else:
+      labels.append(None)
+    for j, cell in enumerate(row[2:2 + k]):
+      try:
+        p = float(cell)
+      except ValueError:
+        raise PredictionsError(f"{path}:{line}: {header[2 + j]} is not a number: {cell!r}") from None
+      if not math.isfinite(p):
+        raise PredictionsError(f"{path}:{line}: {header[2 + j]} is not finite: {cell!r}")
+      probs[n, j] = p
+    _parse_class(row[-1].strip(), names, path, line, "pred")
+    ids.append(image_id)
+    n += 1
+  probs = probs[:n]
+  known = [x is not None for x in labels]
+  if any(known) and not all(known):
+    first_blank = next(i for i, x in enumerate(labels) if x is None)
+    raise PredictionsError(f"{path}: the label column is blank on some rows only (first blank: data row "
+                           f"{first_blank + 1}, image_id {ids[first_blank]!r})")
+  label_arr = np.asarray(labels, dtype=np.int64) if (n and all(known)) else None
+  return Predictions(image_ids=tuple(ids), labels=label_arr, probs=probs, class_names=names)
+
+
+def _parse_class(text: str, names: tuple[str, ...], path: str, line: int, what: str) -> int:
+  try:
+    v = int(text)
+  except ValueError:
+    if text in names:  # tolerate a class name instead of its index
+      return names.index(text)
+    raise PredictionsError(f"{path}:{line}: {what} {text!r} is neither a class index nor a class name") from None
+  if not 0 <= v < len(names):
+    raise PredictionsError(f"{path}:{line}: {what} {v} outside [0, {len(names)})")
+  return v
+
+
+def write_isic_submission_csv(path: str | os.PathLike, image_ids: Sequence[Any], probs: Any,
+                              class_names: Sequence[str], fmt: str = "2018") -> str:
+  """Writes an ISIC challenge submission CSV (atomically); returns `path`.
+
+  fmt '2018' (task 3): columns image,MEL,NV,BCC,AKIEC,BKL,DF,VASC.
+  fmt '2019': columns image,MEL,NV,BCC,AK,BKL,DF,VASC,SCC,UNK; SCC is the 'scc' column
+  when class_names has one, else 0.0; UNK is always 0.0.
+  class_names are DermaMNIST codes (akiec, bcc, bkl, df, mel, nv, vasc, in any order);
+  every code an ISIC column needs must be present, and a class that no column takes
+  is an error (its probability would silently be dropped).
+  """
+  if fmt not in ("2018", "2019"):
+    raise ValueError(f"fmt must be '2018' or '2019', got {fmt!r}")
+  names = _check_class_names(class_names)
+  ids = [str(i) for i in image_ids]
+  probs = _check_probs(probs, len(ids), len(names))
+  columns = ISIC_2018_COLUMNS if fmt == "2018" else ISIC_2019_COLUMNS
+  taken = {code for _, code in columns if code is not None}
+  extra = [c for c in names if c not in taken]
+  if extra:
+    raise ValueError(f"classes {extra} have no column in the ISIC {fmt} format")
+  missing = [code for _, code in columns
+             if code is not None and code not in names and not (fmt == "2019" and code in _OPTIONAL_2019)]
+  if missing:
+    raise ValueError(f"class_names {names} lack {missing}, needed for the ISIC {fmt} columns")
+  buf = io.StringIO()
+  w = csv.writer(buf, lineterminator="\n")
+  w.writerow(["image", *[col for col, _ in columns]])
+  index = [names.index(code) if code in names else None for _, code in columns]
+  for r, image_id in enumerate(ids):
+    w.writerow([image_id, *[("0.0" if j is None else repr(float(probs[r, j]))) for j in index]])
+  return _atomic_write_text(path, buf.getvalue())
