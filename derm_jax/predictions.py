@@ -179,6 +179,7 @@ def read_predictions_csv(path: str | os.PathLike) -> Predictions:
   labels: list[int | None] = []
   probs = np.zeros((max(len(rows) - 1, 0), k), dtype=np.float64)
   seen: dict[str, int] = {}
+  lines: list[int] = []
   n = 0
   for line, row in enumerate(rows[1:], start=2):
     if not row or (len(row) == 1 and not row[0].strip()):
@@ -206,13 +207,15 @@ def read_predictions_csv(path: str | os.PathLike) -> Predictions:
       probs[n, j] = p
     _parse_class(row[-1].strip(), names, path, line, "pred")
     ids.append(image_id)
+    lines.append(line)
     n += 1
   probs = probs[:n]
   known = [x is not None for x in labels]
   if any(known) and not all(known):
-    first_blank = next(i for i, x in enumerate(labels) if x is None)
-    raise PredictionsError(f"{path}: the label column is blank on some rows only (first blank: data row "
-                           f"{first_blank + 1}, image_id {ids[first_blank]!r})")
+    i = next(i for i, x in enumerate(labels) if x is None) if known[0] else known.index(True)
+    raise PredictionsError(f"{path}:{lines[i]}: the label column is blank on some rows only (here "
+                           f"{'blank' if labels[i] is None else 'set'}, on line {lines[0]} "
+                           f"{'set' if known[0] else 'blank'})")
   label_arr = np.asarray(labels, dtype=np.int64) if (n and all(known)) else None
   return Predictions(image_ids=tuple(ids), labels=label_arr, probs=probs, class_names=names)
 
