@@ -1,20 +1,71 @@
-"""Orbax checkpoints of the whole training state plus the Grain iterator state.
+"""Orbax checkpoints of the whole training state plus the Grain iterator state, verified.
 
-Layout: `<workdir>/checkpoints/<step>/{state,data}`. Orbax writes each step into a
-temporary directory and renames it when complete, so a run killed at any moment
-(even `kill -9` mid-write) leaves only complete checkpoints; stale temporaries are
-cleaned on the next start. `restore` puts arrays straight into the shardings of the
-given abstract target, so a checkpoint moves between device counts and meshes.
+Layout: `<workdir>/checkpoints/<step>/{state,data,derm_jax_manifest.json}`. Orbax writes
+each step into a temporary directory and renames it when complete, so a run killed at any
+moment (even `kill -9` mid-write) leaves only complete checkpoints; stale temporaries are
+cleaned on the next start. `restore` puts arrays straight into the shardings of the given
+abstract target, so a checkpoint moves between device counts and meshes.
+
+Integrity: once a step is finalised (checked at the next `save`, `wait` or `close`),
+process 0 writes `derm_jax_manifest.json` into its directory (atomically: tmp file +
+rename) with the size and sha256 of every file of the step. Every restore path (`restore`,
+`restore_state_tree`, `restore_for_inference`) checks the step against it first:
+
+* intact (manifest matches): restored.
+* damaged (a file missing, truncated or changed): never restored. Asked for the latest
+  step (`latest_step()`, `restore(None, ...)`, `step=None` in the module functions), the
+  newest intact step is used instead and a warning names the damaged step and the command
+  that discards it; asked for that step explicitly, `CheckpointError` says which file is
+  wrong and how to discard the step.
+* unverified (no manifest: written by an older version, or the run was killed after the
+  step was finalised but before its manifest was written): used if Orbax can restore it,
+  with a log line; if Orbax cannot, a latest-step restore falls back to the previous step
+  and an explicit one raises `CheckpointError`.
+
+A damaged step that is newer than the step training resumed from would make Orbax skip
+every later save (it only saves steps after its newest one), so `save` first moves such
+steps aside to `<step>.damaged` (logged; delete them when no longer needed).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import os
+import shlex
+import time
+from collections.abc import Callable
 
 import grain
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging
+
+from derm_jax.errors import CheckpointError
+
+MANIFEST_NAME = "derm_jax_manifest.json"
+_MANIFEST_TMP = "." + MANIFEST_NAME + ".tmp"
+MANIFEST_FORMAT = 1
+INTACT, UNVERIFIED, DAMAGED = "intact", "unverified", "damaged"
+
+
+class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
+  """No checkpoint directory, no checkpoint in it, or not the requested step."""
+
+
+@dataclasses.dataclass(frozen=True)
+class StepCheck:
+  """The integrity of one checkpoint step against its manifest."""
+
+  step: int
+  path: str      # the step directory
+  status: str    # INTACT | UNVERIFIED | DAMAGED
+  problem: str = ""  # for DAMAGED: what is wrong, naming the file
+
+  def discard_command(self) -> str:
+    return f"rm -r {shlex.quote(self.path)}"
 
 
 def abstract_like(tree):
@@ -24,68 +75,298 @@ def abstract_like(tree):
       tree)
 
 
+# ----------------------------------------------------------------------------- manifests
+
+
+def _sha256(path: str) -> str:
+  h = hashlib.sha256()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 20), b""):
+      h.update(block)
+  return h.hexdigest()
+
+
+def _step_files(step_path: str) -> list[str]:
+  """Paths (relative, '/'-separated, sorted) of the step's files, manifest excluded."""
+  out = []
+  for root, dirs, files in os.walk(step_path):
+    dirs.sort()
+    for name in files:
+      rel = os.path.relpath(os.path.join(root, name), step_path).replace(os.sep, "/")
+      if rel not in (MANIFEST_NAME, _MANIFEST_TMP):
+        out.append(rel)
+  return sorted(out)
+
+
+def write_manifest(step_path: str) -> str:
+  """Writes `<step_path>/derm_jax_manifest.json` (size + sha256 of every file); its path."""
+  files = {}
+  for rel in _step_files(step_path):
+    full = os.path.join(step_path, rel)
+    files[rel] = {"size": os.path.getsize(full), "sha256": _sha256(full)}
+  record = {"format": MANIFEST_FORMAT, "written": time.time(), "files": files}
+  tmp = os.path.join(step_path, _MANIFEST_TMP)
+  with open(tmp, "w") as f:
+    json.dump(record, f, indent=1, sort_keys=True)
+    f.flush()
+    os.fsync(f.fileno())
+  final = os.path.join(step_path, MANIFEST_NAME)
+  os.replace(tmp, final)
+  return final
+
+
+def check_step(directory: str, step: int) -> StepCheck:
+  """Checks step `step` of checkpoint `directory` against its manifest (hashes every file)."""
+  path = os.path.join(os.path.abspath(directory), str(step))
+  damaged = lambda problem: StepCheck(step, path, DAMAGED, problem)  # noqa: E731
+  if not os.path.isdir(path):
+    return damaged(f"step directory {path} is missing")
+  manifest = os.path.join(path, MANIFEST_NAME)
+  if not os.path.exists(manifest):
+    return StepCheck(step, path, UNVERIFIED)
+  try:
+    with open(manifest) as f:
+      record = json.load(f)
+    files = record["files"]
+    if not isinstance(files, dict):
+      raise TypeError("'files' is not a mapping")
+  except (OSError, ValueError, KeyError, TypeError) as e:
+    return damaged(f"manifest {manifest} is unreadable ({e})")
+  for rel, want in sorted(files.items()):
+    full = os.path.join(path, rel)
+    try:
+      size = os.path.getsize(full)
+    except OSError:
+      return damaged(f"file {full} is missing")
+    if size != want.get("size"):
+      return damaged(f"file {full} has {size} bytes, {want.get('size')} were written")
+    if _sha256(full) != want.get("sha256"):
+      return damaged(f"file {full} has changed since it was written (sha256 mismatch)")
+  return StepCheck(step, path, INTACT)
+
+
+def _damaged_message(check: StepCheck) -> str:
+  return (f"checkpoint step {check.step} is damaged: {check.problem}. Discard it with "
+          f"`{check.discard_command()}` (the run then resumes from the previous step).")
+
+
+def _first_line(e: BaseException) -> str:
+  text = str(e).strip().splitlines()
+  return f"{type(e).__name__}: {text[0] if text else ''}"
+
+
+def _restore_checked(directory: str, steps: list[int], step: int | None,
+                     check: Callable[[int], StepCheck], restore_fn: Callable[[int], object],
+                     warned: set[int] | None = None):
+  """Verifies and restores `step` (None: the newest step that verifies and restores).
+
+  Returns (step, restore_fn(step)). Raises CheckpointNotFoundError / CheckpointError."""
+  warned = set() if warned is None else warned
+  if step is not None:
+    if step not in steps:
+      raise CheckpointNotFoundError(f"no checkpoint for step {step} in {directory}; "
+                                    f"available: {sorted(steps)}")
+    c = check(step)
+    if c.status == DAMAGED:
+      raise CheckpointError(_damaged_message(c))
+    return step, _restore_one(c, restore_fn, raise_unverified=True)
+  if not steps:
+    raise CheckpointNotFoundError(f"no checkpoint found in {directory}")
+  skipped = []
+  for s in sorted(steps, reverse=True):
+    c = check(s)
+    if c.status == DAMAGED:
+      if s not in warned:
+        logging.warning("Skipping %s", _damaged_message(c))
+        warned.add(s)
+      skipped.append(s)
+      continue
+    try:
+      return s, _restore_one(c, restore_fn, raise_unverified=False)
+    except _UnverifiedRestoreFailed as e:
+      logging.warning("Skipping unverified checkpoint step %d in %s: Orbax cannot restore it "
+                      "(%s). Discard it with `%s`.", s, directory, e.reason,
+                      c.discard_command())
+      skipped.append(s)
+  raise CheckpointError(f"no usable checkpoint in {directory}: step(s) {skipped} are damaged "
+                        "(see the warnings above); delete them to start the run afresh.")
+
+
+class _UnverifiedRestoreFailed(Exception):
+  def __init__(self, reason: str):
+    super().__init__(reason)
+    self.reason = reason
+
+
+def _restore_one(c: StepCheck, restore_fn, raise_unverified: bool):
+  if c.status == INTACT:
+    return restore_fn(c.step)  # intact files: a failure here is not damage, keep it as is
+  logging.info("Checkpoint step %d in %s has no integrity manifest (older run, or killed "
+               "before it was written): restoring it unverified.", c.step, c.path)
+  try:
+    return restore_fn(c.step)
+  except Exception as e:  # noqa: BLE001 - Orbax/TensorStore raise many types here
+    if not raise_unverified:
+      raise _UnverifiedRestoreFailed(_first_line(e)) from e
+    raise CheckpointError(
+        f"checkpoint step {c.step} (no integrity manifest) cannot be restored: "
+        f"{_first_line(e)}. If it is damaged, discard it with `{c.discard_command()}`."
+    ) from e
+
+
+def _check_directory(directory: str) -> None:
+  if not os.path.exists(directory):
+    raise CheckpointNotFoundError(f"no checkpoint directory {directory}")
+  if not os.path.isdir(directory):
+    raise CheckpointError(f"checkpoint directory {directory} is not a directory")
+
+
+# ----------------------------------------------------------------------------- Checkpointer
+
+
 class Checkpointer:
-  """Thin wrapper over ocp.CheckpointManager with 'state' and (optional) 'data' items."""
+  """Thin wrapper over ocp.CheckpointManager with 'state' and (optional) 'data' items.
+
+  `all_steps()` lists every finalised step, damaged ones included; `latest_step()` is the
+  newest step that is not known to be damaged (the one a resumed run should use)."""
 
   def __init__(self, directory: str, max_to_keep: int = 3, async_save: bool = True,
                read_only: bool = False):
     self.directory = os.path.abspath(directory)
+    if read_only:
+      _check_directory(self.directory)
+    elif os.path.exists(self.directory) and not os.path.isdir(self.directory):
+      raise CheckpointError(f"checkpoint directory {self.directory} is not a directory")
     options = ocp.CheckpointManagerOptions(
         max_to_keep=max_to_keep, create=not read_only, read_only=read_only,
         cleanup_tmp_directories=not read_only, enable_async_checkpointing=async_save)
     self._mngr = ocp.CheckpointManager(self.directory, options=options)
+    self._writer = not read_only and jax.process_index() == 0
+    self._checks: dict[int, StepCheck] = {}
+    self._warned: set[int] = set()
+
+  # -- integrity
+
+  def check(self, step: int) -> StepCheck:
+    """The integrity of `step` (cached; intact/damaged results are final)."""
+    c = self._checks.get(step)
+    if c is None or c.status == UNVERIFIED:
+      c = check_step(self.directory, step)
+      self._checks[step] = c
+    return c
+
+  def latest_intact_step(self) -> int | None:
+    """The newest step that is not damaged (intact or unverified), warning about skipped ones."""
+    for s in sorted(self.all_steps(), reverse=True):
+      c = self.check(s)
+      if c.status != DAMAGED:
+        return s
+      if s not in self._warned:
+        logging.warning("Skipping %s", _damaged_message(c))
+        self._warned.add(s)
+    return None
+
+  def _write_manifests(self) -> None:
+    """Manifests for every finalised step lacking one (call only when no save is running)."""
+    if not self._writer:
+      return
+    for s in self.all_steps():
+      path = os.path.join(self.directory, str(s))
+      if os.path.isdir(path) and not os.path.exists(os.path.join(path, MANIFEST_NAME)):
+        try:
+          write_manifest(path)
+        except FileNotFoundError:  # removed meanwhile (max_to_keep)
+          continue
+        self._checks.pop(s, None)
+
+  def _set_aside_damaged(self, from_step: int) -> None:
+    """Moves damaged steps >= from_step to `<step>.damaged` so that Orbax saves again."""
+    bad = [s for s in self.all_steps() if s >= from_step and self.check(s).status == DAMAGED]
+    if not bad:
+      return
+    if self._writer:
+      for s in bad:
+        src = os.path.join(self.directory, str(s))
+        dst = src + ".damaged"
+        n = 1
+        while os.path.exists(dst):
+          n += 1
+          dst = f"{src}.damaged{n}"
+        os.rename(src, dst)
+        logging.warning("Moved damaged checkpoint step %d aside to %s (delete it with "
+                        "`rm -r %s`).", s, dst, shlex.quote(dst))
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+      multihost_utils.sync_global_devices("derm_jax_set_aside_damaged")
+    self._mngr.reload()
+    for s in bad:
+      self._checks.pop(s, None)
+
+  # -- the public API
 
   def latest_step(self) -> int | None:
-    return self._mngr.latest_step()
+    """The step to resume from: the newest step not known to be damaged (None: none)."""
+    return self.latest_intact_step()
 
   def all_steps(self) -> list[int]:
-    return list(self._mngr.all_steps())
+    return sorted(self._mngr.all_steps())
 
   def save(self, step: int, state, data_iterator=None, force: bool = False) -> bool:
+    self._mngr.wait_until_finished()
+    self._write_manifests()
+    self._set_aside_damaged(step)
     items = {"state": ocp.args.StandardSave(state)}
     if data_iterator is not None:
       items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
     return self._mngr.save(step, args=ocp.args.Composite(**items), force=force)
 
   def restore(self, step: int | None, target_state, data_iterator=None):
-    """Restores `state` (into target's shapes/shardings) and, if given, the iterator in place."""
-    step = self.latest_step() if step is None else step
-    if step is None:
-      raise FileNotFoundError(f"No checkpoint found in {self.directory}.")
-    if step not in self.all_steps():
-      raise FileNotFoundError(f"No checkpoint for step {step} in {self.directory}; "
-                              f"available: {self.all_steps()}")
-    items = {"state": ocp.args.StandardRestore(abstract_like(target_state))}
-    if data_iterator is not None:
-      items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
-    restored = self._mngr.restore(step, args=ocp.args.Composite(**items))
-    return restored["state"]
+    """Restores `state` (into target's shapes/shardings) and, if given, the iterator in place.
+
+    `step=None`: the newest step that verifies and restores (damaged steps are skipped with
+    a warning). An explicit damaged or missing step raises CheckpointError."""
+    target = abstract_like(target_state)
+
+    def restore_fn(s):
+      items = {"state": ocp.args.StandardRestore(target)}
+      if data_iterator is not None:
+        items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
+      return self._mngr.restore(s, args=ocp.args.Composite(**items))["state"]
+
+    _, state = _restore_checked(self.directory, self.all_steps(), step, self.check,
+                                restore_fn, self._warned)
+    return state
 
   def wait(self):
     self._mngr.wait_until_finished()
+    self._write_manifests()
 
   def close(self):
     self._mngr.wait_until_finished()
+    self._write_manifests()
     self._mngr.close()
 
 
 def restore_state_tree(directory: str, step: int | None = None) -> tuple[int, dict]:
   """Restores the raw 'state' pytree (nested dicts of arrays on one local device) of a
   run's checkpoint, without the model that wrote it and whatever mesh it was saved from.
-  Used to take a pretrained VAE's encoder."""
-  if not os.path.isdir(directory):
-    raise FileNotFoundError(f"No checkpoint directory {directory!r}.")
-  mngr = ocp.CheckpointManager(os.path.abspath(directory),
+  Used to take a pretrained VAE's encoder. The step is verified first (see the module
+  docstring); `step=None` takes the newest usable step."""
+  directory = os.path.abspath(directory)
+  _check_directory(directory)
+  mngr = ocp.CheckpointManager(directory,
                                options=ocp.CheckpointManagerOptions(read_only=True),
                                item_handlers={"state": ocp.StandardCheckpointHandler()})
-  try:
-    step = mngr.latest_step() if step is None else step
-    if step is None:
-      raise FileNotFoundError(f"No checkpoint found in {directory!r}.")
-    sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+
+  def restore_fn(s):
     target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding),
-                          mngr.item_metadata(step)["state"])
-    restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
+                          mngr.item_metadata(s)["state"])
+    return mngr.restore(s, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
+
+  try:
+    step, restored = _restore_checked(directory, sorted(mngr.all_steps()), step,
+                                      lambda s: check_step(directory, s), restore_fn)
   finally:
     mngr.close()
   return step, restored["state"]
@@ -95,12 +376,8 @@ def restore_for_inference(directory: str, target_state, step: int | None, shardi
   """`target_state` with every field but `opt_state` replaced by the checkpoint's values.
 
   The optimiser state is not read, so a checkpoint stays evaluable whatever optimiser (or
-  optax version) trained it. Raises FileNotFoundError naming the missing step."""
-  if step is not None:
-    available = Checkpointer(directory, read_only=True).all_steps()
-    if step not in available:
-      raise FileNotFoundError(f"No checkpoint for step {step} in {directory}; "
-                              f"available: {available}")
+  optax version) trained it. The step is verified first; raises CheckpointNotFoundError (a
+  FileNotFoundError) naming a missing step and CheckpointError for a damaged one."""
   _, tree = restore_state_tree(directory, step)
   put = lambda t: jax.tree.map(  # noqa: E731
       lambda a: jax.make_array_from_process_local_data(sharding, np.asarray(a)), t)
