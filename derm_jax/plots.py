@@ -1,17 +1,25 @@
 """Figures for training runs and the VAE-vs-ImageNet comparison (matplotlib 'Agg', PIL).
 
-  * `save_confusion_matrix`: row-normalised (or raw) confusion matrix, counts annotated;
+  * `save_confusion_matrix`: row-normalised (or raw) confusion matrix, counts annotated,
+    the full class names in a caption;
   * `save_curves`: metric histories of several arms on shared axes, mean line and a
-    +-1 std band (sample std, ddof=1) across seeds when an arm has several seeds;
+    +-1 std band (sample std, ddof=1) across seeds when an arm has several seeds; raw
+    metric keys ('gap/accuracy') are shown in plain language (`METRIC_LABELS`);
   * `save_image_grid`: rows of images (e.g. inputs above VAE reconstructions, prior
-    samples) tiled into one PNG with PIL.
-No display is ever opened; every function creates the parent folder of `path`.
+    samples) tiled into one PNG with PIL, optionally with row labels and a title;
+  * `save_latent_map`: 2-D projection of VAE latents (e.g. `stats.pca_2d`) coloured by class;
+  * `save_reliability_diagram`: calibration (accuracy vs confidence per bin);
+  * `save_interval_groups`: estimates with interval bars, grouped (e.g. per evaluation set).
+Figures are meant to be read without the code: plain-language titles and axis labels,
+class codes explained (`CLASS_DESCRIPTIONS`). No display is ever opened; every function
+creates the parent folder of `path`.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import textwrap
 from collections.abc import Sequence
 from typing import Any
 
@@ -22,9 +30,63 @@ import matplotlib.pyplot as plt
 import numpy as np
 from PIL import Image
 
-__all__ = ["aggregate_histories", "save_confusion_matrix", "save_curves", "save_image_grid"]
+__all__ = [
+  "CLASS_DESCRIPTIONS",
+  "METRIC_LABELS",
+  "aggregate_histories",
+  "class_caption",
+  "describe_class",
+  "save_confusion_matrix",
+  "save_curves",
+  "save_image_grid",
+  "save_interval_groups",
+  "save_latent_map",
+  "save_reliability_diagram",
+]
 
 _LINESTYLES = ["-", "--", ":", "-."]
+
+# Plain-language names of the HAM10000 / DermaMNIST diagnosis codes.
+CLASS_DESCRIPTIONS = {
+  "akiec": "actinic keratoses / intraepithelial carcinoma",
+  "bcc": "basal cell carcinoma",
+  "bkl": "benign keratosis-like lesions",
+  "df": "dermatofibroma",
+  "mel": "melanoma",
+  "nv": "melanocytic nevi",
+  "vasc": "vascular lesions",
+  "scc": "squamous cell carcinoma",
+}
+
+# Plain-language names of the per-epoch history keys.
+METRIC_LABELS = {
+  "train/loss": "training loss",
+  "val/loss": "validation loss",
+  "train/accuracy": "training accuracy",
+  "val/accuracy": "validation accuracy",
+  "train/balanced_accuracy": "training balanced accuracy",
+  "val/balanced_accuracy": "validation balanced accuracy",
+  "train/macro_f1": "training macro-F1",
+  "val/macro_f1": "validation macro-F1",
+  "train/macro_auc": "training macro AUC",
+  "val/macro_auc": "validation macro AUC",
+  "gap/accuracy": "training − validation accuracy",
+  "gap/loss": "validation − training loss",
+}
+
+
+def describe_class(code: str) -> str:
+  """'mel' -> 'melanoma'; an unknown code is returned unchanged."""
+  return CLASS_DESCRIPTIONS.get(str(code).lower(), str(code))
+
+
+def class_caption(class_names: Sequence[str]) -> str:
+  """'akiec = actinic keratoses / intraepithelial carcinoma; bcc = ...' for the known codes."""
+  return "; ".join(f"{c} = {describe_class(c)}" for c in class_names if describe_class(c) != c)
+
+
+def _metric_label(key: str) -> str:
+  return METRIC_LABELS.get(key, key.replace("/", " ").replace("_", " "))
 
 
 def _ensure_parent(path: str | os.PathLike) -> str:
@@ -36,12 +98,14 @@ def _ensure_parent(path: str | os.PathLike) -> str:
 
 
 def save_confusion_matrix(cm: Any, class_names: Sequence[str], path: str | os.PathLike, title: str,
-                          normalize: bool = True) -> str:
+                          normalize: bool = True, caption: str | None = None) -> str:
   """Saves a confusion matrix (rows = true, cols = predicted) as a PNG.
 
   With `normalize`, colours show each row divided by its total (recall on the diagonal;
   an empty row stays 0) and every cell is annotated "count\\n(fraction)"; otherwise
-  colours and annotations are raw counts. Returns `path`.
+  colours and annotations are raw counts. Annotations are at least 10 pt. `caption`
+  (default: the full names of the known class codes, `class_caption`) is printed under
+  the axes. Returns `path`.
   """
   cm = np.asarray(cm, dtype=np.float64)
   k = cm.shape[0]
@@ -55,18 +119,19 @@ def save_confusion_matrix(cm: Any, class_names: Sequence[str], path: str | os.Pa
   else:
     shown = cm
     vmax = max(float(cm.max()), 1.0)
-  size = max(4.0, 0.8 * k + 2.0)
-  fig, ax = plt.subplots(figsize=(size + 1.0, size))
+  caption = class_caption(class_names) if caption is None else caption
+  size = max(5.0, 1.0 * k + 2.5)
+  fig, ax = plt.subplots(figsize=(size + 1.5, size))
   im = ax.imshow(shown, cmap="Blues", vmin=0.0, vmax=vmax)
   fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="fraction of true class" if normalize else "count")
   ax.set_xticks(range(k))
   ax.set_yticks(range(k))
-  ax.set_xticklabels(class_names, rotation=45, ha="right")
-  ax.set_yticklabels(class_names)
-  ax.set_xlabel("predicted")
-  ax.set_ylabel("true")
-  ax.set_title(title)
-  fontsize = 8 if k <= 10 else 6
+  ax.set_xticklabels(class_names, rotation=45, ha="right", fontsize=11)
+  ax.set_yticklabels(class_names, fontsize=11)
+  ax.set_xlabel("predicted class", fontsize=11)
+  ax.set_ylabel("true class", fontsize=11)
+  ax.set_title(title, fontsize=12)
+  fontsize = 11 if k <= 8 else 10
   for i in range(k):
     for j in range(k):
       text = f"{int(round(cm[i, j]))}"
@@ -75,9 +140,15 @@ def save_confusion_matrix(cm: Any, class_names: Sequence[str], path: str | os.Pa
       colour = "white" if shown[i, j] > 0.6 * vmax else "black"
       ax.text(j, i, text, ha="center", va="center", color=colour, fontsize=fontsize)
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
+  if caption:
+    fig.text(0.02, 0.0, _wrap(caption, int(12 * (size + 1.5))), fontsize=10, va="top", ha="left")
+  fig.savefig(path, dpi=100, bbox_inches="tight", pad_inches=0.2)
   plt.close(fig)
   return path
+
+
+def _wrap(text: str, width: int) -> str:
+  return "\n".join(textwrap.wrap(text, width=max(width, 20)))
 
 
 def _as_float(v: Any) -> float:
@@ -114,7 +185,7 @@ def aggregate_histories(histories: Sequence[Sequence[dict[str, Any]]], key: str
 
 
 def _draw_curves(ax: Any, runs: dict[str, list[list[dict[str, Any]]]], keys: Sequence[str],
-                 hline: float | None) -> None:
+                 hline: float | None, labels: dict[str, str]) -> None:
   colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
   for a, (arm, histories) in enumerate(runs.items()):
     colour = colours[a % len(colours)]
@@ -122,7 +193,7 @@ def _draw_curves(ax: Any, runs: dict[str, list[list[dict[str, Any]]]], keys: Seq
       epochs, mean, std, n = aggregate_histories(histories, key)
       if epochs.size == 0:
         continue
-      label = f"{arm} {key}"
+      label = f"{arm}: {labels.get(key) or _metric_label(key)}"
       if len(histories) > 1:
         label += f" (mean ± std, {len(histories)} seeds)"
       style = _LINESTYLES[j % len(_LINESTYLES)]
@@ -135,6 +206,7 @@ def _draw_curves(ax: Any, runs: dict[str, list[list[dict[str, Any]]]], keys: Seq
   if hline is not None:
     ax.axhline(hline, color="grey", linewidth=0.8, linestyle="-")
   ax.set_xlabel("epoch")
+  ax.xaxis.get_major_locator().set_params(integer=True)
   ax.grid(True, alpha=0.3)
   handles, _ = ax.get_legend_handles_labels()
   if handles:
@@ -143,7 +215,8 @@ def _draw_curves(ax: Any, runs: dict[str, list[list[dict[str, Any]]]], keys: Seq
 
 def save_curves(runs: dict[str, list[list[dict[str, Any]]]], keys: list[str], path: str | os.PathLike,
                 title: str, separate_panels: bool = False, hline: float | None = None,
-                ylabel: str | None = None) -> str:
+                ylabel: str | None = None, key_labels: dict[str, str] | None = None,
+                panel_titles: dict[str, str] | None = None) -> str:
   """Plots metric histories of several arms on shared axes.
 
   runs: arm name -> list of per-seed histories, each a list of per-epoch dicts (with an
@@ -151,21 +224,25 @@ def save_curves(runs: dict[str, list[list[dict[str, Any]]]], keys: list[str], pa
   line: colour = arm, line style = key; with several seeds the line is the mean over
   seeds and the band is +-1 sample std. `separate_panels` draws one panel per key
   (sharing the epoch axis) instead of all keys on one axes; `hline` draws a reference
-  horizontal line (e.g. 0 for gaps). Returns `path`.
+  horizontal line (e.g. 0 for gaps). Keys are named in plain language in legends and panel
+  titles: `key_labels` (key -> text) first, then `METRIC_LABELS`; `panel_titles` (key ->
+  text) overrides a panel's title. Returns `path`.
   """
   path = _ensure_parent(path)
+  labels = dict(key_labels or {})
   if separate_panels and len(keys) > 1:
-    fig, axes = plt.subplots(1, len(keys), figsize=(6.0 * len(keys), 4.5), sharex=True)
+    fig, axes = plt.subplots(1, len(keys), figsize=(6.5 * len(keys), 4.8), sharex=True)
     for ax, key in zip(axes, keys):
-      _draw_curves(ax, runs, [key], hline)
-      ax.set_title(key)
-      ax.set_ylabel(ylabel or key)
+      _draw_curves(ax, runs, [key], hline, labels)
+      name = labels.get(key) or _metric_label(key)
+      ax.set_title((panel_titles or {}).get(key) or name[:1].upper() + name[1:])
+      ax.set_ylabel(ylabel or name)
     fig.suptitle(title)
   else:
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
-    _draw_curves(ax, runs, keys, hline)
+    _draw_curves(ax, runs, keys, hline, labels)
     ax.set_title(title)
-    ax.set_ylabel(ylabel or (keys[0].split("/")[-1] if keys else ""))
+    ax.set_ylabel(ylabel or (keys[0].split("/")[-1].replace("_", " ") if keys else ""))
   fig.tight_layout()
   fig.savefig(path, dpi=100)
   plt.close(fig)
@@ -187,18 +264,29 @@ def _to_uint8_images(x: Any) -> np.ndarray:
 
 
 def save_image_grid(rows: list[Any], path: str | os.PathLike, pad: int = 2,
-                    pad_value: int = 255) -> str:
+                    pad_value: int = 255, row_labels: Sequence[str] | None = None,
+                    title: str | None = None, scale: int = 1) -> str:
   """Tiles rows of images into one PNG.
 
   rows: list of arrays, each (N_r, H, W, 3) float in [0, 1] (clipped) or uint8; entry r
   is row r of the grid. All images share H and W; rows may hold different counts (short
   rows are left blank on the right). The image is
   (R*H + (R+1)*pad) pixels high and (C*W + (C+1)*pad) wide, C = max N_r, with `pad`
-  pixels of `pad_value` (white) between and around the tiles. Returns `path`.
+  pixels of `pad_value` (white) between and around the tiles. `scale` > 1 enlarges every
+  tile by pixel repetition first (H, W become scale*H, scale*W). `row_labels` (one text
+  per row, e.g. "input", "reconstruction") adds a white margin on the left with each
+  row's label; `title` (e.g. "step 312, val ELBO 13,693") adds a band on top. Without
+  labels and title the size is exactly as above. Returns `path`.
   """
   if not rows:
     raise ValueError("save_image_grid needs at least one row")
   imgs = [_to_uint8_images(r) for r in rows]
+  if scale < 1:
+    raise ValueError(f"scale must be >= 1, got {scale}")
+  if scale > 1:
+    imgs = [np.repeat(np.repeat(r, scale, axis=1), scale, axis=2) for r in imgs]
+  if row_labels is not None and len(row_labels) != len(imgs):
+    raise ValueError(f"row_labels needs one label per row ({len(imgs)}), got {len(row_labels)}")
   h, w = imgs[0].shape[1:3]
   for r in imgs:
     if r.shape[1:3] != (h, w):
@@ -212,6 +300,166 @@ def save_image_grid(rows: list[Any], path: str | os.PathLike, pad: int = 2,
     for j in range(r.shape[0]):
       x = pad + j * (w + pad)
       canvas[y:y + h, x:x + w] = r[j]
+  image = Image.fromarray(canvas)
+  if row_labels is not None or title:
+    image = _annotate_grid(image, [str(t) for t in row_labels or []], title, h, pad, pad_value)
   path = _ensure_parent(path)
-  Image.fromarray(canvas).save(path, format="PNG")
+  image.save(path, format="PNG")
+  return path
+
+
+def _font(size: int) -> Any:
+  from PIL import ImageFont
+  try:
+    return ImageFont.load_default(size=size)
+  except TypeError:  # Pillow < 10.1: fixed-size bitmap font
+    return ImageFont.load_default()
+
+
+def _annotate_grid(grid: Image.Image, row_labels: list[str], title: str | None, h: int, pad: int,
+                   pad_value: int) -> Image.Image:
+  """Adds a left margin with one label per row and a title band on top."""
+  from PIL import ImageDraw
+  font = _font(14)
+  probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+
+  def size(text: str) -> tuple[int, int]:
+    box = probe.textbbox((0, 0), text, font=font)
+    return box[2] - box[0], box[3] - box[1]
+
+  left = (max(size(t)[0] for t in row_labels) + 12) if row_labels else 0
+  top = (size(title)[1] + 14) if title else 0
+  width = max(grid.width + left, (size(title)[0] + 12) if title else 0)
+  out = Image.new("RGB", (width, grid.height + top), (pad_value,) * 3)
+  out.paste(grid, (left, top))
+  draw = ImageDraw.Draw(out)
+  if title:
+    draw.text((6, 6), title, fill=(0, 0, 0), font=font)
+  for i, text in enumerate(row_labels):
+    tw, th = size(text)
+    y = top + pad + i * (h + pad) + max(0, (h - th) // 2)
+    draw.text((left - 6 - tw, y), text, fill=(0, 0, 0), font=font)
+  return out
+
+
+def save_latent_map(latents_2d: Any, labels: Any, class_names: Sequence[str], path: str | os.PathLike,
+                    title: str, axis_labels: tuple[str, str] = ("principal component 1",
+                                                                 "principal component 2")) -> str:
+  """Scatter of 2-D latent coordinates (e.g. `stats.pca_2d` of VAE means), one colour per class.
+
+  latents_2d: (N, 2); labels: (N,) integer classes indexing `class_names`. The legend gives
+  each class code, its full name and its number of points. Returns `path`.
+  """
+  z = np.asarray(latents_2d, dtype=np.float64)
+  y = np.asarray(labels).astype(np.int64).reshape(-1)
+  if z.ndim != 2 or z.shape[1] != 2 or z.shape[0] != y.shape[0]:
+    raise ValueError(f"latents_2d must be (N, 2) with N = len(labels) = {y.shape[0]}, got {z.shape}")
+  if y.size and (y.min() < 0 or y.max() >= len(class_names)):
+    raise ValueError(f"labels must index class_names (K = {len(class_names)})")
+  path = _ensure_parent(path)
+  fig, ax = plt.subplots(figsize=(11.0, 6.0))
+  cmap = plt.get_cmap("tab10" if len(class_names) <= 10 else "tab20")
+  for k, name in enumerate(class_names):
+    sel = y == k
+    if not sel.any():
+      continue
+    desc = describe_class(name)
+    label = f"{name} ({desc}), n={int(sel.sum())}" if desc != name else f"{name}, n={int(sel.sum())}"
+    ax.scatter(z[sel, 0], z[sel, 1], s=10, alpha=0.7, color=cmap(k % cmap.N), label=label, linewidths=0)
+  ax.set_xlabel(axis_labels[0])
+  ax.set_ylabel(axis_labels[1])
+  ax.set_title(title)
+  ax.grid(True, alpha=0.3)
+  if ax.get_legend_handles_labels()[0]:
+    ax.legend(fontsize=9, loc="center left", bbox_to_anchor=(1.01, 0.5), markerscale=2, title="class")
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+  return path
+
+
+def save_reliability_diagram(confidence: Any, accuracy: Any, count: Any, path: str | os.PathLike,
+                             title: str, edges: Any | None = None, ece: float | None = None) -> str:
+  """Reliability diagram: per confidence bin, the accuracy (bars) against the mean confidence
+  (a perfectly calibrated model lies on the diagonal), with the number of images per bin
+  below. Arrays are per bin (NaN for empty bins); `edges` defaults to equal-width bins
+  on [0, 1]. Returns `path`.
+  """
+  conf = np.asarray(confidence, dtype=np.float64)
+  acc = np.asarray(accuracy, dtype=np.float64)
+  cnt = np.asarray(count, dtype=np.float64)
+  m = conf.shape[0]
+  edges = np.linspace(0.0, 1.0, m + 1) if edges is None else np.asarray(edges, dtype=np.float64)
+  centres, widths = (edges[:-1] + edges[1:]) / 2, np.diff(edges)
+  path = _ensure_parent(path)
+  fig, (ax, axc) = plt.subplots(2, 1, figsize=(6.0, 6.5), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+  used = cnt > 0
+  ax.bar(centres[used], acc[used], width=widths[used], edgecolor="black", color="tab:blue", alpha=0.8,
+         label="accuracy of the images in the bin")
+  ax.plot(conf[used], acc[used], "o", color="tab:orange", markersize=4, label="(mean confidence, accuracy)")
+  ax.plot([0, 1], [0, 1], "--", color="grey", label="perfect calibration")
+  ax.set_xlim(0, 1)
+  ax.set_ylim(0, 1)
+  ax.set_ylabel("accuracy")
+  ax.set_title(title + (f"\nexpected calibration error (ECE) = {ece:.3f}" if ece is not None else ""))
+  ax.legend(fontsize=9, loc="upper left")
+  ax.grid(True, alpha=0.3)
+  axc.bar(centres, cnt, width=widths, edgecolor="black", color="grey")
+  axc.set_xlabel("confidence (predicted probability of the predicted class)")
+  axc.set_ylabel("images")
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+  return path
+
+
+def save_interval_groups(groups: Sequence[str], series: dict[str, Sequence[tuple[Any, Any, Any]]],
+                         path: str | os.PathLike, title: str, ylabel: str,
+                         baseline: Sequence[Any] | None = None, baseline_label: str = "baseline",
+                         xlabel: str = "") -> str:
+  """Estimates with interval bars, side by side per group.
+
+  groups: G group names (x axis, e.g. evaluation sets); series: name -> G tuples
+  (estimate, lo, hi), any of them None (not drawn / no bar); baseline: G values drawn as
+  a short black line per group (None skips a group). Returns `path`.
+  """
+  path = _ensure_parent(path)
+  g = len(groups)
+  fig, ax = plt.subplots(figsize=(max(6.0, 2.2 * g + 2.5), 4.8))
+  n = max(len(series), 1)
+  width = 0.7 / n
+  for i, (name, vals) in enumerate(series.items()):
+    if len(vals) != g:
+      raise ValueError(f"series {name!r} needs {g} values, got {len(vals)}")
+    xs = np.arange(g) - 0.35 + width * (i + 0.5)
+    labelled = False
+    for x, (est, lo, hi) in zip(xs, vals):
+      if est is None:
+        continue
+      yerr = None
+      if lo is not None and hi is not None:
+        yerr = [[max(est - lo, 0.0)], [max(hi - est, 0.0)]]
+      ax.errorbar([x], [est], yerr=yerr, fmt="o", capsize=5, color=f"C{i}", markersize=7,
+                  label=None if labelled else name)
+      labelled = True
+  if baseline is not None:
+    first = True
+    for j, b in enumerate(baseline):
+      if b is None:
+        continue
+      ax.hlines(b, j - 0.4, j + 0.4, colors="black", linestyles=":", label=baseline_label if first else None)
+      first = False
+  ax.set_xticks(range(g))
+  ax.set_xticklabels(groups)
+  ax.set_xlim(-0.6, g - 0.4)
+  ax.set_ylabel(ylabel)
+  if xlabel:
+    ax.set_xlabel(xlabel)
+  ax.set_title(title)
+  ax.grid(True, axis="y", alpha=0.3)
+  if ax.get_legend_handles_labels()[0]:
+    ax.legend(fontsize=9)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
   return path
