@@ -1,12 +1,82 @@
 #!/usr/bin/env bash
-# Runs a derm_jax experiment on all GPUs of this machine (one process; the batch is sharded
-# over every local GPU along the mesh's 'data' axis).
+# Runs a derm_jax experiment on all GPUs of this machine: one process that sees every visible
+# GPU; the batch is sharded over all of them along the mesh's 'data' axis
+# (jax.device_count()). No jax.distributed: a single process needs none.
 #
-#   bash launch/gpu_local.sh --config=configs/vae.py:paper --workdir=/data/runs/vae_paper \
-#       --config.data.source=npz --config.data.npz_path=/data/dermamnist_224.npz
+#   CONFIG=configs/vae.py:paper WORKDIR=/data/runs/vae_paper \
+#   bash launch/gpu_local.sh --config.data.source=npz --config.data.npz_path=/data/d.npz
 #
-# First time: pip install -e '.[cuda]'. Restrict GPUs with CUDA_VISIBLE_DEVICES.
+# (or pass --config=... --workdir=... as arguments, as before). Prefix DRY_RUN=1 to print
+# the command ("+ ", shell-quoted) and the GPU count without running it. Rerunning the same
+# command resumes from the latest checkpoint in WORKDIR.
+# First time: pip install -e '.[cuda]'. CUDA_VISIBLE_DEVICES is left as it is: unset means
+# every GPU; set it (e.g. 0,1,2,3) to use fewer.
+#
+# Environment (required: CONFIG or a trailing --config=..., WORKDIR or --workdir=...):
+#   CONFIG       --config for derm_jax.main, e.g. configs/vae.py:paper.
+#   WORKDIR      --workdir, e.g. /data/runs/vae_paper.
+#   EXTRA_ARGS   more derm_jax.main flags, split on whitespace (trailing args are passed too).
+#   PYTHON       interpreter; default python (the active venv's).
+#   XLA_PYTHON_CLIENT_MEM_FRACTION   share of each GPU's memory JAX preallocates; default 0.9.
+#   DRY_RUN      1: print the command instead of running it.
 set -euo pipefail
+
+DRY_RUN="${DRY_RUN:-0}"
+die() { echo "gpu_local.sh: error: $*" >&2; exit 2; }
+log() { echo "gpu_local.sh: $*" >&2; }
+# One word, quoted so that it can be pasted back into a shell.
+q() {
+  if [[ $1 =~ ^[A-Za-z0-9_@%+=:,./-]+$ ]]; then printf '%s' "$1"
+  else printf "'%s'" "${1//\'/\'\\\'\'}"; fi
+}
+show() { local out="+" a; for a in "$@"; do out+=" $(q "$a")"; done; printf '%s\n' "$out"; }
+# Prints a command (stdout on a dry run, stderr otherwise) and runs it unless DRY_RUN=1.
+run() { if [[ "$DRY_RUN" == 1 ]]; then show "$@"; else show "$@" >&2; "$@"; fi; }
+
+# derm_jax.main flags: CONFIG / WORKDIR (or --config= / --workdir= among the trailing args).
+config_arg="" workdir_arg=""
+for a in "$@"; do
+  case "$a" in
+    --config=*) config_arg="${a#--config=}" ;;
+    --workdir=*) workdir_arg="${a#--workdir=}" ;;
+    --config|--workdir) die "write $a=VALUE as one argument" ;;
+  esac
+done
+main_args=()
+if [[ -n "${CONFIG:-}" ]]; then
+  [[ -z "$config_arg" || "$config_arg" == "$CONFIG" ]] || die "CONFIG=$CONFIG but --config=$config_arg"
+  [[ -n "$config_arg" ]] || main_args+=("--config=$CONFIG")
+elif [[ -z "$config_arg" ]]; then
+  die "set CONFIG (e.g. CONFIG=configs/vae.py:paper) or pass --config=..."
+fi
+if [[ -n "${WORKDIR:-}" ]]; then
+  [[ -z "$workdir_arg" || "$workdir_arg" == "$WORKDIR" ]] || die "WORKDIR=$WORKDIR but --workdir=$workdir_arg"
+  [[ -n "$workdir_arg" ]] || main_args+=("--workdir=$WORKDIR")
+elif [[ -z "$workdir_arg" ]]; then
+  die "set WORKDIR (the run directory) or pass --workdir=..."
+fi
+read -r -a extra_args <<< "${EXTRA_ARGS:-}"
+main_args+=(${extra_args[@]+"${extra_args[@]}"} "$@")
+
 cd "$(dirname "$0")/.."
-export XLA_PYTHON_CLIENT_MEM_FRACTION="${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.9}"
-python -m derm_jax.main "$@"
+PYTHON="${PYTHON:-python}"
+MEM_FRACTION="${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.9}"
+
+# The GPUs this process will see: CUDA_VISIBLE_DEVICES if set, else all that nvidia-smi lists.
+if [[ -n "${CUDA_VISIBLE_DEVICES+set}" ]]; then
+  IFS=, read -r -a visible <<< "$CUDA_VISIBLE_DEVICES"
+  n_gpus="${#visible[@]}"
+  source="CUDA_VISIBLE_DEVICES=$CUDA_VISIBLE_DEVICES"
+elif command -v nvidia-smi > /dev/null; then
+  n_gpus="$(nvidia-smi -L 2>/dev/null | grep -c '^GPU ' || true)"
+  source="nvidia-smi -L"
+else
+  n_gpus=0
+  source="no nvidia-smi on PATH"
+fi
+if [[ "$n_gpus" == 0 ]]; then
+  [[ "$DRY_RUN" == 1 ]] || die "no GPU found ($source); on CPU run python -m derm_jax.main"
+  log "warning: no GPU found ($source)"
+fi
+log "1 process using $n_gpus GPU(s) ($source)"
+run env "XLA_PYTHON_CLIENT_MEM_FRACTION=$MEM_FRACTION" "$PYTHON" -m derm_jax.main "${main_args[@]}"

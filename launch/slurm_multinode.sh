@@ -1,14 +1,129 @@
 #!/usr/bin/env bash
-# Multi-node GPU job under SLURM: one process per node, all GPUs of a node per process;
-# jax.distributed.initialize() reads the SLURM environment to find the coordinator.
+# Multi-node GPU training under SLURM: one process per GPU on every node (8 per 8-GPU node),
+# all of them in one jax.distributed job (`--jax_distributed`: JAX reads the SLURM
+# environment, and each process takes the GPU numbered SLURM_LOCALID, so every GPU works).
 #
-#   sbatch --nodes=4 --gpus-per-node=8 launch/slurm_multinode.sh \
-#       --config=configs/compare.py:paper --workdir=/shared/runs/compare_paper \
-#       --config.data.source=npz --config.data.npz_path=/shared/dermamnist_224.npz
+# Submit from the repository root, with the environment (venv) that has derm_jax active:
+#
+#   NODES=2 GPUS_PER_NODE=8 PARTITION=gpu TIME=24:00:00 \
+#   CONFIG=configs/compare.py:paper WORKDIR=/shared/runs/compare_paper \
+#   bash launch/slurm_multinode.sh --config.data.source=npz \
+#       --config.data.npz_path=/shared/dermamnist_224.npz
+#
+# Outside an allocation the script submits itself with sbatch (the resources below become
+# sbatch flags); inside one (sbatch, salloc) it runs the job step with srun. Plain
+# `sbatch launch/slurm_multinode.sh --config=... --workdir=...` also works (the #SBATCH
+# header asks for 2 nodes x 8 GPUs). Prefix DRY_RUN=1 to print the sbatch (or srun) command,
+# shell-quoted after "+ ", without running it. Resubmitting the same command resumes from
+# the latest checkpoint in WORKDIR.
+#
+# Environment (required: CONFIG or a trailing --config=..., WORKDIR or --workdir=...):
+#   CONFIG          --config for derm_jax.main, e.g. configs/vae.py:paper.
+#   WORKDIR         --workdir: a directory on a filesystem shared by all nodes.
+#   EXTRA_ARGS      more derm_jax.main flags, split on whitespace (trailing args too).
+#   NODES           nodes to request; default 2.
+#   GPUS_PER_NODE   GPUs per node = processes per node; default 8.
+#   CPUS_PER_TASK   CPU cores per process (data loading); default: the node's cores
+#                   divided by GPUS_PER_NODE (SLURM_CPUS_ON_NODE / GPUS_PER_NODE).
+#   PARTITION, TIME, ACCOUNT   sbatch --partition / --time / --account; default: unset.
+#   JOB_NAME        default derm_jax.
+#   SBATCH_EXTRA    more sbatch flags, split on whitespace (e.g. "--qos=high --requeue").
+#   PYTHON          interpreter on the nodes; default python (the active venv's).
+#   DRY_RUN         1: print the commands instead of running them.
 #
 #SBATCH --job-name=derm_jax
-#SBATCH --ntasks-per-node=1
+#SBATCH --nodes=2
+#SBATCH --ntasks-per-node=8
+#SBATCH --gpus-per-node=8
 #SBATCH --exclusive
 set -euo pipefail
-cd "${SLURM_SUBMIT_DIR:-$(dirname "$0")/..}"
-srun python -m derm_jax.main --jax_distributed "$@"
+
+DRY_RUN="${DRY_RUN:-0}"
+die() { echo "slurm_multinode.sh: error: $*" >&2; exit 2; }
+log() { echo "slurm_multinode.sh: $*" >&2; }
+# One word, quoted so that it can be pasted back into a shell.
+q() {
+  if [[ $1 =~ ^[A-Za-z0-9_@%+=:,./-]+$ ]]; then printf '%s' "$1"
+  else printf "'%s'" "${1//\'/\'\\\'\'}"; fi
+}
+show() { local out="+" a; for a in "$@"; do out+=" $(q "$a")"; done; printf '%s\n' "$out"; }
+# Prints a command (stdout on a dry run, stderr otherwise) and runs it unless DRY_RUN=1.
+run() { if [[ "$DRY_RUN" == 1 ]]; then show "$@"; else show "$@" >&2; "$@"; fi; }
+is_count() { [[ "$1" =~ ^[1-9][0-9]*$ ]]; }
+
+# derm_jax.main flags: CONFIG / WORKDIR (or --config= / --workdir= among the trailing args).
+config_arg="" workdir_arg=""
+for a in "$@"; do
+  case "$a" in
+    --config=*) config_arg="${a#--config=}" ;;
+    --workdir=*) workdir_arg="${a#--workdir=}" ;;
+    --config|--workdir) die "write $a=VALUE as one argument" ;;
+  esac
+done
+main_args=()
+if [[ -n "${CONFIG:-}" ]]; then
+  [[ -z "$config_arg" || "$config_arg" == "$CONFIG" ]] || die "CONFIG=$CONFIG but --config=$config_arg"
+  [[ -n "$config_arg" ]] || main_args+=("--config=$CONFIG")
+elif [[ -z "$config_arg" ]]; then
+  die "set CONFIG (e.g. CONFIG=configs/vae.py:paper) or pass --config=..."
+fi
+if [[ -n "${WORKDIR:-}" ]]; then
+  [[ -z "$workdir_arg" || "$workdir_arg" == "$WORKDIR" ]] || die "WORKDIR=$WORKDIR but --workdir=$workdir_arg"
+  [[ -n "$workdir_arg" ]] || main_args+=("--workdir=$WORKDIR")
+elif [[ -z "$workdir_arg" ]]; then
+  die "set WORKDIR (a directory on a filesystem all nodes share) or pass --workdir=..."
+fi
+read -r -a extra_args <<< "${EXTRA_ARGS:-}"
+main_args+=(${extra_args[@]+"${extra_args[@]}"} "$@")
+
+PYTHON="${PYTHON:-python}"
+GPUS_PER_NODE="${GPUS_PER_NODE:-8}"
+is_count "$GPUS_PER_NODE" || die "GPUS_PER_NODE must be a positive number, not '$GPUS_PER_NODE'"
+[[ -z "${CPUS_PER_TASK:-}" ]] || is_count "$CPUS_PER_TASK" \
+  || die "CPUS_PER_TASK must be a positive number, not '$CPUS_PER_TASK'"
+
+if [[ -z "${SLURM_JOB_ID:-}" ]]; then
+  # Not in an allocation: submit this script, with the resources as sbatch flags.
+  REPO_DIR="$(cd "$(dirname "$0")/.." && pwd)"
+  NODES="${NODES:-2}"
+  is_count "$NODES" || die "NODES must be a positive number, not '$NODES'"
+  sbatch_args=("--job-name=${JOB_NAME:-derm_jax}" "--nodes=$NODES"
+               "--ntasks-per-node=$GPUS_PER_NODE" "--gpus-per-node=$GPUS_PER_NODE" --exclusive)
+  [[ -z "${CPUS_PER_TASK:-}" ]] || sbatch_args+=("--cpus-per-task=$CPUS_PER_TASK")
+  [[ -z "${PARTITION:-}" ]] || sbatch_args+=("--partition=$PARTITION")
+  [[ -z "${TIME:-}" ]] || sbatch_args+=("--time=$TIME")
+  [[ -z "${ACCOUNT:-}" ]] || sbatch_args+=("--account=$ACCOUNT")
+  read -r -a sbatch_extra <<< "${SBATCH_EXTRA:-}"
+  sbatch_args+=(${sbatch_extra[@]+"${sbatch_extra[@]}"} "--chdir=$REPO_DIR"
+                "--export=ALL,DERM_JAX_REPO=$REPO_DIR,GPUS_PER_NODE=$GPUS_PER_NODE,PYTHON=$PYTHON")
+  log "$NODES node(s) x $GPUS_PER_NODE GPU(s) = $((NODES * GPUS_PER_NODE)) processes"
+  run sbatch "${sbatch_args[@]}" "$REPO_DIR/launch/slurm_multinode.sh" "${main_args[@]}"
+  exit 0
+fi
+
+# Inside the allocation (the batch script of the job, or salloc): one task per GPU.
+# sbatch runs a copy of this script, so the checkout is found from the environment.
+REPO_DIR="${DERM_JAX_REPO:-${SLURM_SUBMIT_DIR:-$PWD}}"
+[[ -f "$REPO_DIR/derm_jax/main.py" ]] \
+  || die "$REPO_DIR is not the derm_jax checkout: submit from the repository root"
+cd "$REPO_DIR"
+NODES="${SLURM_JOB_NUM_NODES:-${SLURM_NNODES:-}}"
+is_count "$NODES" || die "SLURM_JOB_NUM_NODES is not set: run this under sbatch or salloc"
+if [[ -n "${SLURM_NTASKS_PER_NODE:-}" && "${SLURM_NTASKS_PER_NODE}" != "$GPUS_PER_NODE" ]]; then
+  log "warning: the job has ${SLURM_NTASKS_PER_NODE} task(s) per node but GPUS_PER_NODE=\
+$GPUS_PER_NODE; submit with --ntasks-per-node=$GPUS_PER_NODE (or without sbatch flags)"
+fi
+if [[ -z "${CPUS_PER_TASK:-}" ]]; then
+  # srun does not inherit sbatch's --cpus-per-task (SLURM >= 22.05); without it each task
+  # could be pinned to one core, which starves the data pipeline.
+  cpus="${SLURM_CPUS_ON_NODE:-$GPUS_PER_NODE}"
+  cpus="${cpus%%(*}"  # "64(x2)" style values
+  CPUS_PER_TASK=$(( cpus / GPUS_PER_NODE > 0 ? cpus / GPUS_PER_NODE : 1 ))
+fi
+log "$NODES node(s) x $GPUS_PER_NODE GPU(s): $((NODES * GPUS_PER_NODE)) processes, \
+$CPUS_PER_TASK CPU(s) each, one GPU each (SLURM_LOCALID)"
+# No per-task GPU binding: every task sees all GPUs of its node and JAX's SLURM detection
+# picks the one numbered SLURM_LOCALID (local_device_ids=[SLURM_LOCALID]).
+run srun "--nodes=$NODES" "--ntasks=$((NODES * GPUS_PER_NODE))" \
+  "--ntasks-per-node=$GPUS_PER_NODE" "--cpus-per-task=$CPUS_PER_TASK" --kill-on-bad-exit=1 \
+  "$PYTHON" -m derm_jax.main --jax_distributed "${main_args[@]}"

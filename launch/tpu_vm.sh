@@ -1,37 +1,244 @@
 #!/usr/bin/env bash
-# Runs a derm_jax experiment on a Cloud TPU VM (single host or a pod slice), big_vision style:
-# create the TPU VM, copy this checkout to every worker, install, run the same command on all
-# workers (one process per host; jax.distributed finds the coordinator on Cloud TPU).
+# Runs a derm_jax experiment on a Cloud TPU VM (one host or a multi-host pod slice such as
+# v4-32 or v5litepod-16): creates the TPU if needed (on-demand, or a Spot slice through a
+# queued resource), ships the committed code (`git archive HEAD`: tracked files only, no
+# run folders, no .venv) to every worker, installs the environment once per worker, and
+# runs the same training command on all workers (`--worker=all`, one process per host,
+# `--jax_distributed`; JAX finds the coordinator from the TPU metadata).
 #
-#   TPU_NAME=derm-v4-32 ZONE=us-central2-b ACCELERATOR=v4-32 \
-#   WORKDIR=/mnt/disks/persist/derm/compare \
-#   bash launch/tpu_vm.sh --config=configs/compare.py:paper \
-#       --config.data.source=npz --config.data.npz_path=/mnt/disks/persist/dermamnist_224.npz
+#   TPU_NAME=derm-v5e ZONE=us-west4-a ACCELERATOR_TYPE=v5litepod-16 \
+#   CONFIG=configs/compare.py:paper WORKDIR=/mnt/shared/derm/compare_paper \
+#   bash launch/tpu_vm.sh --config.data.source=npz --config.data.npz_path=/mnt/shared/d.npz
 #
-# WORKDIR must be a filesystem path visible to every host (a shared persistent disk or a
-# gcsfuse mount): derm_jax writes its logs and metrics with ordinary file I/O.
-# Set CREATE=0 to reuse an existing TPU VM. Needs the gcloud CLI, authenticated.
+# Prefix DRY_RUN=1 to print every command (one per line, "+ ", shell-quoted) and run none.
+# Rerunning the same command is the resume: the TPU is reused (or recreated if preempted),
+# the environment is not reinstalled, and training continues from the latest checkpoint in
+# WORKDIR. With SPOT=1 the script does this itself after a preemption (MAX_RESTARTS times).
+#
+# Environment (required: TPU_NAME, ZONE, WORKDIR, and CONFIG or a trailing --config=...):
+#   TPU_NAME          TPU VM (node) name.
+#   ZONE              e.g. us-central2-b (v4), us-west4-a (v5e).
+#   PROJECT           GCP project; default: gcloud's configured project.
+#   ACCELERATOR_TYPE  default v5litepod-16 (4 hosts x 4 v5e chips); e.g. v4-8, v4-32.
+#   RUNTIME_VERSION   default from the type: v5litepod-* v2-alpha-tpuv5-lite,
+#                     v5p-* v2-alpha-tpuv5, v6e-* v2-alpha-tpuv6e, else tpu-ubuntu2204-base.
+#   CONFIG            --config for derm_jax.main, e.g. configs/vae.py:paper (relative to
+#                     the repository root).
+#   WORKDIR           --workdir: an absolute path that every host of the slice sees and that
+#                     outlives the VM (a shared persistent disk / Filestore / gcsfuse mount).
+#                     gs:// URLs are refused: derm_jax.main and its writers use local file I/O.
+#   EXTRA_ARGS        more derm_jax.main flags, split on whitespace (trailing args are passed
+#                     too, verbatim).
+#   SPOT              1: create a Spot slice (queued resource, --spot) and recreate + resume
+#                     it after a preemption; default 0 (on-demand `tpu-vm create`).
+#   QR_NAME           queued-resource name for SPOT=1; default ${TPU_NAME}-qr.
+#   CREATE            auto (default): create the TPU only if it does not exist (or was
+#                     preempted); 1: always create; 0: never (use an existing TPU).
+#   MAX_RESTARTS      relaunches after a preemption; default 10 with SPOT=1, else 0.
+#   POLL_SECONDS      wait between queued-resource state checks; default 60.
+#   DRY_RUN           1: print the commands instead of running them (assumes no TPU exists
+#                     yet; the read-only state queries are printed, not run).
+# Needs the gcloud CLI, authenticated, and a git checkout (uncommitted edits are not shipped).
 set -euo pipefail
-: "${TPU_NAME:?set TPU_NAME}" "${ZONE:?set ZONE}" "${WORKDIR:?set WORKDIR}"
-ACCELERATOR="${ACCELERATOR:-v4-8}"
-RUNTIME="${RUNTIME:-tpu-ubuntu2204-base}"
-CREATE="${CREATE:-1}"
-REPO_DIR="$(cd "$(dirname "$0")/.." && pwd)"
 
-if [[ "$CREATE" == "1" ]]; then
-  gcloud compute tpus tpu-vm create "$TPU_NAME" --zone="$ZONE" \
-    --accelerator-type="$ACCELERATOR" --version="$RUNTIME"
+DRY_RUN="${DRY_RUN:-0}"
+die() { echo "tpu_vm.sh: error: $*" >&2; exit 2; }
+log() { echo "tpu_vm.sh: $*" >&2; }
+# One word, quoted so that it can be pasted back into a shell.
+q() {
+  if [[ $1 =~ ^[A-Za-z0-9_@%+=:,./-]+$ ]]; then printf '%s' "$1"
+  else printf "'%s'" "${1//\'/\'\\\'\'}"; fi
+}
+show() { local out="+" a; for a in "$@"; do out+=" $(q "$a")"; done; printf '%s\n' "$out"; }
+# Prints a command (stdout on a dry run, stderr otherwise) and runs it unless DRY_RUN=1.
+# fd 3 is the script's stdout, also from inside $(...).
+exec 3>&1
+run() { if [[ "$DRY_RUN" == 1 ]]; then show "$@" >&3; else show "$@" >&2; "$@"; fi; }
+
+: "${TPU_NAME:?set TPU_NAME (the TPU VM name)}" "${ZONE:?set ZONE (e.g. us-west4-a)}"
+ACCELERATOR_TYPE="${ACCELERATOR_TYPE:-${ACCELERATOR:-v5litepod-16}}"
+case "$ACCELERATOR_TYPE" in
+  v5litepod-*) default_runtime=v2-alpha-tpuv5-lite ;;
+  v5p-*) default_runtime=v2-alpha-tpuv5 ;;
+  v6e-*) default_runtime=v2-alpha-tpuv6e ;;
+  *) default_runtime=tpu-ubuntu2204-base ;;
+esac
+RUNTIME_VERSION="${RUNTIME_VERSION:-${RUNTIME:-$default_runtime}}"
+SPOT="${SPOT:-0}"
+QR_NAME="${QR_NAME:-${TPU_NAME}-qr}"
+CREATE="${CREATE:-auto}"
+POLL_SECONDS="${POLL_SECONDS:-60}"
+if [[ "$SPOT" == 1 ]]; then MAX_RESTARTS="${MAX_RESTARTS:-10}"; else MAX_RESTARTS="${MAX_RESTARTS:-0}"; fi
+[[ "$SPOT" == 0 || "$SPOT" == 1 ]] || die "SPOT must be 0 or 1, not '$SPOT'"
+[[ "$CREATE" =~ ^(auto|0|1)$ ]] || die "CREATE must be auto, 0 or 1, not '$CREATE'"
+[[ "$MAX_RESTARTS" =~ ^[0-9]+$ ]] || die "MAX_RESTARTS must be a number, not '$MAX_RESTARTS'"
+
+# derm_jax.main flags: CONFIG / WORKDIR (or --config= / --workdir= among the trailing args).
+config_arg="" workdir_arg=""
+for a in "$@"; do
+  case "$a" in
+    --config=*) config_arg="${a#--config=}" ;;
+    --workdir=*) workdir_arg="${a#--workdir=}" ;;
+    --config|--workdir) die "write $a=VALUE as one argument" ;;
+  esac
+done
+main_args=()
+if [[ -n "${CONFIG:-}" ]]; then
+  [[ -z "$config_arg" || "$config_arg" == "$CONFIG" ]] || die "CONFIG=$CONFIG but --config=$config_arg"
+  [[ -n "$config_arg" ]] || main_args+=("--config=$CONFIG")
+elif [[ -z "$config_arg" ]]; then
+  die "set CONFIG (e.g. CONFIG=configs/vae.py:paper) or pass --config=..."
 fi
+if [[ -n "${WORKDIR:-}" ]]; then
+  [[ -z "$workdir_arg" || "$workdir_arg" == "$WORKDIR" ]] || die "WORKDIR=$WORKDIR but --workdir=$workdir_arg"
+  [[ -n "$workdir_arg" ]] || main_args+=("--workdir=$WORKDIR")
+else
+  WORKDIR="$workdir_arg"
+fi
+[[ -n "$WORKDIR" ]] || die "set WORKDIR (an absolute path shared by all hosts, e.g. a gcsfuse mount)"
+case "$WORKDIR" in
+  gs://*) die "WORKDIR=$WORKDIR: derm_jax.main makes --workdir a local path (os.path.abspath) and \
+writes logs with local file I/O, so a gs:// URL would end up as a local folder on each worker. \
+Mount the bucket on every worker (gcsfuse) or use a shared disk and pass that path." ;;
+  /*) ;;
+  *) die "WORKDIR must be an absolute path on the workers, not '$WORKDIR'" ;;
+esac
+read -r -a extra_args <<< "${EXTRA_ARGS:-}"
+main_args+=(${extra_args[@]+"${extra_args[@]}"} "$@")
 
-tarball="$(mktemp -d)/derm_jax.tgz"
-tar -C "$REPO_DIR" --exclude=.git --exclude=.venv -czf "$tarball" .
-gcloud compute tpus tpu-vm scp "$tarball" "$TPU_NAME":~/derm_jax.tgz --zone="$ZONE" --worker=all
+REPO_DIR="$(cd "$(dirname "$0")/.." && pwd)"
+COMMIT="$(git -C "$REPO_DIR" rev-parse HEAD 2>/dev/null)" \
+  || die "$REPO_DIR is not a git checkout with a commit: only committed, tracked code is shipped"
+if [[ -n "$(git -C "$REPO_DIR" status --porcelain --untracked-files=no)" ]]; then
+  log "warning: uncommitted changes to tracked files are NOT shipped (commit ${COMMIT:0:12} is)"
+fi
+# The environment is reinstalled only when pyproject.toml (the dependencies) changes.
+DEPS_KEY="$(git -C "$REPO_DIR" rev-parse "HEAD:pyproject.toml" 2>/dev/null | cut -c1-12)"
+DEPS_KEY="${DEPS_KEY:-none}"
 
-args="$(printf ' %q' "$@")"
-gcloud compute tpus tpu-vm ssh "$TPU_NAME" --zone="$ZONE" --worker=all --command="
-  set -e
-  mkdir -p ~/derm_jax && tar -xzf ~/derm_jax.tgz -C ~/derm_jax && cd ~/derm_jax
-  python3 -m venv ~/venv && . ~/venv/bin/activate
-  pip install -q -e '.[tpu]'
-  python -m derm_jax.main --jax_distributed --workdir=$WORKDIR $args
-"
+gc=("--zone=$ZONE")
+[[ -z "${PROJECT:-}" ]] || gc+=("--project=$PROJECT")
+
+# Read-only state queries; print nothing when the resource does not exist (or on a dry run).
+node_state() {
+  local cmd=(gcloud compute tpus tpu-vm describe "$TPU_NAME" "${gc[@]}" "--format=value(state)")
+  if [[ "$DRY_RUN" == 1 ]]; then show "${cmd[@]}" >&3; return 0; fi
+  "${cmd[@]}" 2>/dev/null || true
+}
+qr_state() {
+  local cmd=(gcloud compute tpus queued-resources describe "$QR_NAME" "${gc[@]}"
+             "--format=value(state.state)")
+  if [[ "$DRY_RUN" == 1 ]]; then show "${cmd[@]}" >&3; return 0; fi
+  "${cmd[@]}" 2>/dev/null || true
+}
+
+wait_active() {
+  local state
+  while true; do
+    state="$(qr_state)"
+    [[ "$DRY_RUN" != 1 ]] || return 0
+    case "$state" in
+      ACTIVE) log "queued resource $QR_NAME is ACTIVE"; return 0 ;;
+      FAILED|SUSPENDED|SUSPENDING|"") die "queued resource $QR_NAME is '${state:-missing}'" ;;
+      *) log "queued resource $QR_NAME is $state; checking again in ${POLL_SECONDS}s"
+         sleep "$POLL_SECONDS" ;;
+    esac
+  done
+}
+
+create_tpu() {
+  if [[ "$SPOT" == 1 ]]; then
+    run gcloud compute tpus queued-resources create "$QR_NAME" "--node-id=$TPU_NAME" "${gc[@]}" \
+      "--accelerator-type=$ACCELERATOR_TYPE" "--runtime-version=$RUNTIME_VERSION" --spot
+    wait_active
+  else
+    run gcloud compute tpus tpu-vm create "$TPU_NAME" "${gc[@]}" \
+      "--accelerator-type=$ACCELERATOR_TYPE" "--version=$RUNTIME_VERSION"
+  fi
+}
+
+delete_tpu() {
+  if [[ "$SPOT" == 1 ]]; then
+    run gcloud compute tpus queued-resources delete "$QR_NAME" "${gc[@]}" --force --quiet
+  else
+    run gcloud compute tpus tpu-vm delete "$TPU_NAME" "${gc[@]}" --quiet
+  fi
+}
+
+# Makes sure the TPU exists and is usable: creates it, or recreates it after a preemption.
+ensure_tpu() {
+  local state
+  [[ "$CREATE" != 0 ]] || return 0
+  if [[ "$CREATE" == 1 ]]; then create_tpu; return 0; fi
+  if [[ "$SPOT" == 1 ]]; then
+    state="$(qr_state)"
+    case "$state" in
+      "") create_tpu ;;
+      ACTIVE) log "reusing $QR_NAME ($TPU_NAME)" ;;
+      WAITING_FOR_RESOURCES|PROVISIONING|ACCEPTED|CREATING) wait_active ;;
+      SUSPENDED|SUSPENDING|FAILED) log "$QR_NAME is $state (preempted?): recreating it"
+                                   delete_tpu; create_tpu ;;
+      *) die "queued resource $QR_NAME is in state $state; wait, or delete it and rerun" ;;
+    esac
+  else
+    state="$(node_state)"
+    case "$state" in
+      "") create_tpu ;;
+      READY) log "reusing TPU $TPU_NAME" ;;
+      PREEMPTED|TERMINATED) log "$TPU_NAME is $state: recreating it"; delete_tpu; create_tpu ;;
+      *) die "TPU $TPU_NAME is in state $state; wait until READY and rerun" ;;
+    esac
+  fi
+}
+
+# True when the slice is gone or not READY (preempted), i.e. a failure was not the code's.
+tpu_lost() {
+  [[ "$SPOT" != 1 || "$(qr_state)" == ACTIVE ]] || return 0
+  [[ "$(node_state)" == READY ]] && return 1 || return 0
+}
+
+# Ships the code to every worker and installs the environment there once.
+tarball="${TMPDIR:-/tmp}/derm_jax-${COMMIT:0:12}.tgz"
+setup_workers() {
+  run git -C "$REPO_DIR" archive --format=tar.gz "--output=$tarball" HEAD -- . \
+    ':(exclude)runs' ':(exclude)workdirs' ':(exclude)*.whl' ':(exclude).venv'
+  run gcloud compute tpus tpu-vm scp "$tarball" "$TPU_NAME:derm_jax.tgz" "${gc[@]}" --worker=all
+  local venv='~/derm_jax_venv' marker="~/derm_jax_venv/.installed-$DEPS_KEY"
+  run gcloud compute tpus tpu-vm ssh "$TPU_NAME" "${gc[@]}" --worker=all "--command=set -eu; \
+rm -rf ~/derm_jax.new; mkdir -p ~/derm_jax.new; tar -xzf ~/derm_jax.tgz -C ~/derm_jax.new; \
+rm -rf ~/derm_jax; mv ~/derm_jax.new ~/derm_jax; cd ~/derm_jax; echo $COMMIT > COMMIT; \
+if test -f $marker; then echo derm_jax: environment up to date; else \
+sudo apt-get -qq -o DPkg::Lock::Timeout=300 update; \
+sudo apt-get -qq -o DPkg::Lock::Timeout=300 install -y python3-venv; python3 -m venv $venv; \
+$venv/bin/python -m pip install -q --upgrade pip; $venv/bin/python -m pip install -q -e '.[tpu]'; \
+touch $marker; fi"
+}
+
+remote_main=""
+for a in "${main_args[@]}"; do remote_main+=" $(q "$a")"; done
+train() {
+  run gcloud compute tpus tpu-vm ssh "$TPU_NAME" "${gc[@]}" --worker=all "--command=cd \
+~/derm_jax && ~/derm_jax_venv/bin/python -m derm_jax.main --jax_distributed$remote_main"
+}
+
+[[ "$DRY_RUN" == 1 ]] || trap 'rm -f "$tarball"' EXIT
+log "$ACCELERATOR_TYPE ($RUNTIME_VERSION) $TPU_NAME in $ZONE, commit ${COMMIT:0:12}, \
+workdir $WORKDIR$([[ "$SPOT" == 1 ]] && echo ", spot, up to $MAX_RESTARTS restarts")"
+restarts=0
+while true; do
+  ensure_tpu
+  setup_workers
+  rc=0
+  train || rc=$?
+  [[ "$rc" != 0 ]] || { log "$([[ "$DRY_RUN" == 1 ]] && echo "dry run, nothing run" \
+                               || echo "training finished")"; exit 0; }
+  if (( restarts < MAX_RESTARTS )) && tpu_lost; then
+    restarts=$((restarts + 1))
+    CREATE=auto
+    log "training stopped (exit $rc) and the TPU is gone: restart $restarts/$MAX_RESTARTS, \
+resuming from $WORKDIR"
+    continue
+  fi
+  log "training failed (exit $rc)"
+  exit "$rc"
+done
