@@ -28,6 +28,8 @@ SPLITS = ("train", "val", "test")
 # name -> "module:factory"; the factory takes the data config and returns a Dataset.
 _DATASETS = {
     "dermamnist": "derm_jax.data.dermamnist:Dataset",
+    "ham10000": "derm_jax.data.ham10000:Dataset",
+    "isic2019": "derm_jax.data.isic2019:Dataset",
 }
 
 # Plain-language names of the seven HAM10000 / DermaMNIST diagnoses.
