@@ -44,13 +44,15 @@ for a in "$@"; do
 done
 main_args=()
 if [[ -n "${CONFIG:-}" ]]; then
-  [[ -z "$config_arg" || "$config_arg" == "$CONFIG" ]] || die "CONFIG=$CONFIG but --config=$config_arg"
+  [[ -z "$config_arg" || "$config_arg" == "$CONFIG" ]] \
+    || die "CONFIG=$CONFIG but --config=$config_arg"
   [[ -n "$config_arg" ]] || main_args+=("--config=$CONFIG")
 elif [[ -z "$config_arg" ]]; then
   die "set CONFIG (e.g. CONFIG=configs/vae.py:paper) or pass --config=..."
 fi
 if [[ -n "${WORKDIR:-}" ]]; then
-  [[ -z "$workdir_arg" || "$workdir_arg" == "$WORKDIR" ]] || die "WORKDIR=$WORKDIR but --workdir=$workdir_arg"
+  [[ -z "$workdir_arg" || "$workdir_arg" == "$WORKDIR" ]] \
+    || die "WORKDIR=$WORKDIR but --workdir=$workdir_arg"
   [[ -n "$workdir_arg" ]] || main_args+=("--workdir=$WORKDIR")
 elif [[ -z "$workdir_arg" ]]; then
   die "set WORKDIR (the run directory) or pass --workdir=..."

@@ -68,7 +68,8 @@ SPOT="${SPOT:-0}"
 QR_NAME="${QR_NAME:-${TPU_NAME}-qr}"
 CREATE="${CREATE:-auto}"
 POLL_SECONDS="${POLL_SECONDS:-60}"
-if [[ "$SPOT" == 1 ]]; then MAX_RESTARTS="${MAX_RESTARTS:-10}"; else MAX_RESTARTS="${MAX_RESTARTS:-0}"; fi
+if [[ "$SPOT" == 1 ]]; then default_restarts=10; else default_restarts=0; fi
+MAX_RESTARTS="${MAX_RESTARTS:-$default_restarts}"
 [[ "$SPOT" == 0 || "$SPOT" == 1 ]] || die "SPOT must be 0 or 1, not '$SPOT'"
 [[ "$CREATE" =~ ^(auto|0|1)$ ]] || die "CREATE must be auto, 0 or 1, not '$CREATE'"
 [[ "$MAX_RESTARTS" =~ ^[0-9]+$ ]] || die "MAX_RESTARTS must be a number, not '$MAX_RESTARTS'"
@@ -84,22 +85,27 @@ for a in "$@"; do
 done
 main_args=()
 if [[ -n "${CONFIG:-}" ]]; then
-  [[ -z "$config_arg" || "$config_arg" == "$CONFIG" ]] || die "CONFIG=$CONFIG but --config=$config_arg"
+  [[ -z "$config_arg" || "$config_arg" == "$CONFIG" ]] \
+    || die "CONFIG=$CONFIG but --config=$config_arg"
   [[ -n "$config_arg" ]] || main_args+=("--config=$CONFIG")
 elif [[ -z "$config_arg" ]]; then
   die "set CONFIG (e.g. CONFIG=configs/vae.py:paper) or pass --config=..."
 fi
 if [[ -n "${WORKDIR:-}" ]]; then
-  [[ -z "$workdir_arg" || "$workdir_arg" == "$WORKDIR" ]] || die "WORKDIR=$WORKDIR but --workdir=$workdir_arg"
+  [[ -z "$workdir_arg" || "$workdir_arg" == "$WORKDIR" ]] \
+    || die "WORKDIR=$WORKDIR but --workdir=$workdir_arg"
   [[ -n "$workdir_arg" ]] || main_args+=("--workdir=$WORKDIR")
 else
   WORKDIR="$workdir_arg"
 fi
-[[ -n "$WORKDIR" ]] || die "set WORKDIR (an absolute path shared by all hosts, e.g. a gcsfuse mount)"
+[[ -n "$WORKDIR" ]] \
+  || die "set WORKDIR (an absolute path shared by all hosts, e.g. a gcsfuse mount)"
 case "$WORKDIR" in
   gs://*) die "WORKDIR=$WORKDIR: derm_jax.main makes --workdir a local path (os.path.abspath) and \
 writes logs with local file I/O, so a gs:// URL would end up as a local folder on each worker. \
 Mount the bucket on every worker (gcsfuse) or use a shared disk and pass that path." ;;
+  /home/*/derm_jax|/home/*/derm_jax/*|/home/*/derm_jax_venv*)
+    die "WORKDIR=$WORKDIR is inside the code folder that every launch replaces" ;;
   /*) ;;
   *) die "WORKDIR must be an absolute path on the workers, not '$WORKDIR'" ;;
 esac

@@ -282,6 +282,7 @@ def test_tpu_code_failure_is_not_retried(repo, stubs):
     ("WORKDIR", {}, "WORKDIR"),
     (None, {"WORKDIR": "gs://bucket/run"}, "gs://"),
     (None, {"WORKDIR": "runs/vae"}, "absolute"),
+    (None, {"WORKDIR": "/home/me/derm_jax/runs/vae"}, "replaces"),
     (None, {"SPOT": "yes"}, "SPOT"),
 ])
 def test_tpu_rejects_bad_settings(repo, stubs, drop, extra, message):
