@@ -265,3 +265,89 @@ def test_all_rows_skipped(tmp_path):
   assert len(isic.read_ground_truth(path)) == 0
   with pytest.raises(DataError, match="no rows with a DermaMNIST class"):
     isic.IsicSource(IMAGES, path)
+
+
+# ----------------------------------------------------------------------------- PIL modes
+
+
+def _rgb(image: Image.Image) -> np.ndarray:
+  return np.asarray(isic.image_to_rgb(image, "x.png")).astype(int)
+
+
+def _png_roundtrip(image: Image.Image) -> Image.Image:
+  buf = io.BytesIO()
+  image.save(buf, format="PNG")
+  buf.seek(0)
+  return Image.open(buf)
+
+
+def test_16_bit_gray_scaled_by_bit_depth():
+  values = np.array([[0, 257 * 100, 32896, 65535]], np.uint16)
+  expected = np.array([0, 100, 128, 255])
+  for mode, dtype in (("I;16", "<u2"), ("I;16B", ">u2")):
+    im = Image.frombytes(mode, (4, 1), values.astype(dtype).tobytes())
+    for image in (im, _png_roundtrip(im)):
+      out = _rgb(image)
+      assert out.shape == (1, 4, 3)
+      np.testing.assert_array_equal(out[0], np.repeat(expected[:, None], 3, axis=1))
+  out = _rgb(Image.fromarray(values.astype(np.int32)))  # mode 'I'
+  np.testing.assert_array_equal(out[0, :, 0], expected)
+  with pytest.raises(DataError, match=r"x.png: PIL mode 'I' .*-5\.\.70000"):
+    _rgb(Image.fromarray(np.array([[-5, 70000]], np.int32)))
+
+
+def test_palette_modes_and_transparency_onto_black():
+  pal = Image.new("P", (3, 1))
+  pal.putpalette([255, 0, 0, 0, 255, 0, 0, 0, 255] + [0] * (256 * 3 - 9))
+  pal.putdata([0, 1, 2])
+  np.testing.assert_array_equal(_rgb(pal)[0], [[255, 0, 0], [0, 255, 0], [0, 0, 255]])
+  pal.info["transparency"] = 1  # index 1 fully transparent
+  np.testing.assert_array_equal(_rgb(pal)[0], [[255, 0, 0], [0, 0, 0], [0, 0, 255]])
+  np.testing.assert_array_equal(_rgb(_png_roundtrip(pal))[0],
+                                [[255, 0, 0], [0, 0, 0], [0, 0, 255]])
+  pa = pal.convert("PA")
+  assert pa.mode == "PA"
+  np.testing.assert_array_equal(_rgb(pa)[0], [[255, 0, 0], [0, 0, 0], [0, 0, 255]])
+
+
+def test_alpha_composited_onto_black():
+  rgba = Image.new("RGBA", (3, 1))
+  rgba.putdata([(200, 100, 50, 255), (200, 100, 50, 0), (200, 100, 50, 128)])
+  out = _rgb(rgba)[0]
+  np.testing.assert_array_equal(out[:2], [[200, 100, 50], [0, 0, 0]])
+  assert np.abs(out[2] - [100, 50, 25]).max() <= 1
+  la = Image.new("LA", (2, 1))
+  la.putdata([(200, 255), (200, 0)])
+  np.testing.assert_array_equal(_rgb(_png_roundtrip(la))[0], [[200] * 3, [0] * 3])
+
+
+def test_gray_bilevel_cmyk_ycbcr():
+  np.testing.assert_array_equal(_rgb(Image.new("L", (1, 1), 77))[0, 0], [77, 77, 77])
+  bilevel = Image.new("1", (2, 1))
+  bilevel.putdata([0, 255])
+  np.testing.assert_array_equal(_rgb(bilevel)[0], [[0, 0, 0], [255, 255, 255]])
+  cmyk = Image.new("CMYK", (3, 1))
+  cmyk.putdata([(0, 0, 0, 0), (255, 0, 0, 0), (0, 0, 0, 255)])
+  np.testing.assert_array_equal(_rgb(cmyk)[0], [[255, 255, 255], [0, 255, 255], [0, 0, 0]])
+  ycc = Image.new("RGB", (1, 1), (10, 200, 30)).convert("YCbCr")
+  assert np.abs(_rgb(ycc)[0, 0] - [10, 200, 30]).max() <= 3
+
+
+def test_float_and_other_modes_refused_by_name():
+  with pytest.raises(DataError, match=r"x.png: PIL mode 'F' \(32-bit float\)"):
+    _rgb(Image.new("F", (2, 2), 0.5))
+  with pytest.raises(DataError, match=r"x.png: PIL mode 'HSV'"):
+    _rgb(Image.new("HSV", (2, 2)))
+
+
+def test_16_bit_png_in_isic_folder_is_not_white(tmp_path):
+  images = tmp_path / "imgs"
+  images.mkdir()
+  gray = np.full((8, 8), 257 * 60, np.uint16)
+  Image.frombytes("I;16", (8, 8), gray.astype("<u2").tobytes()).save(images / "ISIC_1.png")
+  Image.new("RGBA", (8, 8), (90, 60, 30, 0)).save(images / "ISIC_2.png")
+  path = write_csv(tmp_path / "gt.csv", HEADER_2018,
+                   [one_hot(HEADER_2018, "ISIC_1", "NV"), one_hot(HEADER_2018, "ISIC_2", "MEL")])
+  src = isic.IsicSource(images, path, image_size=8, crop="none")
+  np.testing.assert_array_equal(src[0]["image"], np.full((8, 8, 3), 60, np.uint8))
+  assert src[1]["image"].max() == 0  # fully transparent: black

@@ -176,12 +176,64 @@ def read_ground_truth(csv_path: str | os.PathLike) -> IsicGroundTruth:
                          skipped=tuple(skipped))
 
 
+# Transparent pixels are composited onto black, like the dark vignette of dermoscopy images.
+BACKGROUND = (0, 0, 0)
+_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+_DIRECT_MODES = ("RGB", "L", "1", "CMYK", "YCbCr")
+_ALPHA_MODES = ("RGBA", "LA", "RGBa", "La", "PA")
+ACCEPTED_MODES = ("RGB", "RGBA", "L", "LA", "1", "P", "PA", "CMYK", "YCbCr", "I",
+                  *_SIXTEEN_BIT_MODES)
+
+
+def image_to_rgb(image: Image.Image, name: str = "image") -> Image.Image:
+  """`image` as 8-bit RGB, whatever PIL mode it was decoded into; DataError otherwise.
+
+  * RGB, L (gray), 1 (bilevel), CMYK, YCbCr: PIL's conversion.
+  * I;16, I;16L, I;16B, I;16N (16-bit gray, e.g. a 16-bit PNG): scaled by the 16-bit range,
+    v8 = round(v * 255 / 65535), then gray to RGB. I (32-bit integers): taken as 16-bit
+    if every value is in 0..65535, else refused.
+  * RGBA, LA, PA, and P or L/RGB with a transparency key: alpha-composited onto black
+    (`BACKGROUND`); P without transparency: its palette colours.
+  * Any other mode (F floats, LAB, HSV, I;16S, ...): refused by name.
+
+  `name` (the file) is used in the error message.
+  """
+  mode = image.mode
+  if mode in ("P", "L", "RGB") and "transparency" in image.info:
+    image = image.convert("RGBA")
+  elif mode == "PA":
+    image = image.convert("RGBA")
+  mode = image.mode
+  if mode in _ALPHA_MODES:
+    rgba = image.convert("RGBA")
+    background = Image.new("RGBA", rgba.size, (*BACKGROUND, 255))
+    return Image.alpha_composite(background, rgba).convert("RGB")
+  if mode == "P":
+    return image.convert("RGB")
+  if mode in _DIRECT_MODES:
+    return image if mode == "RGB" else image.convert("RGB")
+  if mode in _SIXTEEN_BIT_MODES or mode == "I":
+    values = np.asarray(image).astype(np.int64)
+    if mode == "I" and values.size and (values.min() < 0 or values.max() > 65535):
+      raise DataError(f"{name}: PIL mode 'I' (32-bit integer) image with values "
+                      f"{values.min()}..{values.max()} outside the 16-bit range; convert it "
+                      "to 8-bit RGB first.")
+    gray = np.clip(np.rint(values * (255.0 / 65535.0)), 0, 255).astype(np.uint8)
+    return Image.fromarray(gray, mode="L").convert("RGB")
+  kind = {"F": "32-bit float"}.get(mode, "unsupported")
+  raise DataError(f"{name}: PIL mode {mode!r} ({kind}) images are not supported; convert the "
+                  f"file to 8-bit RGB (accepted modes: {', '.join(ACCEPTED_MODES)}).")
+
+
 def resize_like_dermamnist(image: Image.Image, image_size: int,
-                           crop: str = "center") -> np.ndarray:
-  """RGB uint8 (image_size, image_size, 3): centred square crop (or none), bilinear resize."""
+                           crop: str = "center", name: str = "image") -> np.ndarray:
+  """RGB uint8 (image_size, image_size, 3): centred square crop (or none), bilinear resize.
+
+  Any accepted PIL mode is first made 8-bit RGB by `image_to_rgb` (DataError naming `name`
+  and the mode otherwise)."""
   if crop not in CROPS:
     raise ValueError(f"crop={crop!r}; valid: {CROPS}")
-  image = image.convert("RGB")
+  image = image_to_rgb(image, name)
   if crop == "center":
     w, h = image.size
     s = min(w, h)
@@ -265,7 +317,9 @@ class IsicSource:
     path = self.paths[i]
     try:
       with Image.open(path) as im:
-        return resize_like_dermamnist(im, self.image_size, self.crop)
+        return resize_like_dermamnist(im, self.image_size, self.crop, name=path)
+    except DataError:
+      raise
     except (OSError, ValueError, Image.DecompressionBombError) as e:
       raise DataError(f"{path}: unreadable image (image {self.image_ids[i]!r}, CSV "
                       f"{self.ground_truth.csv_path} line {self.ground_truth.lines[i]}): "
