@@ -8,7 +8,9 @@ import http.server
 import importlib.util
 import os
 import pickle
+import socket
 import threading
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -363,3 +365,41 @@ def test_official_download_table():
     assert url.startswith("https://zenodo.org/records/10519652/files/dermamnist")
     assert len(md5) == 32 and int(md5, 16) >= 0
   assert dm.DOWNLOADS[28][1] == "0744692d530f8e62ec473284d019b0c7"
+
+
+def _download_error(tmp_path, monkeypatch, url):
+  monkeypatch.setitem(dm.DOWNLOADS, 28, (url, "0" * 32))
+  t0 = time.monotonic()
+  with pytest.raises(DataError) as err:
+    dm.get_data_source(cfg(tmp_path / "tfds", source="download", size=28), "train")
+  msg = str(err.value)
+  assert msg.startswith(f"cannot download {url} (")
+  assert "--config.data.source=npz --config.data.npz_path=" in msg and "\n" not in msg
+  assert err.value.__cause__ is None and err.value.__suppress_context__  # one message
+  assert not prepared_dirs(tmp_path / "tfds")
+  return msg, time.monotonic() - t0
+
+
+def test_download_without_network_fails_fast_with_one_message(tmp_path, monkeypatch):
+  msg, seconds = _download_error(tmp_path, monkeypatch, "http://127.0.0.1:9/dermamnist.npz")
+  assert "refused" in msg.lower() and seconds < 10
+
+
+def test_download_that_never_answers_times_out(tmp_path, monkeypatch):
+  server = socket.socket()
+  server.bind(("127.0.0.1", 0))
+  server.listen(1)  # accepts the connection, never answers
+  monkeypatch.setattr(dm, "DOWNLOAD_TIMEOUT_S", 0.5)
+  try:
+    msg, seconds = _download_error(
+        tmp_path, monkeypatch, f"http://127.0.0.1:{server.getsockname()[1]}/dermamnist.npz")
+  finally:
+    server.close()
+  assert "no answer within 0.5 s" in msg and seconds < 10
+  assert not [p for p in (tmp_path / "tfds").rglob("*.npz*") if p.is_file()]  # no partial file
+
+
+def test_download_http_error_is_one_message(tmp_path, http_root, monkeypatch):
+  _, base = http_root
+  msg, _ = _download_error(tmp_path, monkeypatch, f"{base}/missing.npz")
+  assert "HTTP Error 404" in msg

@@ -8,7 +8,8 @@ Three sources, selected by `data_config.source`:
   `{train,val,test}_images` (N, S, S, 3) uint8 and `{split}_labels` (N, 1) integers in
   0..6), any square size S (MedMNIST publishes 28, 64, 128 and 224).
 * ``'download'``: the official MedMNIST file for `data_config.size` (28/64/128/224) from
-  Zenodo, verified against the MD5 published in the `medmnist` package.
+  Zenodo (one attempt; `DOWNLOAD_TIMEOUT_S` without an answer ends it with a DataError
+  that names the npz alternative), verified against the MD5 published in `medmnist`.
 
 Each source is prepared once into `data_dir/dermamnist/<config>/<version>/` as ArrayRecord
 files with TFDS (no TensorFlow needed). The config name encodes the source (`embedded`,
@@ -27,6 +28,10 @@ import hashlib
 import json
 import os
 import shutil
+import socket
+import urllib.error
+import urllib.parse
+import urllib.request
 import zipfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -178,6 +183,42 @@ def file_digest(path: str | os.PathLike, algo: str = "sha256") -> str:
 # ----------------------------------------------------------------------------- TFDS builder
 
 
+# Seconds without any answer (connecting, or between two reads) before a download gives up.
+DOWNLOAD_TIMEOUT_S = 15.0
+
+
+def download(url: str, dest_dir: str, timeout: float | None = None) -> str:
+  """Downloads `url` into `dest_dir` (one attempt; a complete earlier download is reused).
+
+  The file is written under a temporary name and renamed when complete. Any network
+  failure (no connection, refused, `timeout` seconds without data, HTTP error) raises one
+  DataError that says how to use a local copy instead. `timeout`: default
+  DOWNLOAD_TIMEOUT_S."""
+  timeout = DOWNLOAD_TIMEOUT_S if timeout is None else timeout
+  name = os.path.basename(urllib.parse.urlparse(url).path) or "download"
+  dest = os.path.join(dest_dir, name)
+  if os.path.isfile(dest):
+    return dest
+  os.makedirs(dest_dir, exist_ok=True)
+  tmp = f"{dest}.tmp-{os.getpid()}"
+  try:
+    with urllib.request.urlopen(url, timeout=timeout) as response, open(tmp, "wb") as f:
+      shutil.copyfileobj(response, f, 1 << 20)
+    os.replace(tmp, dest)
+  except (urllib.error.URLError, OSError, ValueError) as e:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    reason = e if isinstance(e, urllib.error.HTTPError) else getattr(e, "reason", None) or e
+    if isinstance(reason, socket.timeout | TimeoutError):
+      reason = f"no answer within {timeout:g} s"
+    raise DataError(
+        f"cannot download {url} ({reason}). Without network access, download "
+        f"{name} on another machine and run with --config.data.source=npz "
+        "--config.data.npz_path=/path/to/that/file (or keep the default "
+        "--config.data.source=embedded subset).") from None
+  return dest
+
+
 @dataclasses.dataclass(eq=False)
 class DermaMNISTConfig(tfds.core.BuilderConfig):
   """A prepared variant of DermaMNIST: which source, which file, which image size."""
@@ -248,7 +289,7 @@ class DermaMNIST(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         raise DataError(f"no official DermaMNIST download for size {cfg.image_size}; "
                         f"sizes are {sorted(DOWNLOADS)}.")
       url, md5 = DOWNLOADS[cfg.image_size]
-      path = os.fspath(dl_manager.download(url))
+      path = download(url, os.fspath(dl_manager.download_dir))
       got = file_digest(path, "md5")
       if got != md5:
         # Remove the bad file so that the next attempt downloads it again.
