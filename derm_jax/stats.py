@@ -47,6 +47,7 @@ __all__ = [
   "bootstrap_values",
   "expected_calibration_error",
   "indistinguishable_from_majority",
+  "interval_from_values",
   "metric_value",
   "paired_bootstrap_diff",
   "pca_2d",
@@ -197,6 +198,16 @@ def _percentiles(values: np.ndarray, alpha: float) -> tuple[float | None, float 
     return None, None
   lo, hi = np.percentile(v, [100 * alpha / 2, 100 * (1 - alpha / 2)])
   return float(lo), float(hi)
+
+
+def interval_from_values(values: Any, estimate: float | None, alpha: float = 0.05) -> Interval:
+  """Interval(estimate, lo, hi) with the percentile interval of 1-D resampled `values` (NaN ignored).
+
+  For combining `bootstrap_values` outputs yourself, e.g. per-seed paired differences
+  `values_a[:, s] - values_b[:, s]` of two calls with the same seed.
+  """
+  lo, hi = _percentiles(np.asarray(values, dtype=np.float64).reshape(-1), alpha)
+  return Interval(estimate, lo, hi)
 
 
 def bootstrap_ci(labels: Any, probs: Any, metric_fn: str | Callable[..., Any], n_boot: int = 2000,
