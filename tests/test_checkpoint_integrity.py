@@ -1,8 +1,10 @@
 """Checkpoint integrity: manifests, damaged-step fallback, and one-line errors."""
 
+import json
 import logging
 import os
 
+import grain
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -124,6 +126,27 @@ def test_unverified_steps_are_used_and_fall_back_when_unreadable(tmp_path, caplo
   assert "step 2" in warnings_text(caplog)
   with pytest.raises(CheckpointError, match=r"step 2 \(no integrity manifest\).*rm -r"):
     ckpt.restore(2, STATE)
+  step, restored = ckpt.restore_latest(STATE)
+  assert step == 1
+  np.testing.assert_array_equal(restored["w"], state_at(1)["w"])
+
+
+def test_data_iterator_is_covered_and_resumes_from_intact_step(tmp_path):
+  it = iter(grain.MapDataset.range(100).to_iter_dataset())
+  ckpt = checkpoint.Checkpointer(str(tmp_path), max_to_keep=5)
+  for s in (1, 2):
+    next(it)
+    ckpt.save(s, state_at(s), it)
+  ckpt.close()
+  manifest = json.loads((tmp_path / "2" / checkpoint.MANIFEST_NAME).read_text())
+  data_files = [f for f in manifest["files"] if f.startswith("data/")]
+  assert data_files
+  flip_bytes(os.path.join(tmp_path, "2", data_files[0]), n=4)
+  fresh = iter(grain.MapDataset.range(100).to_iter_dataset())
+  ckpt = checkpoint.Checkpointer(str(tmp_path), max_to_keep=5)
+  step, restored = ckpt.restore_latest(STATE, fresh)
+  assert step == 1 and next(fresh) == 1  # the iterator is where step 1 left it
+  ckpt.close()
 
 
 def test_missing_or_empty_directory_is_one_line_error(tmp_path):

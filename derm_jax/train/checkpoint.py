@@ -325,6 +325,20 @@ class Checkpointer:
 
     `step=None`: the newest step that verifies and restores (damaged steps are skipped with
     a warning). An explicit damaged or missing step raises CheckpointError."""
+    _, state = _restore_checked(self.directory, self.all_steps(), step, self.check,
+                                self._restore_fn(target_state, data_iterator), self._warned)
+    return state
+
+  def restore_latest(self, target_state, data_iterator=None) -> tuple[int, object]:
+    """(step, state) of the newest step that verifies and restores, for resuming a run.
+
+    Like `restore(None, ...)` but also says which step it used: damaged steps, and
+    unverified ones that Orbax cannot read, are skipped with a warning naming them.
+    Raises CheckpointNotFoundError if there is no checkpoint at all."""
+    return _restore_checked(self.directory, self.all_steps(), None, self.check,
+                            self._restore_fn(target_state, data_iterator), self._warned)
+
+  def _restore_fn(self, target_state, data_iterator):
     target = abstract_like(target_state)
 
     def restore_fn(s):
@@ -333,9 +347,7 @@ class Checkpointer:
         items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
       return self._mngr.restore(s, args=ocp.args.Composite(**items))["state"]
 
-    _, state = _restore_checked(self.directory, self.all_steps(), step, self.check,
-                                restore_fn, self._warned)
-    return state
+    return restore_fn
 
   def wait(self):
     self._mngr.wait_until_finished()
