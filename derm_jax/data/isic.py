@@ -13,6 +13,9 @@ a centred square crop of each 600x450 HAM10000 image (450x450) resized with PIL'
 antialiased bilinear filter (measured against the HAM10000/ISIC 2018 sample: mean absolute
 difference 0.45/255 after a JPEG round trip, against 8.6/255 for resizing the whole image),
 so that is the default (`crop='center'`); `crop='none'` squashes the whole image instead.
+Every PIL mode an image can decode into is made 8-bit RGB explicitly (`image_to_rgb`:
+16-bit gray scaled by its bit depth, transparency composited onto black) or refused with a
+DataError naming the file and the mode.
 """
 
 from __future__ import annotations

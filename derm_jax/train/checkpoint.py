@@ -164,14 +164,14 @@ def _restore_checked(directory: str, steps: list[int], step: int | None,
   warned = set() if warned is None else warned
   if step is not None:
     if step not in steps:
-      raise CheckpointNotFoundError(f"no checkpoint for step {step} in {directory}; "
+      raise CheckpointNotFoundError(f"No checkpoint for step {step} in {directory}; "
                                     f"available: {sorted(steps)}")
     c = check(step)
     if c.status == DAMAGED:
       raise CheckpointError(_damaged_message(c))
     return step, _restore_one(c, restore_fn, raise_unverified=True)
   if not steps:
-    raise CheckpointNotFoundError(f"no checkpoint found in {directory}")
+    raise CheckpointNotFoundError(f"No checkpoint found in {directory}")
   skipped = []
   for s in sorted(steps, reverse=True):
     c = check(s)
@@ -188,7 +188,7 @@ def _restore_checked(directory: str, steps: list[int], step: int | None,
                       "(%s). Discard it with `%s`.", s, directory, e.reason,
                       c.discard_command())
       skipped.append(s)
-  raise CheckpointError(f"no usable checkpoint in {directory}: step(s) {skipped} are damaged "
+  raise CheckpointError(f"No usable checkpoint in {directory}: step(s) {skipped} are damaged "
                         "(see the warnings above); delete them to start the run afresh.")
 
 
@@ -216,7 +216,7 @@ def _restore_one(c: StepCheck, restore_fn, raise_unverified: bool):
 
 def _check_directory(directory: str) -> None:
   if not os.path.exists(directory):
-    raise CheckpointNotFoundError(f"no checkpoint directory {directory}")
+    raise CheckpointNotFoundError(f"No checkpoint directory {directory}")
   if not os.path.isdir(directory):
     raise CheckpointError(f"checkpoint directory {directory} is not a directory")
 
