@@ -1087,11 +1087,12 @@ def _shift_lines(analysis: dict[str, SetAnalysis], arms: Sequence[str]) -> list[
 # ----------------------------------------------------------------------------- report
 
 
-def write_report(workdir: str, n_boot: int = 2000, seed: int = 0) -> str:
+def write_report(workdir: str, n_boot: int = 2000, seed: int = 0, figures: bool = True) -> str:
   """Writes DIR/report.md and DIR/figures/*.png; returns the path of report.md.
 
   n_boot: bootstrap resamples per interval; seed: the resampling seed (the same resamples
-  for every arm, seed and metric, which makes the arm differences paired).
+  for every arm, seed and metric, which makes the arm differences paired); figures=False
+  skips drawing the figures (faster; the report then says they were not drawn).
   """
   workdir = os.fspath(workdir)
   arms = load_compare_dir(workdir)
@@ -1104,15 +1105,21 @@ def write_report(workdir: str, n_boot: int = 2000, seed: int = 0) -> str:
   test_sa = analysis[TEST_SET]
   arm_names = list(arms)
   fig_dir = os.path.join(workdir, "figures")
-  os.makedirs(fig_dir, exist_ok=True)
+  if figures:
+    os.makedirs(fig_dir, exist_ok=True)
 
   # --- figures
+
+  def draw(fn: Any, *args: Any, **kwargs: Any) -> None:
+    if figures:
+      fn(*args, **kwargs)
+
   runs = {a: [r.history for r in arm.runs] for a, arm in arms.items()}
-  plots.save_curves(runs, ["train/loss", "val/loss"], os.path.join(fig_dir, "loss.png"),
+  draw(plots.save_curves, runs, ["train/loss", "val/loss"], os.path.join(fig_dir, "loss.png"),
                     "Loss per epoch (solid: training, dashed: validation)", ylabel="cross-entropy loss")
-  plots.save_curves(runs, ["train/accuracy", "val/accuracy"], os.path.join(fig_dir, "accuracy.png"),
+  draw(plots.save_curves, runs, ["train/accuracy", "val/accuracy"], os.path.join(fig_dir, "accuracy.png"),
                     "Accuracy per epoch (solid: training, dashed: validation)", ylabel="accuracy")
-  plots.save_curves(runs, ["gap/accuracy", "gap/loss"], os.path.join(fig_dir, "gap.png"),
+  draw(plots.save_curves, runs, ["gap/accuracy", "gap/loss"], os.path.join(fig_dir, "gap.png"),
                     "Overfitting gap per epoch (above 0 = the model does better on training than on "
                     "validation data)", separate_panels=True, hline=0.0,
                     panel_titles={"gap/accuracy": "Training accuracy − validation accuracy",
@@ -1130,14 +1137,14 @@ def write_report(workdir: str, n_boot: int = 2000, seed: int = 0) -> str:
     total = np.sum(cms, axis=0)
     names = list(names) if names else [f"class {i}" for i in range(total.shape[0])]
     fname = f"confusion_{_safe_name(a)}.png"
-    plots.save_confusion_matrix(total, names, os.path.join(fig_dir, fname),
+    draw(plots.save_confusion_matrix, total, names, os.path.join(fig_dir, fname),
                                 f"{a}: test confusion matrix (counts summed over {len(cms)} seed(s))")
     confusion_files[a] = (fname, len(cms))
   reliability_files = {}
   for a, bins in test_sa.reliability.items():
     fname = f"reliability_{_safe_name(a)}.png"
     k = len(test_sa.ci_seeds.get(a, []))
-    plots.save_reliability_diagram(bins.confidence, bins.accuracy, bins.count, os.path.join(fig_dir, fname),
+    draw(plots.save_reliability_diagram, bins.confidence, bins.accuracy, bins.count, os.path.join(fig_dir, fname),
                                    f"{a}: calibration on the test split ({k} seed(s) pooled)",
                                    edges=bins.edges, ece=bins.ece)
     reliability_files[a] = fname
@@ -1154,7 +1161,7 @@ def write_report(workdir: str, n_boot: int = 2000, seed: int = 0) -> str:
       series[a] = vals
     baseline = [_mean_std([_num((ev.metrics.get("majority_baseline") or {}).get("balanced_accuracy"))
                            for rs in sa.runs.values() for _, ev in rs])[0] for sa in sets]
-    plots.save_interval_groups([sa.short_label for sa in sets], series,
+    draw(plots.save_interval_groups, [sa.short_label for sa in sets], series,
                                os.path.join(fig_dir, "shift_balanced_accuracy.png"),
                                "Balanced accuracy in distribution and on shifted data\n"
                                "(points: mean over seeds; bars: 95% bootstrap interval)",
@@ -1313,24 +1320,27 @@ def write_report(workdir: str, n_boot: int = 2000, seed: int = 0) -> str:
 
   # --- figures
   L += ["## Figures", ""]
-  band = " Lines are means over seeds, bands ±1 sample std." if max(n_seeds.values()) > 1 else ""
-  L.append(f"Loss, train and validation, both arms.{band}")
-  L += ["", "![loss](figures/loss.png)", "", "Accuracy, train and validation:", "",
-        "![accuracy](figures/accuracy.png)", "",
-        "Overfitting gap per epoch (left: train − val accuracy; right: val − train loss):", "",
-        "![gap](figures/gap.png)", ""]
-  for a, (fname, n) in confusion_files.items():
-    L.append(f"Test confusion matrix of `{a}`, counts **summed over {n} seed(s)**, colours row-normalised "
-             f"(recall on the diagonal):")
-    L += ["", f"![confusion {a}](figures/{fname})", ""]
-  for a, fname in reliability_files.items():
-    L.append(f"Reliability diagram of `{a}` (test split, seeds pooled): bars on the diagonal = calibrated; "
-             "bars below it = overconfident.")
-    L += ["", f"![reliability {a}](figures/{fname})", ""]
-  if shifted:
-    L.append("Balanced accuracy per evaluation set, in distribution and shifted side by side (dotted line: "
-             "always predicting the majority class):")
-    L += ["", "![shift](figures/shift_balanced_accuracy.png)", ""]
+  if not figures:
+    L += ["(Not drawn in this report: written with figures=False.)", ""]
+  if figures:
+    band = " Lines are means over seeds, bands ±1 sample std." if max(n_seeds.values()) > 1 else ""
+    L.append(f"Loss, train and validation, both arms.{band}")
+    L += ["", "![loss](figures/loss.png)", "", "Accuracy, train and validation:", "",
+          "![accuracy](figures/accuracy.png)", "",
+          "Overfitting gap per epoch (left: train − val accuracy; right: val − train loss):", "",
+          "![gap](figures/gap.png)", ""]
+    for a, (fname, n) in confusion_files.items():
+      L.append(f"Test confusion matrix of `{a}`, counts **summed over {n} seed(s)**, colours row-normalised "
+               f"(recall on the diagonal):")
+      L += ["", f"![confusion {a}](figures/{fname})", ""]
+    for a, fname in reliability_files.items():
+      L.append(f"Reliability diagram of `{a}` (test split, seeds pooled): bars on the diagonal = calibrated; "
+               "bars below it = overconfident.")
+      L += ["", f"![reliability {a}](figures/{fname})", ""]
+    if shifted:
+      L.append("Balanced accuracy per evaluation set, in distribution and shifted side by side (dotted line: "
+               "always predicting the majority class):")
+      L += ["", "![shift](figures/shift_balanced_accuracy.png)", ""]
   if os.path.isfile(os.path.join(workdir, "vae", "latent_pca.png")):
     L.append("VAE latent space: a 2-D PCA of the VAE's latent means, coloured by class (written by the VAE run):")
     L += ["", "![VAE latent PCA](vae/latent_pca.png)", ""]
@@ -1369,9 +1379,10 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument("--workdir", required=True, help="compare workdir holding arms/<arm>/seed_<s>/")
   parser.add_argument("--n_boot", type=int, default=2000, help="bootstrap resamples per interval")
   parser.add_argument("--seed", type=int, default=0, help="bootstrap resampling seed")
+  parser.add_argument("--no_figures", action="store_true", help="skip drawing the figures")
   args = parser.parse_args(argv)
   try:
-    path = write_report(args.workdir, n_boot=args.n_boot, seed=args.seed)
+    path = write_report(args.workdir, n_boot=args.n_boot, seed=args.seed, figures=not args.no_figures)
   except ReportError as e:
     print(f"error: {e}", file=sys.stderr)
     return 1

@@ -153,7 +153,7 @@ def test_conclusion_imagenet_wins_via_cli(tmp_path):
 
 def test_one_seed_says_no_spread(tmp_path):
   wd = _make_workdir(tmp_path / "cmp", winner="vae", seeds=1)
-  text = pathlib.Path(write_report(str(wd))).read_text()
+  text = pathlib.Path(write_report(str(wd), figures=False)).read_text()
   assert "no seed-to-seed spread can be estimated" in text
   # One seed: plain numbers without ±; seed 0 val loss change = -33.33%.
   assert "| val loss change, first → final epoch | -33.33% | -33.33% |" in text
@@ -168,7 +168,7 @@ def test_mixed_verdict(tmp_path):
     t = json.loads(p.read_text())
     t["balanced_accuracy"], t["macro_auc"] = 0.8 + 0.001 * s, 0.95
     p.write_text(json.dumps(t))
-  text = pathlib.Path(write_report(str(wd))).read_text()
+  text = pathlib.Path(write_report(str(wd), figures=False)).read_text()
   assert "**Overall: mixed.** `vae` overfits less" in text
   assert "but `imagenet` scores higher" in text
 
@@ -268,7 +268,7 @@ def _row(text, start):
 
 def test_dataset_named_from_config_and_frozen_wording(tmp_path):
   wd = _make_new_workdir(tmp_path / "a", {"vae": "good", "imagenet": "good"}, {"vae": True, "imagenet": False})
-  text = pathlib.Path(write_report(str(wd), n_boot=N_BOOT)).read_text()
+  text = pathlib.Path(write_report(str(wd), n_boot=N_BOOT, figures=False)).read_text()
   assert "not recognisably DermaMNIST" not in text and "our backbones are frozen" not in text
   assert ("Data: **DermaMNIST** (`data.name` = `dermamnist`), source `embedded` (the stratified DermaMNIST "
           "subset packaged with derm_jax); images per split: test 300") in text
@@ -283,7 +283,7 @@ def test_dataset_named_from_config_and_frozen_wording(tmp_path):
   # Another dataset, both arms fine-tuned: no DermaMNIST references, no frozen wording.
   wd = _make_new_workdir(tmp_path / "b", {"vae": "good", "imagenet": "good"}, {"vae": False, "imagenet": False},
                          data_name="isic2019", source="download")
-  text = pathlib.Path(write_report(str(wd), n_boot=N_BOOT)).read_text()
+  text = pathlib.Path(write_report(str(wd), n_boot=N_BOOT, figures=False)).read_text()
   assert "Data: **isic2019** (`data.name` = `isic2019`), source `download`" in text
   assert "MedMNIST v2 ResNet-18" not in text
   assert "the MedMNIST v2 numbers are for DermaMNIST, and this run's data are `isic2019`" in text
@@ -293,7 +293,7 @@ def test_dataset_named_from_config_and_frozen_wording(tmp_path):
 
 def test_majority_warning_only_for_the_constant_arm(tmp_path):
   wd = _make_new_workdir(tmp_path / "w", {"vae": "good", "imagenet": "nv"}, {"vae": True, "imagenet": True})
-  text = pathlib.Path(write_report(str(wd), n_boot=N_BOOT)).read_text()
+  text = pathlib.Path(write_report(str(wd), n_boot=N_BOOT, figures=False)).read_text()
   warnings = text.split("## Warnings", 1)[1].split("\n## ", 1)[0]
   assert ("⚠ **`imagenet` on the test split (in distribution): predictions statistically indistinguishable "
           "from always predicting the majority class `nv` (melanocytic nevi)** (seeds 0, 1 of 2)") in warnings
@@ -347,7 +347,7 @@ def test_identical_arms_no_difference_detectable(tmp_path):
     for name in ("test_predictions.csv", "test_metrics.json"):
       src = wd / "arms" / "vae" / f"seed_{s}" / name
       (wd / "arms" / "imagenet" / f"seed_{s}" / name).write_bytes(src.read_bytes())
-  text = pathlib.Path(write_report(str(wd), n_boot=N_BOOT)).read_text()
+  text = pathlib.Path(write_report(str(wd), n_boot=N_BOOT, figures=False)).read_text()
   assert "| balanced accuracy | `vae` − `imagenet` = +0.000 [+0.000, +0.000] |" in text
   assert "Test balanced accuracy (higher is better): no difference detectable" in text
   assert "**Overall: no difference detectable on the test set.**" in text
@@ -358,16 +358,18 @@ def test_missing_predictions_say_intervals_unavailable(tmp_path):
   (wd / "arms" / "vae" / "seed_1" / "test_predictions.csv").unlink()
   bad = wd / "arms" / "imagenet" / "seed_1" / "test_predictions.csv"
   bad.write_text(bad.read_text().replace(",", ";", 3))
-  text = pathlib.Path(write_report(str(wd), n_boot=N_BOOT)).read_text()
+  text = pathlib.Path(write_report(str(wd), n_boot=N_BOOT, figures=False)).read_text()
   assert "`vae` has no interval from seed 1: no test_predictions.csv." in text
   assert "`imagenet` has no interval from seed 1: unreadable predictions file" in text
   assert "| `vae` | 0 | " in text  # the interval uses the seed that has predictions
   for s in (0, 1):
     (wd / "arms" / "vae" / f"seed_{s}" / "test_predictions.csv").unlink(missing_ok=True)
     (wd / "arms" / "imagenet" / f"seed_{s}" / "test_predictions.csv").unlink()
-  text = pathlib.Path(write_report(str(wd), n_boot=N_BOOT)).read_text()
+  text = pathlib.Path(write_report(str(wd), n_boot=N_BOOT, figures=False)).read_text()
   assert "Bootstrap intervals are unavailable for the test split (in distribution)" in text
   assert "(No bootstrap interval: predictions files missing.)" in text
+  assert "(Not drawn in this report: written with figures=False.)" in text and "figures/" not in text
+  assert not (wd / "figures").exists()
 
 
 def test_shift_section_with_partial_outside_set(tmp_path):
@@ -415,6 +417,6 @@ def test_shift_answer_changes(tmp_path):
     for name in ("predictions.csv", "metrics.json"):
       src = wd / "arms" / "vae" / f"seed_{s}" / "external" / "isic_subset" / name
       (wd / "arms" / "imagenet" / f"seed_{s}" / "external" / "isic_subset" / name).write_bytes(src.read_bytes())
-  text = pathlib.Path(write_report(str(wd), n_boot=N_BOOT)).read_text()
+  text = pathlib.Path(write_report(str(wd), n_boot=N_BOOT, figures=False)).read_text()
   assert "Verdict (`isic_subset` (shifted), balanced accuracy): **no difference detectable**" in text
   assert "- `isic_subset`: **the answer changes** between in-distribution and shifted data." in text
