@@ -772,6 +772,14 @@ def _conclusion(summary: dict[str, Any], n_seeds: dict[str, int], sa: SetAnalysi
     verdict = "**Overall: inconclusive.** " + "; ".join(parts) + "."
   lines.append(verdict)
   lines.append("")
+  flagged = [a for a, checks in (sa.majority_checks if sa else {}).items() if any(c.indistinguishable
+                                                                                  for _, c in checks)]
+  if flagged:
+    lines.append("Caution: " + ", ".join(f"`{a}`" for a in flagged) + (" is" if len(flagged) == 1 else " are")
+                 + " statistically indistinguishable from always predicting the majority class on the test "
+                 "split for at least one seed (see Warnings): such an arm has learnt little, whatever its "
+                 "accuracy or overfitting gap.")
+    lines.append("")
 
   if min(n_seeds.values()) < 2:
     lines.append("With one seed per arm (for at least one arm) no seed-to-seed spread can be estimated, so it "
@@ -994,9 +1002,9 @@ def _set_verdict(sa: SetAnalysis, arms: Sequence[str]) -> dict[str, Any]:
   if iv is not None:
     if iv["detectable"]:
       return {"winner": iv["winner"], "detectable": True,
-              "text": f"**`{iv['winner']}` generalised better** ({iv['text']}, interval excludes 0)"}
+              "text": f"**`{iv['winner']}` generalised better**: {iv['text']}; the interval excludes 0"}
     return {"winner": None, "detectable": False,
-            "text": f"**no difference detectable** ({iv['text']}, interval contains 0)"}
+            "text": f"**no difference detectable**: {iv['text']}; the interval contains 0"}
   means = {x: _mean_std([_num(ev.metrics.get("balanced_accuracy")) for _, ev in sa.runs.get(x, [])])
            for x in (a, b)}
   if means[a][0] is None or means[b][0] is None:

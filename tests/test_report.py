@@ -299,6 +299,7 @@ def test_majority_warning_only_for_the_constant_arm(tmp_path):
           "from always predicting the majority class `nv` (melanocytic nevi)** (seeds 0, 1 of 2)") in warnings
   assert "predicts the majority class for 100.0% of images" in warnings
   assert "`vae` on the test split" not in warnings
+  assert "Caution: `imagenet` is statistically indistinguishable from always predicting the majority class" in text
 
 
 def test_report_numbers_equal_metric_files_and_bootstrap(tmp_path):
