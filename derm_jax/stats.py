@@ -39,6 +39,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 __all__ = [
+  "AUC_PAIR_MATRIX_MAX",
   "BUILTIN_METRICS",
   "Interval",
   "MajorityCheck",
@@ -57,6 +58,9 @@ __all__ = [
 BUILTIN_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc")
 # Resamples are scored in chunks holding at most this many (resample, image) weights.
 _CHUNK_ELEMENTS = 2_000_000
+# Macro AUC uses a (positives x negatives) pair matrix up to this size (one matrix product per
+# class and chunk), else a sort of the scores with cumulative negative weights (less memory).
+AUC_PAIR_MATRIX_MAX = 4_000_000
 
 
 class Interval(NamedTuple):
@@ -120,6 +124,17 @@ def _weighted_metric(name: str, labels: np.ndarray, probs: np.ndarray, w: np.nda
       for c in range(k):
         pos = labels == c
         if not pos.any() or pos.all():
+          continue
+        sp, sn = probs[pos, c], probs[~pos, c]
+        if sp.size * sn.size <= AUC_PAIR_MATRIX_MAX:
+          # (positive, negative) pair matrix: 1 if the positive scores higher, 1/2 on ties.
+          pair = (sp[:, None] > sn[None, :]) + 0.5 * (sp[:, None] == sn[None, :])
+          wp, wn = w[:, pos], w[:, ~pos]
+          num = np.einsum("bj,bj->b", wp @ pair, wn)
+          den = wp.sum(axis=1) * wn.sum(axis=1)
+          ok = den > 0
+          auc_sum += np.where(ok, num / np.where(ok, den, 1.0), 0.0)
+          auc_n += ok
           continue
         order = np.argsort(probs[:, c], kind="stable")
         s = probs[order, c]

@@ -38,6 +38,17 @@ def test_builtin_metrics_equal_classification_metrics(data, name):
   np.testing.assert_allclose(vals_builtin, vals_callable, atol=1e-12)
 
 
+def test_macro_auc_pair_matrix_and_sort_paths_agree(data, monkeypatch):
+  labels, _, good, _ = data
+  tied = np.round(good, 1)  # many tied scores
+  for p in (good, tied):
+    fast = stats.bootstrap_values(labels, p, "macro_auc", n_boot=50, seed=2)
+    monkeypatch.setattr(stats, "AUC_PAIR_MATRIX_MAX", 0)
+    slow = stats.bootstrap_values(labels, p, "macro_auc", n_boot=50, seed=2)
+    monkeypatch.undo()
+    np.testing.assert_allclose(fast, slow, atol=1e-12)
+
+
 def test_bootstrap_ci_contains_estimate_and_is_reproducible(data):
   labels, _, good, _ = data
   est, lo, hi = stats.bootstrap_ci(labels, good, "balanced_accuracy", n_boot=500, seed=1)
