@@ -259,10 +259,12 @@ def test_hand_built_file_loads(tmp_path):
   """The crafting helpers produce files the reader accepts (so refusals below are real)."""
   data = np.arange(12, dtype="<f4")
   pkl = _dict_pickle({"w": _tensor_op("0", 12, (3, 4), (4, 1)),
-                      "col": _tensor_op("0", 12, (3,), (4,), offset=1)})
+                      "col": _tensor_op("0", 12, (3,), (4,), offset=1),
+                      "row": _tensor_op("0", 12, (1, 4), (2**61, 1), offset=8)})
   sd = pth.load_state_dict(_write_zip(tmp_path / "ok.pth", pkl, {"0": data.tobytes()}))
   np.testing.assert_array_equal(sd["w"], data.reshape(3, 4))
   np.testing.assert_array_equal(sd["col"], [1, 5, 9])
+  np.testing.assert_array_equal(sd["row"], [[8, 9, 10, 11]])  # a length-1 axis' stride: unused
 
 
 def _shared_list_bomb(levels: int) -> bytes:

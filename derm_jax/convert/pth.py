@@ -515,8 +515,9 @@ def _materialize(t: _LazyTensor, byteorder: str, budget: _OutputBudget) -> np.nd
   file_dtype = dtype.newbyteorder("<" if byteorder == "little" else ">")
   flat = np.frombuffer(data, dtype=file_dtype, count=numel, offset=base * dtype.itemsize)
   view = np.lib.stride_tricks.as_strided(
-      flat[t.offset:], shape=t.size, strides=[s * dtype.itemsize for s in t.stride],
-      writeable=False)
+      flat[t.offset:], shape=t.size,
+      strides=[s * dtype.itemsize if n > 1 else 0 for n, s in zip(t.size, t.stride)],
+      writeable=False)  # the stride of a length-1 axis is never used: it may be anything
   return np.array(view, dtype=dtype, order="C")  # a C-contiguous copy, native byte order
 
 
@@ -638,7 +639,8 @@ def _load_zip(path: str) -> tuple[Any, str, dict[str, _Storage]]:
         storage.data = budget.read(zf, record, storage.nbytes)
     except _Refused as e:
       raise PthError(f"{path}: {e}") from e
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, RuntimeError,
+            NotImplementedError) as e:  # RuntimeError: an encrypted entry
       raise PthError(f"{path}: cannot read {record!r}: {e}") from e
   return obj, byteorder, storages
 
@@ -671,6 +673,8 @@ def _load_legacy(path: str) -> tuple[Any, str, dict[str, _Storage]]:
     if not isinstance(keys, list):
       raise PthError(f"{path}: corrupt file (storage key list is a {type(keys).__name__})")
     count_fmt = "<q" if little else ">q"
+    if not all(type(k) in (str, int) for k in keys):
+      raise PthError(f"{path}: corrupt file (storage keys are not all strings)")
     for key in keys:
       key = str(key)[:100]
       storage = storages.get(key)
