@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from derm_jax import plots
@@ -50,3 +51,70 @@ def test_confusion_and_curves_write_png(tmp_path):
   np.testing.assert_array_equal(epochs, [1, 2, 3, 4, 5])
   np.testing.assert_allclose(mean, 1.2 / epochs + 0.05)
   np.testing.assert_allclose(std, np.full(5, np.std([0.0, 0.1], ddof=1)))
+
+
+def _capture_figures(monkeypatch):
+  """Keeps the figures the plotting functions close, to inspect their texts."""
+  figs = []
+  monkeypatch.setattr(plots.plt, "close", lambda fig: figs.append(fig))
+  return figs
+
+
+def test_confusion_matrix_readable_with_class_names(tmp_path, monkeypatch):
+  figs = _capture_figures(monkeypatch)
+  names = ["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"]
+  cm = np.arange(49).reshape(7, 7)
+  assert _is_png(plots.save_confusion_matrix(cm, names, tmp_path / "cm.png", "test confusion matrix"))
+  fig = figs[-1]
+  cells = fig.axes[0].texts
+  assert len(cells) == 49 and min(t.get_fontsize() for t in cells) >= 10
+  caption = " ".join(t.get_text() for t in fig.texts).replace("\n", " ")
+  assert "akiec = actinic keratoses / intraepithelial carcinoma" in caption
+  assert "vasc = vascular lesions" in caption and "nv = melanocytic nevi" in caption
+  assert plots.describe_class("mel") == "melanoma" and plots.describe_class("xyz") == "xyz"
+  assert plots.class_caption(["a", "df"]) == "df = dermatofibroma"
+
+
+def test_gap_curves_use_plain_language(tmp_path, monkeypatch):
+  figs = _capture_figures(monkeypatch)
+  hist = [{"epoch": e, "gap/accuracy": 0.1 * e, "gap/loss": 0.2 * e} for e in range(1, 4)]
+  plots.save_curves({"vae": [hist, hist]}, ["gap/accuracy", "gap/loss"], tmp_path / "gap.png", "gap",
+                    separate_panels=True, hline=0.0)
+  fig = figs[-1]
+  words = [ax.get_title() for ax in fig.axes] + [ax.get_ylabel() for ax in fig.axes]
+  words += [t.get_text() for ax in fig.axes for t in ax.get_legend().get_texts()]
+  assert not any("gap/" in w for w in words), words
+  assert "Training − validation accuracy" in words
+  assert any("vae: validation − training loss" in w for w in words)
+  assert all(ax.get_xlabel() == "epoch" for ax in fig.axes)
+
+
+def test_image_grid_row_labels_title_and_scale(tmp_path):
+  rows = [np.zeros((4, 8, 8, 3)), np.ones((4, 8, 8, 3))]
+  plain = Image.open(plots.save_image_grid(rows, tmp_path / "plain.png", pad=2))
+  assert plain.size == (4 * 8 + 5 * 2, 2 * 8 + 3 * 2)  # unchanged without labels
+  labelled = Image.open(plots.save_image_grid(rows, tmp_path / "l.png", pad=2, row_labels=["input", "recon"],
+                                              title="step 312, val ELBO 13,693"))
+  assert labelled.size[0] > plain.size[0] and labelled.size[1] > plain.size[1]
+  arr = np.asarray(labelled.convert("RGB"))
+  assert (arr[:labelled.size[1] - plain.size[1]] < 128).any()  # the title is drawn in the top band
+  scaled = Image.open(plots.save_image_grid(rows, tmp_path / "s.png", pad=2, scale=3))
+  assert scaled.size == (4 * 24 + 5 * 2, 2 * 24 + 3 * 2)
+  with pytest.raises(ValueError, match="one label per row"):
+    plots.save_image_grid(rows, tmp_path / "bad.png", row_labels=["only one"])
+
+
+def test_latent_map_reliability_and_interval_figures(tmp_path):
+  rng = np.random.default_rng(0)
+  z = rng.normal(size=(50, 2))
+  y = rng.integers(0, 3, size=50)
+  assert _is_png(plots.save_latent_map(z, y, ["bcc", "mel", "nv"], tmp_path / "lat.png", "VAE latents (PCA)"))
+  with pytest.raises(ValueError, match="latents_2d"):
+    plots.save_latent_map(z[:, :1], y, ["bcc", "mel", "nv"], tmp_path / "bad.png", "x")
+  conf = np.array([np.nan, 0.5, 0.9])
+  acc = np.array([np.nan, 0.4, 0.95])
+  assert _is_png(plots.save_reliability_diagram(conf, acc, [0, 10, 20], tmp_path / "rel.png", "calibration",
+                                                ece=0.05))
+  series = {"vae": [(0.5, 0.4, 0.6), (0.3, None, None)], "imagenet": [(0.6, 0.55, 0.65), (None, None, None)]}
+  assert _is_png(plots.save_interval_groups(["test", "isic"], series, tmp_path / "iv.png", "balanced accuracy",
+                                            "balanced accuracy", baseline=[0.14, None]))
