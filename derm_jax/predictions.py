@@ -109,6 +109,15 @@ def _check_class_names(class_names: Sequence[str]) -> tuple[str, ...]:
   return names
 
 
+def _id_text(image_id: Any) -> str:
+  """An image id as text: bytes (e.g. from a TFDS/Grain source) are decoded as UTF-8."""
+  if isinstance(image_id, (bytes, np.bytes_)):
+    return bytes(image_id).decode("utf-8")
+  if isinstance(image_id, np.generic):
+    image_id = image_id.item()
+  return str(image_id)
+
+
 def _check_probs(probs: Any, n: int, k: int) -> np.ndarray:
   probs = np.asarray(probs, dtype=np.float64)
   if probs.shape != (n, k):
@@ -122,11 +131,11 @@ def write_predictions_csv(path: str | os.PathLike, ids: Sequence[Any], labels: A
                           class_names: Sequence[str]) -> str:
   """Writes the predictions CSV described in the module docstring, atomically; returns `path`.
 
-  ids: N image ids (str or int); labels: N integer classes in [0, K), or None when the
+  ids: N image ids (str, int, numpy scalars; bytes are decoded as UTF-8); labels: N integer classes in [0, K), or None when the
   ground truth is unknown; probs: (N, K) probabilities, K = len(class_names).
   """
   names = _check_class_names(class_names)
-  ids = [str(i) for i in ids]
+  ids = [_id_text(i) for i in ids]
   n, k = len(ids), len(names)
   for i in ids:
     if not i or any(ch in i for ch in "\r\n"):
@@ -246,7 +255,7 @@ def write_isic_submission_csv(path: str | os.PathLike, image_ids: Sequence[Any],
   if fmt not in ("2018", "2019"):
     raise ValueError(f"fmt must be '2018' or '2019', got {fmt!r}")
   names = _check_class_names(class_names)
-  ids = [str(i) for i in image_ids]
+  ids = [_id_text(i) for i in image_ids]
   probs = _check_probs(probs, len(ids), len(names))
   columns = ISIC_2018_COLUMNS if fmt == "2018" else ISIC_2019_COLUMNS
   taken = {code for _, code in columns if code is not None}

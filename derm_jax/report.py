@@ -831,9 +831,21 @@ def _data_config(arm: ArmRuns, top: dict[str, Any]) -> dict[str, Any]:
     v = _config_field(flat, names)
     return v if v is not None else _config_field(top_flat, names)
 
-  splits = {k.split(".")[-1]: v for k, v in flat.items()
-            if k.startswith("data.splits.") and isinstance(v, int) and not isinstance(v, bool)}
-  return {"name": get(_CONFIG_FIELDS["dataset"]), "source": get(["data.source"]), "size": get(["data.size"]),
+  # Split sizes: the config's data.splits, else the dataset description an evaluator stores in
+  # test_metrics.json ("data": {"name", "source", "splits": {split: n}, ...}).
+  described = _flatten({"data": arm.runs[0].test.get("data")}) if isinstance(arm.runs[0].test.get("data"),
+                                                                              dict) else {}
+  splits = {}
+  for src in (described, flat):
+    splits.update({k.split(".")[-1]: v for k, v in src.items()
+                   if k.startswith("data.splits.") and isinstance(v, int) and not isinstance(v, bool)})
+
+  def get_or_described(names: Sequence[str], key: str) -> Any:
+    v = get(names)
+    return v if v is not None else described.get(f"data.{key}")
+
+  return {"name": get_or_described(_CONFIG_FIELDS["dataset"], "name"),
+          "source": get_or_described(["data.source"], "source"), "size": get(["data.size"]),
           "npz_path": get(["data.npz_path"]), "splits": splits}
 
 
@@ -866,11 +878,12 @@ def _data_lines(arms: dict[str, ArmRuns], top: dict[str, Any], sa: SetAnalysis) 
         text += f": `{info['npz_path']}`"
       text += ")" if src in _SOURCES else ""
     sizes = dict(info["splits"])
-    if sa.n_images:
+    from_metrics = "test" not in sizes and bool(sa.n_images)
+    if from_metrics:
       sizes["test"] = sa.n_images
     if sizes:
       text += "; images per split: " + ", ".join(f"{k} {v:,}" for k, v in sizes.items())
-      if "test" in sizes and not info["splits"].get("test"):
+      if from_metrics:
         text += " (test count from test_metrics.json)"
     return text
 

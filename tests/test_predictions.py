@@ -35,6 +35,12 @@ def test_round_trip_exact(tmp_path):
   assert not [f for f in (tmp_path / "a").iterdir() if f.name != "test_predictions.csv"]  # no temp file
 
 
+def test_numpy_and_bytes_ids(tmp_path):
+  ids = [np.int64(7), np.bytes_(b"ISIC_0000001"), b"ISIC_2", np.str_("x")]
+  p = read_predictions_csv(write_predictions_csv(tmp_path / "p.csv", ids, None, _probs(4), NAMES))
+  assert p.image_ids == ("7", "ISIC_0000001", "ISIC_2", "x")
+
+
 def test_unknown_labels(tmp_path):
   path = write_predictions_csv(tmp_path / "p.csv", ["ISIC_1", "ISIC_2"], None, _probs(2, 3), ["a", "b", "c"])
   rows = list(csv.reader(open(path)))

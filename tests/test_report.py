@@ -280,6 +280,17 @@ def test_dataset_named_from_config_and_frozen_wording(tmp_path):
   assert "| `vae` | dermamnist | vae | yes (frozen) | convnext_tiny | 28 | 5 | 32 | — | 5 | 0, 1 |" in text
   assert "| `imagenet` | dermamnist | imagenet | no (fine-tuned) | convnext_tiny | 28 | 5 | 32 | — | 5 | 0, 1 |" in text
 
+  # Split sizes recorded by the evaluator in test_metrics.json are named too.
+  for arm in ("vae", "imagenet"):
+    for s in (0, 1):
+      p = wd / "arms" / arm / f"seed_{s}" / "test_metrics.json"
+      t = json.loads(p.read_text())
+      t["data"] = {"split": "test", "name": "dermamnist", "source": "embedded",
+                   "splits": {"train": 1000, "val": 150, "test": 300}}
+      p.write_text(json.dumps(t))
+  text = pathlib.Path(write_report(str(wd), n_boot=N_BOOT, figures=False)).read_text()
+  assert "images per split: train 1,000, val 150, test 300. All arms use the same data." in text
+
   # Another dataset, both arms fine-tuned: no DermaMNIST references, no frozen wording.
   wd = _make_new_workdir(tmp_path / "b", {"vae": "good", "imagenet": "good"}, {"vae": False, "imagenet": False},
                          data_name="isic2019", source="download")
