@@ -136,8 +136,11 @@ def test_cli(tmp_path):
   assert s["test_images_leaking"] == 0
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not SHARED_NPZ, reason="set DERMAMNIST_NPZ to the full DermaMNIST npz")
 def test_full_dermamnist(tmp_path):
+  """The README's figure: 32 test images have a near-duplicate in train (34 in train or
+  val); about 30 s."""
   from derm_jax.data import registry
   d = registry.get(SimpleNamespace(name="dermamnist", source="npz", npz_path=SHARED_NPZ,
                                    size=28, data_dir=str(tmp_path)))
