@@ -270,7 +270,7 @@ def _paper_arm(name: str) -> str | None:
   n = name.lower()
   if "imagenet" in n or "in1k" in n:
     return "imagenet"
-  if any(t in n for t in ("vae", "ssl", "self", "scratch")):
+  if any(t in n for t in ("vae", "ssl", "self")):  # not 'scratch': compare.py's random-init arm
     return "self_supervised"
   return None
 
@@ -445,6 +445,11 @@ class SetAnalysis:
   ece: dict[str, list[float]] = dataclasses.field(default_factory=dict)                # arm -> per seed
   reliability: dict[str, stats.ReliabilityBins] = dataclasses.field(default_factory=dict)
   mismatches: list[str] = dataclasses.field(default_factory=list)  # predictions vs metrics file
+
+  @property
+  def labelled(self) -> bool:
+    """Whether any run scored this set (ground truth known)."""
+    return any(_num(ev.metrics.get("accuracy")) is not None for rs in self.runs.values() for _, ev in rs)
 
   @property
   def label(self) -> str:
@@ -1038,6 +1043,10 @@ def _shift_lines(analysis: dict[str, SetAnalysis], arms: Sequence[str]) -> list[
   verdicts = {}
   for name, sa in analysis.items():
     L += [f"### {sa.label[0].upper() + sa.label[1:]}", ""]
+    if not sa.labelled:
+      L += [f"No ground truth for this set ({sa.n_images or 'unknown number of'} images, predictions only): "
+            "not scored.", ""]
+      continue
     L.append(f"{sa.n_images:,} images. " if sa.n_images else "")
     L[-1] += _classes_covered(sa)
     L.append("")
@@ -1171,7 +1180,7 @@ def write_report(workdir: str, n_boot: int = 2000, seed: int = 0, figures: bool 
     reliability_files[a] = fname
   shifted = len(analysis) > 1
   if shifted:
-    sets = list(analysis.values())
+    sets = [sa for sa in analysis.values() if sa.labelled or not sa.shifted]
     series = {}
     for a in arm_names:
       vals = []
