@@ -4,6 +4,7 @@ on the 82-image sample in tests/data/ham10000_sample."""
 from __future__ import annotations
 
 import csv
+import json
 import os
 import pickle
 import shutil
@@ -50,6 +51,8 @@ def test_counts_labels_and_metadata(ds):
   rows = csv_rows()
   assert ds.meta.class_names == ("akiec", "bcc", "bkl", "df", "mel", "nv", "vasc")
   d = ds.describe()
+  json.dumps(d)  # JSON-safe
+  assert {"ham10000", "isic2019"} <= set(registry.available())
   assert sum(d["splits"].values()) == len(rows) == 82
   assert d["image_size"] == SIZE and d["listing"]["lesions"] == 71
   seen = []
