@@ -155,3 +155,31 @@ def test_foreign_state_dicts_are_rejected():
     convert.convert_state_dict(original)
   with pytest.raises(ValueError, match="state dict"):
     convert.convert_state_dict([("stem.0.weight", np.zeros(3))])  # type: ignore[arg-type]
+
+
+def test_safetensors_file_converts_to_the_same_logits(reference, images, tmp_path):
+  """timm / the HF hub publish .safetensors: the same weights through that format and the
+  whole `derm_jax.convert.convert` path (reader -> converter -> Orbax directory) give the
+  PyTorch logits."""
+  st_torch = pytest.importorskip("safetensors.torch")
+  from derm_jax.convert import convert as convert_file
+  from derm_jax.convert import read_state_dict, store
+
+  source, model, sd = reference
+  path = tmp_path / f"{source}.safetensors"
+  st_torch.save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+  st_sd = read_state_dict(path)
+  assert sorted(st_sd) == sorted(sd)  # safetensors stores names sorted
+  for k, v in sd.items():  # bit-identical to what the .pth reader got
+    np.testing.assert_array_equal(st_sd[k], v, err_msg=k)
+  if source != "timm":
+    return
+  out = convert_file("convnext_tiny", src=path, out=tmp_path / "converted")
+  arch, variables = store.load_pretrained(out)
+  assert arch == "convnext_tiny" and store.load_meta(out)["source"] == path.name
+  with torch.no_grad():
+    ref_logits = model(_torch_input(images)).numpy()
+  logits = np.asarray(_classify(variables, images))
+  diff = float(np.max(np.abs(logits - ref_logits)))
+  print(f"{source} via safetensors: max abs logit diff {diff:.3g}")
+  assert np.max(np.abs(ref_logits)) > 0.5 and diff <= TOLERANCE

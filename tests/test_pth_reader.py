@@ -287,6 +287,10 @@ def test_shared_reference_bomb_is_walked_once(tmp_path):
   seconds, peak = time.perf_counter() - start, tracemalloc.get_traced_memory()[1]
   tracemalloc.stop()
   assert list(sd) == ["w"] and seconds < _TIME_LIMIT and peak < _PEAK_LIMIT
+  # A list that contains itself (used to recurse until RecursionError): one visit, then the
+  # usual "not a tensor" refusal.
+  cyclic = _dict_pickle({"w": b"]" + _put(0) + _get(0) + b"a"})  # EMPTY_LIST, PUT, GET, APPEND
+  _refused(_write_zip(tmp_path / "cyclic.pth", cyclic, {}), r"'w' is a list, not a tensor")
   # Deeper than MAX_DEPTH: refused by name.
   deep = _dict_pickle({"w": _shared_list_bomb(pth.MAX_DEPTH + 10)})
   _refused(_write_zip(tmp_path / "shared_deep.pth", deep, {}), r"nested more than \d+ levels")
