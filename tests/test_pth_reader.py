@@ -439,6 +439,7 @@ def _run_capped(paths: list[pathlib.Path]) -> subprocess.CompletedProcess:
                         text=True, timeout=60, cwd=pathlib.Path(__file__).parent.parent)
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_AS and /proc: Linux")
 def test_hostile_files_under_an_address_space_cap(tmp_path):
   """The same files in a process that cannot map more than 512 MiB beyond its start."""
   paths = [
