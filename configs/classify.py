@@ -41,8 +41,11 @@ def get_config(arg: str | None = None) -> ConfigDict:
   c.batch_size = 64
   c.eval_batch_size = 128
   c.num_epochs = 10
+  c.total_steps = 0             # > 0 overrides num_epochs
   c.input = config_lib.input_options()
   c.log_every_steps = 20
+  c.eval_every_epochs = 1.0     # train/val metrics and the overfitting gap
+  c.checkpoint_every_steps = 0  # 0 = every epoch
   c.keep_checkpoints = 2
   if arg not in (None, ""):
     raise ValueError(f"Unknown configs/classify.py preset {arg!r}.")

@@ -50,12 +50,22 @@ def arm_config(config, arm: str, seed: int, vae_workdir: str) -> ConfigDict:
   return c
 
 
+def arm_dir(workdir: str, arm: str, seed: int) -> str:
+  """Where one arm's run for one seed lives inside a study's workdir."""
+  return os.path.join(workdir, "arms", arm, f"seed_{seed}")
+
+
 def run(config, workdir: str):
   import jax
+  from derm_jax.train.workdir_lock import WorkdirLock
+  is_main = jax.process_index() == 0
+  with WorkdirLock(workdir, is_main=is_main):
+    return _run_locked(config, workdir, is_main)
 
+
+def _run_locked(config, workdir: str, is_main: bool):
   from derm_jax import report, train_classifier, train_vae
   from derm_jax.train import outputs
-  is_main = jax.process_index() == 0
   os.makedirs(workdir, exist_ok=True)
   if is_main:
     outputs.write_config(workdir, config)
@@ -67,10 +77,10 @@ def run(config, workdir: str):
   results = {}
   for seed in config.seeds:
     for arm in config.arms:
-      arm_dir = os.path.join(workdir, "arms", arm, f"seed_{seed}")
-      logging.info("Stage 2: arm %s, seed %d in %s", arm, seed, arm_dir)
+      run_dir = arm_dir(workdir, arm, seed)
+      logging.info("Stage 2: arm %s, seed %d in %s", arm, seed, run_dir)
       results[(arm, seed)] = train_classifier.train_and_evaluate(
-          arm_config(config, arm, seed, vae_workdir), arm_dir)
+          arm_config(config, arm, seed, vae_workdir), run_dir)
   if is_main:
     path = report.write_report(workdir)
     logging.info("Report written to %s", path)

@@ -1,11 +1,16 @@
-"""Evaluates a classifier checkpoint on a project split or on outside data (ISIC layout).
+"""Evaluates a classifier checkpoint on a project split or on outside data (ISIC layout),
+or predicts on images without ground truth.
 
   python -m derm_jax.evaluate --workdir=DIR [--step=N] --split=test
   python -m derm_jax.evaluate --workdir=DIR --isic_images=FOLDER --isic_csv=GROUND_TRUTH.csv
+  python -m derm_jax.evaluate --workdir=DIR --isic_images=FOLDER      # predictions only
 The run's own config.json (in DIR) rebuilds the model; the checkpoint is the latest one
-unless --step is given. Writes <out>/metrics.json (all metrics, the majority baseline,
-for ISIC data the rows skipped and why) and <out>/confusion.png; --out defaults to
-DIR/eval/<split or isic-csv-name>_step<N>.
+unless --step is given. Writes into <out> (default DIR/eval/<split or set name>_step<N>):
+  metrics.json      all metrics, the majority baseline, for ISIC data the rows skipped
+  confusion.png     the confusion matrix
+  predictions.csv   one row per image: image_id, label (blank if unknown), p_<class>..., pred
+  submission.csv    for ISIC-layout input: the challenge's own columns and order
+Outside images are brought to the resolution of the run's training data first.
 """
 
 from __future__ import annotations
@@ -21,7 +26,8 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Classifier workdir (has config.
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).")
 _SPLIT = flags.DEFINE_enum("split", "test", ["train", "val", "test"], "Project split.")
 _ISIC_IMAGES = flags.DEFINE_string("isic_images", None, "Folder of ISIC images.")
-_ISIC_CSV = flags.DEFINE_string("isic_csv", None, "ISIC 2018/2019 one-hot ground-truth CSV.")
+_ISIC_CSV = flags.DEFINE_string("isic_csv", None, "ISIC 2018/2019 one-hot ground-truth CSV "
+                                "(without it: predictions only).")
 _OUT = flags.DEFINE_string("out", None, "Output folder (default DIR/eval/<name>_step<N>).")
 
 
@@ -39,33 +45,51 @@ def load_run_config(workdir: str) -> ConfigDict:
 def evaluate(workdir: str, step: int | None = None, split: str = "test",
              isic_images: str | None = None, isic_csv: str | None = None,
              out: str | None = None) -> dict:
+  from derm_jax import predictions as predictions_lib
   from derm_jax import train_classifier
-  from derm_jax.data import dermamnist, isic
+  from derm_jax.data import images, isic
+  from derm_jax.evaluators import classification
+  from derm_jax.train import loop
   config = load_run_config(workdir)
-  if bool(isic_images) != bool(isic_csv):
-    raise ValueError("Outside data needs both --isic_images and --isic_csv.")
-  train_source = dermamnist.get_data_source(config.data, "train")
+  if isic_csv and not isic_images:
+    raise ValueError("--isic_csv needs --isic_images (the folder of the images it lists).")
+  exp = train_classifier.build(config, workdir, load_backbone=False)
+  native = exp.dataset.describe()["image_size"]  # outside images: the training resolution
+  image_ids = None
   if isic_csv:
-    # Outside images are first brought to the resolution the model was trained on.
-    native = train_source[0]["image"].shape[0]
     source = isic.IsicSource(isic_images, isic_csv, image_size=native)
-    eval_labels, name = source.labels, os.path.splitext(os.path.basename(isic_csv))[0]
+    name, image_ids = os.path.splitext(os.path.basename(isic_csv))[0], source.image_ids
+  elif isic_images:
+    source = images.ImageSource(images.list_image_files(isic_images), native)
+    name, image_ids = os.path.basename(os.path.normpath(isic_images)), source.image_ids
   else:
-    source = dermamnist.get_data_source(config.data, split)
-    eval_labels, name = dermamnist.labels(config.data, split), split
-  b, state, train_labels = train_classifier.restore_for_eval(config, workdir, step)
-  result = train_classifier.test_report(b, state, source, config, train_labels, eval_labels)
-  result["data"] = ({"isic_images": os.path.abspath(isic_images),
-                     "isic_csv": os.path.abspath(isic_csv), **source.summary()}
-                    if isic_csv else {"split": split, "source": config.data.source})
+    source, name = exp.dataset.source(split), split
+  state = loop.restore(exp, workdir, step)
+  evaluator = exp.make_evaluator(source, has_labels=not (isic_images and not isic_csv))
+  result = evaluator.run(state)
+  result["step"] = int(state.step)
+  if isic_images:
+    result["data"] = {"isic_images": os.path.abspath(isic_images), "image_size": native,
+                      **({"isic_csv": os.path.abspath(isic_csv), **source.summary()}
+                         if isic_csv else {"num_images": len(source)})}
+  else:
+    result["data"] = {"split": split, **exp.dataset.describe()}
   out = out or os.path.join(workdir, "eval", f"{name}_step{result['step']}")
-  train_classifier.write_eval_outputs(result, out, "metrics.json", "confusion.png",
-                                      f"{name}, step {result['step']}")
-  logging.info("%s: accuracy %.4f, balanced accuracy %.4f, macro AUC %s (majority baseline "
-               "accuracy %.4f) -> %s", name, result["accuracy"], result["balanced_accuracy"],
-               result["macro_auc"], result["majority_baseline"]["accuracy"], out)
-  print(json.dumps({k: result[k] for k in ("accuracy", "balanced_accuracy", "macro_f1",
-                                            "macro_auc", "loss")} | {"out": out}))
+  preds = evaluator.predictions
+  classification.write_outputs(result, preds, exp.meta, out, title=f"{name}, step "
+                               f"{result['step']}", image_ids=image_ids)
+  if isic_images:
+    fmt = source.ground_truth.format if isic_csv else "2018"
+    predictions_lib.write_isic_submission_csv(
+        os.path.join(out, "submission.csv"), [image_ids[i] for i in preds.index], preds.probs,
+        exp.meta.class_names, fmt=fmt)
+  if "accuracy" in result:
+    logging.info("%s: %s -> %s", name, classification.summary_line(result), out)
+    print(json.dumps({k: result[k] for k in ("accuracy", "balanced_accuracy", "macro_f1",
+                                              "macro_auc", "loss")} | {"out": out}))
+  else:
+    logging.info("%s: predictions for %d images -> %s", name, result["num_examples"], out)
+    print(json.dumps({"num_examples": result["num_examples"], "out": out}))
   return result
 
 

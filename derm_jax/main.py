@@ -18,6 +18,9 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config fil
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and outputs.")
 _MODE = flags.DEFINE_enum("mode", "train", ["train", "eval"], "Train (resumes) or evaluate.")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step for --mode=eval (default latest).")
+_VERBOSE_LIBS = flags.DEFINE_bool(
+    "log_libraries", False, "Keep the INFO messages of Orbax, TFDS, Grain and JAX in the log "
+    "(off: only derm_jax's own progress and every warning).")
 _DISTRIBUTED = flags.DEFINE_bool(
     "jax_distributed", False, "Call jax.distributed.initialize() first (multi-host GPU/TPU "
     "jobs; on Cloud TPU pods the coordinator is found automatically).")
@@ -45,9 +48,15 @@ def eval_config(cli_config, workdir: str):
 
 
 def run(config, workdir: str, mode: str = "train", step: int | None = None):
+  """Validates the config and workdir, runs the preflight, then trains or evaluates."""
+  from derm_jax import preflight, validate
   task = config.get("task", "vae")
   if mode == "eval" and task in ("vae", "classify"):
     config = eval_config(config, workdir)
+  validate.validate_config(config)
+  if mode == "train":
+    validate.validate_workdir(workdir)
+    preflight.check(config, workdir)
   if task == "vae":
     from derm_jax import train_vae
     return (train_vae.train_and_evaluate(config, workdir) if mode == "train"
@@ -68,14 +77,17 @@ def run(config, workdir: str, mode: str = "train", step: int | None = None):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  from derm_jax import console
+  from derm_jax.errors import DermJaxError
   logging.get_absl_handler().use_absl_log_file = False
+  console.quiet_libraries(not _VERBOSE_LIBS.value)
   if _DISTRIBUTED.value:
     import jax
     jax.distributed.initialize()
   workdir = os.path.abspath(os.path.expanduser(_WORKDIR.value))
   try:
     run(_CONFIG.value, workdir, _MODE.value, _STEP.value)
-  except (ValueError, FileNotFoundError, FloatingPointError, KeyError) as e:
+  except (DermJaxError, ValueError, FileNotFoundError, FloatingPointError, KeyError) as e:
     logging.error("%s: %s", type(e).__name__, e)
     print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
     sys.exit(1)

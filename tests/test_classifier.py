@@ -47,8 +47,9 @@ def test_frozen_backbone_is_bit_for_bit_unchanged_and_has_no_optimizer_state(dat
   workdir = str(tmp_path / "run")
   result = train_classifier.train_and_evaluate(c, workdir)
   assert 0 <= result["accuracy"] <= 1
-  backbone = train_classifier.create_models(c)[0]
-  start = train_classifier.init_backbone_variables(c, backbone, workdir, jax.random.key(0))
+  from derm_jax import backbone_init
+  backbone = train_classifier.create_models(c, 7)[0]
+  start = backbone_init.init_backbone_variables(c, backbone, workdir, jax.random.key(0))
   _, tree = checkpoint.restore_state_tree(os.path.join(workdir, "checkpoints"))
   for col, where in (("params", tree["frozen"]["backbone"]),
                      ("batch_stats", tree["batch_stats"]["backbone"])):
@@ -79,9 +80,10 @@ def test_finetuned_backbone_moves(data_dir, tmp_path):
   c.balanced_sampling = True
   workdir = str(tmp_path / "ft")
   train_classifier.train_and_evaluate(c, workdir)
-  backbone = train_classifier.create_models(c)[0]
-  start = train_classifier.init_backbone_variables(c, backbone, workdir,
-                                                   jax.random.split(jax.random.key(0), 3)[0])
+  from derm_jax import backbone_init
+  backbone = train_classifier.create_models(c, 7)[0]
+  start = backbone_init.init_backbone_variables(c, backbone, workdir,
+                                                jax.random.split(jax.random.key(0), 3)[0])
   _, tree = checkpoint.restore_state_tree(os.path.join(workdir, "checkpoints"))
   assert set(tree["params"]) == {"head", "backbone"}
   moved = [not np.array_equal(np.asarray(a), np.asarray(b)) for a, b in
@@ -98,7 +100,7 @@ def test_balanced_sampling_and_class_weights():
   np.testing.assert_allclose(frac, [1 / 3] * 3, atol=0.03)
   c = _load("tiny_classify")
   c.class_weighted_loss = True
-  w = train_classifier.class_weights_for(c, np.array([0, 0, 0, 1, 5, 5]))
+  w = train_classifier.class_weights_for(c, np.array([0, 0, 0, 1, 5, 5]), 7)
   # n / (K * n_c) for present classes, 0 for absent ones.
   np.testing.assert_allclose(w, [6 / 21, 6 / 7, 0, 0, 0, 6 / 14, 0], rtol=1e-6)
 
@@ -141,3 +143,47 @@ def test_compare_end_to_end_then_evaluate_outside_data(data_dir, tmp_path):
                      cwd=REPO, capture_output=True, text=True, timeout=600)
   assert r.returncode != 0 and "ISIC_9999999" in r.stderr
   assert not (tmp_path / "bad_out").exists()
+
+
+@pytest.mark.slow
+def test_classifier_kill_and_resume_equals_uninterrupted_run(data_dir, tmp_path):
+  """kill -9 mid-epoch, rerun: final parameters, every epoch's metrics and the test
+  metrics equal an uninterrupted run's."""
+  import signal
+  import subprocess
+  import sys
+  import time
+  args = [f"--config={TINY_CLASSIFY}", f"--config.data.data_dir={data_dir}",
+          "--config.init.source=scratch", "--config.num_epochs=3", "--config.image_size=32"]
+  full = tmp_path / "full"
+  r = run_main([*args, f"--workdir={full}"])
+  assert r.returncode == 0, r.stderr[-3000:]
+  killed = tmp_path / "killed"
+  proc = subprocess.Popen([sys.executable, "-m", "derm_jax.main", *args, f"--workdir={killed}"],
+                          cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  ckpts = killed / "checkpoints"
+  deadline = time.time() + 300
+  while time.time() < deadline and not (ckpts / "34").is_dir():
+    time.sleep(0.05)
+  time.sleep(0.5)  # into the second epoch
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  steps = [int(d.name) for d in ckpts.iterdir() if d.name.isdigit()]
+  assert steps and max(steps) < 102, steps  # really interrupted
+  assert not (killed / "test_metrics.json").exists()
+  r = run_main([*args, f"--workdir={killed}"])
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert "Resuming from checkpoint" in r.stderr
+  from derm_jax.train import checkpoint
+  s1, t1 = checkpoint.restore_state_tree(str(full / "checkpoints"))
+  s2, t2 = checkpoint.restore_state_tree(str(killed / "checkpoints"))
+  assert s1 == s2 == 102
+  for a, b in zip(jax.tree.leaves(t1["params"]), jax.tree.leaves(t2["params"])):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  rows1 = [json.loads(l) for l in open(full / "metrics.jsonl")]
+  rows2 = [json.loads(l) for l in open(killed / "metrics.jsonl")]
+  assert [r_["epoch"] for r_ in rows2] == [1, 2, 3]
+  assert rows1 == rows2
+  m1 = json.load(open(full / "test_metrics.json"))
+  m2 = json.load(open(killed / "test_metrics.json"))
+  assert m1 == m2

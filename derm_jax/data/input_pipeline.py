@@ -101,7 +101,8 @@ def train_iterator(ds: grain.MapDataset, num_threads: int = 2, prefetch: int = 4
 def eval_batches(source, *, global_batch_size: int, image_size: int,
                  process_index: int | None = None, process_count: int | None = None,
                  num_threads: int = 2) -> Iterator[dict]:
-  """Yields padded batches {'image','label','mask'} covering this process's share once."""
+  """Yields padded batches {'image','label','index','id','mask'} covering this process's
+  share once; 'index' is the example's position in `source`, 'id' its own id."""
   process_index = jax.process_index() if process_index is None else process_index
   process_count = jax.process_count() if process_count is None else process_count
   local_batch = global_batch_size // process_count
@@ -110,8 +111,13 @@ def eval_batches(source, *, global_batch_size: int, image_size: int,
   num_batches = max(1, math.ceil(per_process / local_batch))
   start = process_index * per_process
   stop = min(n, start + per_process)
-  ds = grain.MapDataset.source(source)[start:stop].map(
-      lambda ex: augment.eval_transform(ex, image_size=image_size))
+  def transform(i, ex):
+    out = augment.eval_transform(ex, image_size=image_size)
+    out["index"] = np.int32(start + i)  # position in `source`, so outputs can be reordered
+    out["id"] = np.int32(ex.get("id", start + i))
+    return out
+
+  ds = grain.MapDataset.source(source)[start:stop].map_with_index(transform)
   ds = ds.batch(local_batch, drop_remainder=False)
   read = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=4)
   it = iter(ds.to_iter_dataset(read)) if len(ds) else iter(())
@@ -119,7 +125,8 @@ def eval_batches(source, *, global_batch_size: int, image_size: int,
     batch = next(it, None)
     if batch is None:  # this process has run out: a fully padded batch keeps hosts in step
       batch = {"image": np.zeros((0, image_size, image_size, 3), np.float32),
-               "label": np.zeros((0,), np.int32)}
+               "label": np.zeros((0,), np.int32), "index": np.zeros((0,), np.int32),
+               "id": np.zeros((0,), np.int32)}
     k = batch["label"].shape[0]
     mask = np.zeros((local_batch,), np.float32)
     mask[:k] = 1.0
@@ -127,5 +134,7 @@ def eval_batches(source, *, global_batch_size: int, image_size: int,
     yield {
         "image": np.pad(batch["image"], ((0, pad), (0, 0), (0, 0), (0, 0))),
         "label": np.pad(batch["label"], (0, pad)),
+        "index": np.pad(batch["index"], (0, pad)),
+        "id": np.pad(batch["id"], (0, pad)),
         "mask": mask,
     }

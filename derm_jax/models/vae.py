@@ -103,3 +103,13 @@ def create_vae(model_config, image_size: int) -> VAE:
              backbone_kwargs=dict(model_config.backbone_kwargs),
              latent_dim=model_config.latent_dim, image_size=image_size,
              decoder_widths=tuple(model_config.decoder_widths))
+
+
+def backbone_variables(vae_variables: dict) -> dict:
+  """The encoder backbone's variables ({'params', 'batch_stats'?}) out of a VAE's variables
+  (or a VAE train state's tree): what the classifier's 'vae' arm starts from."""
+  out = {"params": vae_variables["params"]["encoder"]["backbone_net"]}
+  stats = vae_variables.get("batch_stats") or {}
+  if stats:
+    out["batch_stats"] = stats["encoder"]["backbone_net"]
+  return out

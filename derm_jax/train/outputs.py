@@ -125,8 +125,9 @@ def open_run(workdir: str, config, keep_checkpoints: int):
   """Creates the workdir (config.json, checkpoint manager, writers) of a training run.
 
   Returns (checkpointer, writer, is_main); only process 0 writes logs and config.json."""
+  from derm_jax import validate
   is_main = jax.process_index() == 0
-  if os.path.isdir(os.path.join(workdir, "checkpoints")):
+  if validate.workdir_has_run(workdir):  # a workdir without a checkpoint never blocks a rerun
     check_resume_config(workdir, config)
   os.makedirs(workdir, exist_ok=True)
   if is_main:
@@ -134,6 +135,16 @@ def open_run(workdir: str, config, keep_checkpoints: int):
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"),
                                  max_to_keep=keep_checkpoints)
   return ckpt, MetricWriter(workdir, enabled=is_main), is_main
+
+
+def write_parameter_overview(workdir: str, params) -> None:
+  """The table of parameter shapes and counts, written to DIR/parameters.txt (not the log)."""
+  from clu import parameter_overview
+  table = parameter_overview.get_parameter_overview(params)
+  with open(os.path.join(workdir, "parameters.txt"), "w") as f:
+    f.write(table + "\n")
+  n = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
+  logging.info("%s parameters (table in %s)", f"{n:,}", os.path.join(workdir, "parameters.txt"))
 
 
 def _fmt_duration(seconds: float) -> str:

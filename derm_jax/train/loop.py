@@ -1,0 +1,177 @@
+"""The one training loop, shared by every task: open the workdir, resume, step, log,
+evaluate, checkpoint, stop on non-finite values, close.
+
+  state, last_eval = loop.train(experiment, workdir)
+
+Cadence is by step (`u.itstime`-style): log every `log_every_steps`, evaluate every
+`eval_every_epochs` epochs, checkpoint every `checkpoint_every_steps` steps (0 = once an
+epoch), and all three at the last step. Between those points nothing waits on the device:
+step outputs stay on the device and are fetched once per log point, so the host keeps
+dispatching steps while the accelerator works. The train metrics written with each
+evaluation are computed from every step since the previous one (exact, not a running
+estimate), which is what the overfitting gap compares with validation.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import numpy as np
+from absl import logging
+
+from derm_jax import metrics as metrics_lib
+from derm_jax.data import input_pipeline
+from derm_jax.evaluators import common
+from derm_jax.train import mesh as mesh_lib
+from derm_jax.train import outputs
+from derm_jax.train.experiment import Experiment
+from derm_jax.train.workdir_lock import WorkdirLock
+
+
+def epoch_of(step: int, steps_per_epoch: int) -> float | int:
+  """The epoch reached after `step` steps: an int at epoch ends, else 3 decimals."""
+  e = step / steps_per_epoch
+  return int(e) if float(e).is_integer() else round(e, 3)
+
+
+def itstime(step: int, every: int, total: int) -> bool:
+  """True every `every` steps (0 = never) and at the last step."""
+  return step == total or (every > 0 and step % every == 0)
+
+
+class _Window:
+  """Step outputs since the last log point (on the device) and since the last evaluation
+  (on the host), with the check that every step so far was finite."""
+
+  def __init__(self, first_step: int):
+    self.device: list[dict] = []
+    self.host: list[dict] = []
+    self.first = first_step  # step number of device[0]
+
+  def add(self, out: dict) -> None:
+    self.device.append(out)
+
+  def fetch(self) -> list[dict]:
+    """Brings the pending outputs to the host (one transfer), checks them, returns them."""
+    fetched = common.to_host(self.device) if self.device else []
+    for i, out in enumerate(fetched):
+      if not bool(np.all(out["finite"])):
+        step = self.first + i
+        raise FloatingPointError(
+            f"Non-finite training loss or gradient at step {step}; stopping. No checkpoint "
+            f"after step {step - 1} was written; lower the learning rate or enable gradient "
+            "clipping (config.optimizer.grad_clip).")
+    self.first += len(self.device)
+    self.device = []
+    self.host.extend(fetched)
+    return fetched
+
+  def take_host(self) -> list[dict]:
+    self.fetch()
+    out, self.host = self.host, []
+    return out
+
+
+def train_iterator(exp: Experiment):
+  """The checkpointable Grain iterator of the experiment's training stream."""
+  c = exp.config
+  ds = input_pipeline.train_dataset(
+      exp.dataset.source("train"), global_batch_size=c.batch_size, image_size=c.image_size,
+      aug=c.aug, seed=c.seed, labels=exp.train_labels, balanced=exp.balanced_sampling)
+  return input_pipeline.train_iterator(ds, c.input.num_threads, c.input.prefetch)
+
+
+def _eval_row(exp: Experiment, state, step: int, train_outputs: list[dict]) -> dict[str, Any]:
+  train_m = exp.summarize_train(train_outputs) if train_outputs else {}
+  val_m = exp.make_evaluator(exp.dataset.source("val")).run(state)
+  row = {f"train/{k}": v for k, v in train_m.items() if np.isscalar(v) or v is None}
+  row.update({f"val/{k}": v for k, v in val_m.items() if np.isscalar(v) or v is None})
+  if "accuracy" in val_m and "loss" in val_m:
+    row.update(metrics_lib.overfitting_gap(train_m, val_m))
+  return row
+
+
+def _fmt(row: dict) -> str:
+  return ", ".join(f"{k}={v:.4f}" for k, v in row.items() if isinstance(v, float))
+
+
+def train(exp: Experiment, workdir: str) -> tuple[Any, dict[str, Any]]:
+  """Trains `exp` in `workdir`, resuming from its latest checkpoint; returns the final
+  state and the last evaluation row."""
+  c = exp.config
+  spe, total = exp.steps_per_epoch, exp.total_steps
+  train_iter = train_iterator(exp)
+  lock = WorkdirLock(workdir, is_main=jax.process_index() == 0).acquire()
+  try:
+    return _train_locked(exp, workdir, train_iter)
+  finally:
+    lock.release()
+
+
+def _train_locked(exp: Experiment, workdir: str, train_iter):
+  c = exp.config
+  spe, total = exp.steps_per_epoch, exp.total_steps
+  ckpt, writer, is_main = outputs.open_run(workdir, c, c.keep_checkpoints)
+  state = exp.state
+  start = ckpt.latest_step()
+  if start is not None:
+    logging.info("Resuming from checkpoint at step %d in %s", start, ckpt.directory)
+    state = ckpt.restore(start, state, train_iter)
+    writer.truncate_after(start)
+  else:
+    start = 0
+    if is_main:
+      outputs.write_parameter_overview(workdir, state.params)
+  logging.info("Training %d steps (%d per epoch, batch %d on %d devices).", total, spe,
+               c.batch_size, jax.device_count())
+  eval_every = max(1, int(round(c.get("eval_every_epochs", 1.0) * spe)))
+  ckpt_every = c.get("checkpoint_every_steps", 0) or spe
+  progress = outputs.Progress(total, start, c.batch_size, c.log_every_steps)
+  window = _Window(start + 1)
+  last_eval: dict[str, Any] = {}
+  try:
+    for step in range(start + 1, total + 1):
+      batch = mesh_lib.shard_batch(next(train_iter), exp.mesh)
+      state, out = exp.train_step(state, batch)
+      window.add(out)
+      if step == start + 1:
+        progress.restart_clock(step)
+      if itstime(step, c.log_every_steps, total):
+        logged = window.fetch()
+        scalars = {f"train/{k}": v for k, v in exp.summarize_train(logged).items()
+                   if isinstance(v, float)}
+        scalars["train/learning_rate"] = exp.learning_rate(step)
+        writer.write_scalars(step, scalars)
+        progress(step, {k: scalars[f"train/{k}"] for k in exp.progress_keys})
+      if itstime(step, eval_every, total):
+        row = _eval_row(exp, state, step, window.take_host())
+        epoch = epoch_of(step, spe)
+        writer.write_scalars(step, {k: v for k, v in row.items() if v is not None})
+        writer.write_row({"step": step, "epoch": epoch, **row})
+        logging.info("epoch %s/%s (step %d) | %s", epoch, epoch_of(total, spe), step,
+                     _fmt(row))
+        if exp.after_eval is not None:
+          exp.after_eval(exp, state, step, writer, workdir)
+        writer.flush()
+        last_eval = row
+      if itstime(step, ckpt_every, total):
+        window.fetch()  # never checkpoint a state that followed a non-finite step
+        ckpt.save(step, state, train_iter)
+  finally:  # also on errors: finish pending saves, keep the last good checkpoint
+    ckpt.close()
+    writer.close()
+  if start >= total:
+    logging.info("Checkpoint at step %d already completes the %d-step run.", start, total)
+  return state, last_eval
+
+
+def restore(exp: Experiment, workdir: str, step: int | None = None):
+  """The state of a run's checkpoint (latest or `step`), without its optimiser state."""
+  from derm_jax.train import checkpoint
+  ckpt_dir = os.path.join(workdir, "checkpoints")
+  if not os.path.isdir(ckpt_dir):
+    raise FileNotFoundError(f"No checkpoints directory in workdir {workdir!r}.")
+  return checkpoint.restore_for_inference(ckpt_dir, exp.state, step,
+                                          mesh_lib.replicated(exp.mesh))
