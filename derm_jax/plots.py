@@ -97,8 +97,14 @@ def _ensure_parent(path: str | os.PathLike) -> str:
   return path
 
 
-def save_confusion_matrix(cm: Any, class_names: Sequence[str], path: str | os.PathLike, title: str,
-                          normalize: bool = True, caption: str | None = None) -> str:
+def save_confusion_matrix(
+  cm: Any,
+  class_names: Sequence[str],
+  path: str | os.PathLike,
+  title: str,
+  normalize: bool = True,
+  caption: str | None = None,
+) -> str:
   """Saves a confusion matrix (rows = true, cols = predicted) as a PNG.
 
   With `normalize`, colours show each row divided by its total (recall on the diagonal;
@@ -110,7 +116,9 @@ def save_confusion_matrix(cm: Any, class_names: Sequence[str], path: str | os.Pa
   cm = np.asarray(cm, dtype=np.float64)
   k = cm.shape[0]
   if cm.shape != (k, k) or len(class_names) != k:
-    raise ValueError(f"cm must be (K, K) with K = len(class_names) = {len(class_names)}, got {cm.shape}")
+    raise ValueError(
+      f"cm must be (K, K) with K = len(class_names) = {len(class_names)}, got {cm.shape}"
+    )
   path = _ensure_parent(path)
   if normalize:
     rows = cm.sum(axis=1, keepdims=True)
@@ -123,7 +131,9 @@ def save_confusion_matrix(cm: Any, class_names: Sequence[str], path: str | os.Pa
   size = max(5.0, 1.0 * k + 2.5)
   fig, ax = plt.subplots(figsize=(size + 1.5, size))
   im = ax.imshow(shown, cmap="Blues", vmin=0.0, vmax=vmax)
-  fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="fraction of true class" if normalize else "count")
+  fig.colorbar(
+    im, ax=ax, fraction=0.046, pad=0.04, label="fraction of true class" if normalize else "count"
+  )
   ax.set_xticks(range(k))
   ax.set_yticks(range(k))
   ax.set_xticklabels(class_names, rotation=45, ha="right", fontsize=11)
@@ -134,7 +144,7 @@ def save_confusion_matrix(cm: Any, class_names: Sequence[str], path: str | os.Pa
   fontsize = 11 if k <= 8 else 10
   for i in range(k):
     for j in range(k):
-      text = f"{int(round(cm[i, j]))}"
+      text = f"{round(cm[i, j]):.0f}"
       if normalize:
         text += f"\n({shown[i, j]:.2f})"
       colour = "white" if shown[i, j] > 0.6 * vmax else "black"
@@ -160,8 +170,9 @@ def _as_float(v: Any) -> float:
     return math.nan
 
 
-def aggregate_histories(histories: Sequence[Sequence[dict[str, Any]]], key: str
-                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def aggregate_histories(
+  histories: Sequence[Sequence[dict[str, Any]]], key: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
   """Aligns per-seed histories on their 'epoch' (1-based list position if absent).
 
   Returns (epochs, mean, std, n): for each epoch any seed recorded a finite `key` at,
@@ -178,31 +189,46 @@ def aggregate_histories(histories: Sequence[Sequence[dict[str, Any]]], key: str
       by_epoch.setdefault(epoch, []).append(v)
   epochs = np.array(sorted(by_epoch), dtype=np.int64)
   mean = np.array([np.mean(by_epoch[e]) for e in epochs], dtype=np.float64)
-  std = np.array([np.std(by_epoch[e], ddof=1) if len(by_epoch[e]) > 1 else math.nan for e in epochs],
-                 dtype=np.float64)
+  std = np.array(
+    [np.std(by_epoch[e], ddof=1) if len(by_epoch[e]) > 1 else math.nan for e in epochs],
+    dtype=np.float64,
+  )
   n = np.array([len(by_epoch[e]) for e in epochs], dtype=np.int64)
   return epochs, mean, std, n
 
 
-def _draw_curves(ax: Any, runs: dict[str, list[list[dict[str, Any]]]], keys: Sequence[str],
-                 hline: float | None, labels: dict[str, str]) -> None:
+def _draw_curves(
+  ax: Any,
+  runs: dict[str, list[list[dict[str, Any]]]],
+  keys: Sequence[str],
+  hline: float | None,
+  labels: dict[str, str],
+) -> None:
   colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
   for a, (arm, histories) in enumerate(runs.items()):
     colour = colours[a % len(colours)]
     for j, key in enumerate(keys):
-      epochs, mean, std, n = aggregate_histories(histories, key)
+      epochs, mean, std, _ = aggregate_histories(histories, key)
       if epochs.size == 0:
         continue
       label = f"{arm}: {labels.get(key) or _metric_label(key)}"
       if len(histories) > 1:
         label += f" (mean ± std, {len(histories)} seeds)"
       style = _LINESTYLES[j % len(_LINESTYLES)]
-      ax.plot(epochs, mean, linestyle=style, color=colour, marker="o" if epochs.size < 15 else None,
-              markersize=3, label=label)
+      ax.plot(
+        epochs,
+        mean,
+        linestyle=style,
+        color=colour,
+        marker="o" if epochs.size < 15 else None,
+        markersize=3,
+        label=label,
+      )
       band = np.isfinite(std)
       if band.any():
-        ax.fill_between(epochs[band], (mean - std)[band], (mean + std)[band], color=colour, alpha=0.2,
-                        linewidth=0)
+        ax.fill_between(
+          epochs[band], (mean - std)[band], (mean + std)[band], color=colour, alpha=0.2, linewidth=0
+        )
   if hline is not None:
     ax.axhline(hline, color="grey", linewidth=0.8, linestyle="-")
   ax.set_xlabel("epoch")
@@ -213,10 +239,17 @@ def _draw_curves(ax: Any, runs: dict[str, list[list[dict[str, Any]]]], keys: Seq
     ax.legend(fontsize=8)
 
 
-def save_curves(runs: dict[str, list[list[dict[str, Any]]]], keys: list[str], path: str | os.PathLike,
-                title: str, separate_panels: bool = False, hline: float | None = None,
-                ylabel: str | None = None, key_labels: dict[str, str] | None = None,
-                panel_titles: dict[str, str] | None = None) -> str:
+def save_curves(
+  runs: dict[str, list[list[dict[str, Any]]]],
+  keys: list[str],
+  path: str | os.PathLike,
+  title: str,
+  separate_panels: bool = False,
+  hline: float | None = None,
+  ylabel: str | None = None,
+  key_labels: dict[str, str] | None = None,
+  panel_titles: dict[str, str] | None = None,
+) -> str:
   """Plots metric histories of several arms on shared axes.
 
   runs: arm name -> list of per-seed histories, each a list of per-epoch dicts (with an
@@ -263,9 +296,15 @@ def _to_uint8_images(x: Any) -> np.ndarray:
   return np.round(np.clip(x, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
-def save_image_grid(rows: list[Any], path: str | os.PathLike, pad: int = 2,
-                    pad_value: int = 255, row_labels: Sequence[str] | None = None,
-                    title: str | None = None, scale: int = 1) -> str:
+def save_image_grid(
+  rows: list[Any],
+  path: str | os.PathLike,
+  pad: int = 2,
+  pad_value: int = 255,
+  row_labels: Sequence[str] | None = None,
+  title: str | None = None,
+  scale: int = 1,
+) -> str:
   """Tiles rows of images into one PNG.
 
   rows: list of arrays, each (N_r, H, W, 3) float in [0, 1] (clipped) or uint8; entry r
@@ -293,13 +332,14 @@ def save_image_grid(rows: list[Any], path: str | os.PathLike, pad: int = 2,
       raise ValueError(f"all images must share H, W = {(h, w)}, got {r.shape[1:3]}")
   n_rows = len(imgs)
   n_cols = max(max(r.shape[0] for r in imgs), 1)
-  canvas = np.full((n_rows * h + (n_rows + 1) * pad, n_cols * w + (n_cols + 1) * pad, 3), pad_value,
-                   dtype=np.uint8)
+  canvas = np.full(
+    (n_rows * h + (n_rows + 1) * pad, n_cols * w + (n_cols + 1) * pad, 3), pad_value, dtype=np.uint8
+  )
   for i, r in enumerate(imgs):
     y = pad + i * (h + pad)
     for j in range(r.shape[0]):
       x = pad + j * (w + pad)
-      canvas[y:y + h, x:x + w] = r[j]
+      canvas[y : y + h, x : x + w] = r[j]
   image = Image.fromarray(canvas)
   if row_labels is not None or title:
     image = _annotate_grid(image, [str(t) for t in row_labels or []], title, h, pad, pad_value)
@@ -310,16 +350,19 @@ def save_image_grid(rows: list[Any], path: str | os.PathLike, pad: int = 2,
 
 def _font(size: int) -> Any:
   from PIL import ImageFont
+
   try:
     return ImageFont.load_default(size=size)
   except TypeError:  # Pillow < 10.1: fixed-size bitmap font
     return ImageFont.load_default()
 
 
-def _annotate_grid(grid: Image.Image, row_labels: list[str], title: str | None, h: int, pad: int,
-                   pad_value: int) -> Image.Image:
+def _annotate_grid(
+  grid: Image.Image, row_labels: list[str], title: str | None, h: int, pad: int, pad_value: int
+) -> Image.Image:
   """Adds a left margin with one label per row and a title band on top."""
   from PIL import ImageDraw
+
   font = _font(14)
   probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
 
@@ -342,9 +385,14 @@ def _annotate_grid(grid: Image.Image, row_labels: list[str], title: str | None, 
   return out
 
 
-def save_latent_map(latents_2d: Any, labels: Any, class_names: Sequence[str], path: str | os.PathLike,
-                    title: str, axis_labels: tuple[str, str] = ("principal component 1",
-                                                                 "principal component 2")) -> str:
+def save_latent_map(
+  latents_2d: Any,
+  labels: Any,
+  class_names: Sequence[str],
+  path: str | os.PathLike,
+  title: str,
+  axis_labels: tuple[str, str] = ("principal component 1", "principal component 2"),
+) -> str:
   """Scatter of 2-D latent coordinates (e.g. `stats.pca_2d` of VAE means), one colour per class.
 
   latents_2d: (N, 2); labels: (N,) integer classes indexing `class_names`. The legend gives
@@ -353,7 +401,9 @@ def save_latent_map(latents_2d: Any, labels: Any, class_names: Sequence[str], pa
   z = np.asarray(latents_2d, dtype=np.float64)
   y = np.asarray(labels).astype(np.int64).reshape(-1)
   if z.ndim != 2 or z.shape[1] != 2 or z.shape[0] != y.shape[0]:
-    raise ValueError(f"latents_2d must be (N, 2) with N = len(labels) = {y.shape[0]}, got {z.shape}")
+    raise ValueError(
+      f"latents_2d must be (N, 2) with N = len(labels) = {y.shape[0]}, got {z.shape}"
+    )
   if y.size and (y.min() < 0 or y.max() >= len(class_names)):
     raise ValueError(f"labels must index class_names (K = {len(class_names)})")
   path = _ensure_parent(path)
@@ -364,22 +414,35 @@ def save_latent_map(latents_2d: Any, labels: Any, class_names: Sequence[str], pa
     if not sel.any():
       continue
     desc = describe_class(name)
-    label = f"{name} ({desc}), n={int(sel.sum())}" if desc != name else f"{name}, n={int(sel.sum())}"
-    ax.scatter(z[sel, 0], z[sel, 1], s=10, alpha=0.7, color=cmap(k % cmap.N), label=label, linewidths=0)
+    label = (
+      f"{name} ({desc}), n={int(sel.sum())}" if desc != name else f"{name}, n={int(sel.sum())}"
+    )
+    ax.scatter(
+      z[sel, 0], z[sel, 1], s=10, alpha=0.7, color=cmap(k % cmap.N), label=label, linewidths=0
+    )
   ax.set_xlabel(axis_labels[0])
   ax.set_ylabel(axis_labels[1])
   ax.set_title(title)
   ax.grid(True, alpha=0.3)
   if ax.get_legend_handles_labels()[0]:
-    ax.legend(fontsize=9, loc="center left", bbox_to_anchor=(1.01, 0.5), markerscale=2, title="class")
+    ax.legend(
+      fontsize=9, loc="center left", bbox_to_anchor=(1.01, 0.5), markerscale=2, title="class"
+    )
   fig.tight_layout()
   fig.savefig(path, dpi=100)
   plt.close(fig)
   return path
 
 
-def save_reliability_diagram(confidence: Any, accuracy: Any, count: Any, path: str | os.PathLike,
-                             title: str, edges: Any | None = None, ece: float | None = None) -> str:
+def save_reliability_diagram(
+  confidence: Any,
+  accuracy: Any,
+  count: Any,
+  path: str | os.PathLike,
+  title: str,
+  edges: Any | None = None,
+  ece: float | None = None,
+) -> str:
   """Reliability diagram: per confidence bin, the accuracy (bars) against the mean confidence
   (a perfectly calibrated model lies on the diagonal), with the number of images per bin
   below. Arrays are per bin (NaN for empty bins); `edges` defaults to equal-width bins
@@ -392,16 +455,34 @@ def save_reliability_diagram(confidence: Any, accuracy: Any, count: Any, path: s
   edges = np.linspace(0.0, 1.0, m + 1) if edges is None else np.asarray(edges, dtype=np.float64)
   centres, widths = (edges[:-1] + edges[1:]) / 2, np.diff(edges)
   path = _ensure_parent(path)
-  fig, (ax, axc) = plt.subplots(2, 1, figsize=(6.0, 6.5), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+  fig, (ax, axc) = plt.subplots(
+    2, 1, figsize=(6.0, 6.5), sharex=True, gridspec_kw={"height_ratios": [3, 1]}
+  )
   used = cnt > 0
-  ax.bar(centres[used], acc[used], width=widths[used], edgecolor="black", color="tab:blue", alpha=0.8,
-         label="accuracy of the images in the bin")
-  ax.plot(conf[used], acc[used], "o", color="tab:orange", markersize=4, label="(mean confidence, accuracy)")
+  ax.bar(
+    centres[used],
+    acc[used],
+    width=widths[used],
+    edgecolor="black",
+    color="tab:blue",
+    alpha=0.8,
+    label="accuracy of the images in the bin",
+  )
+  ax.plot(
+    conf[used],
+    acc[used],
+    "o",
+    color="tab:orange",
+    markersize=4,
+    label="(mean confidence, accuracy)",
+  )
   ax.plot([0, 1], [0, 1], "--", color="grey", label="perfect calibration")
   ax.set_xlim(0, 1)
   ax.set_ylim(0, 1)
   ax.set_ylabel("accuracy")
-  ax.set_title(title + (f"\nexpected calibration error (ECE) = {ece:.3f}" if ece is not None else ""))
+  ax.set_title(
+    title + (f"\nexpected calibration error (ECE) = {ece:.3f}" if ece is not None else "")
+  )
   ax.legend(fontsize=9, loc="upper left")
   ax.grid(True, alpha=0.3)
   axc.bar(centres, cnt, width=widths, edgecolor="black", color="grey")
@@ -413,10 +494,16 @@ def save_reliability_diagram(confidence: Any, accuracy: Any, count: Any, path: s
   return path
 
 
-def save_interval_groups(groups: Sequence[str], series: dict[str, Sequence[tuple[Any, Any, Any]]],
-                         path: str | os.PathLike, title: str, ylabel: str,
-                         baseline: Sequence[Any] | None = None, baseline_label: str = "baseline",
-                         xlabel: str = "") -> str:
+def save_interval_groups(
+  groups: Sequence[str],
+  series: dict[str, Sequence[tuple[Any, Any, Any]]],
+  path: str | os.PathLike,
+  title: str,
+  ylabel: str,
+  baseline: Sequence[Any] | None = None,
+  baseline_label: str = "baseline",
+  xlabel: str = "",
+) -> str:
   """Estimates with interval bars, side by side per group.
 
   groups: G group names (x axis, e.g. evaluation sets); series: name -> G tuples
@@ -439,15 +526,25 @@ def save_interval_groups(groups: Sequence[str], series: dict[str, Sequence[tuple
       yerr = None
       if lo is not None and hi is not None:
         yerr = [[max(est - lo, 0.0)], [max(hi - est, 0.0)]]
-      ax.errorbar([x], [est], yerr=yerr, fmt="o", capsize=5, color=f"C{i}", markersize=7,
-                  label=None if labelled else name)
+      ax.errorbar(
+        [x],
+        [est],
+        yerr=yerr,
+        fmt="o",
+        capsize=5,
+        color=f"C{i}",
+        markersize=7,
+        label=None if labelled else name,
+      )
       labelled = True
   if baseline is not None:
     first = True
     for j, b in enumerate(baseline):
       if b is None:
         continue
-      ax.hlines(b, j - 0.4, j + 0.4, colors="black", linestyles=":", label=baseline_label if first else None)
+      ax.hlines(
+        b, j - 0.4, j + 0.4, colors="black", linestyles=":", label=baseline_label if first else None
+      )
       first = False
   ax.set_xticks(range(g))
   ax.set_xticklabels(groups)

@@ -45,10 +45,26 @@ PROB_PREFIX = "p_"
 
 # ISIC column -> DermaMNIST class code (None = no DermaMNIST counterpart, written as 0.0
 # unless the class names include the code in brackets).
-ISIC_2018_COLUMNS = (("MEL", "mel"), ("NV", "nv"), ("BCC", "bcc"), ("AKIEC", "akiec"), ("BKL", "bkl"),
-                     ("DF", "df"), ("VASC", "vasc"))
-ISIC_2019_COLUMNS = (("MEL", "mel"), ("NV", "nv"), ("BCC", "bcc"), ("AK", "akiec"), ("BKL", "bkl"),
-                     ("DF", "df"), ("VASC", "vasc"), ("SCC", "scc"), ("UNK", None))
+ISIC_2018_COLUMNS = (
+  ("MEL", "mel"),
+  ("NV", "nv"),
+  ("BCC", "bcc"),
+  ("AKIEC", "akiec"),
+  ("BKL", "bkl"),
+  ("DF", "df"),
+  ("VASC", "vasc"),
+)
+ISIC_2019_COLUMNS = (
+  ("MEL", "mel"),
+  ("NV", "nv"),
+  ("BCC", "bcc"),
+  ("AK", "akiec"),
+  ("BKL", "bkl"),
+  ("DF", "df"),
+  ("VASC", "vasc"),
+  ("SCC", "scc"),
+  ("UNK", None),
+)
 # Classes an ISIC 2019 file may score as 0.0 when the model does not know them.
 _OPTIONAL_2019 = ("scc",)
 
@@ -104,8 +120,10 @@ def _check_class_names(class_names: Sequence[str]) -> tuple[str, ...]:
   if len(set(names)) != len(names):
     raise ValueError(f"class_names must be unique, got {names}")
   for c in names:
-    if not c or any(ch in c for ch in ",\"\r\n"):
-      raise ValueError(f"class name {c!r} must be non-empty and free of commas, quotes and newlines")
+    if not c or any(ch in c for ch in ',"\r\n'):
+      raise ValueError(
+        f"class name {c!r} must be non-empty and free of commas, quotes and newlines"
+      )
   return names
 
 
@@ -127,12 +145,18 @@ def _check_probs(probs: Any, n: int, k: int) -> np.ndarray:
   return probs
 
 
-def write_predictions_csv(path: str | os.PathLike, ids: Sequence[Any], labels: Any | None, probs: Any,
-                          class_names: Sequence[str]) -> str:
+def write_predictions_csv(
+  path: str | os.PathLike,
+  ids: Sequence[Any],
+  labels: Any | None,
+  probs: Any,
+  class_names: Sequence[str],
+) -> str:
   """Writes the predictions CSV described in the module docstring, atomically; returns `path`.
 
-  ids: N image ids (str, int, numpy scalars; bytes are decoded as UTF-8); labels: N integer classes in [0, K), or None when the
-  ground truth is unknown; probs: (N, K) probabilities, K = len(class_names).
+  ids: N image ids (str, int, numpy scalars; bytes are decoded as UTF-8); labels: N integer
+  classes in [0, K), or None when the ground truth is unknown; probs: (N, K) probabilities,
+  K = len(class_names).
   """
   names = _check_class_names(class_names)
   ids = [_id_text(i) for i in ids]
@@ -155,8 +179,14 @@ def write_predictions_csv(path: str | os.PathLike, ids: Sequence[Any], labels: A
   w = csv.writer(buf, lineterminator="\n")
   w.writerow(["image_id", "label", *[PROB_PREFIX + c for c in names], "pred"])
   for r in range(n):
-    w.writerow([ids[r], "" if labels is None else int(labels[r]), *[repr(float(p)) for p in probs[r]],
-                int(preds[r])])
+    w.writerow(
+      [
+        ids[r],
+        "" if labels is None else int(labels[r]),
+        *[repr(float(p)) for p in probs[r]],
+        int(preds[r]),
+      ]
+    )
   return _atomic_write_text(path, buf.getvalue())
 
 
@@ -176,11 +206,18 @@ def read_predictions_csv(path: str | os.PathLike) -> Predictions:
   if not rows:
     raise PredictionsError(f"{path}:1: empty file (expected a header line)")
   header = [h.strip() for h in rows[0]]
-  if (len(header) < 4 or header[0] != "image_id" or header[1] != "label" or header[-1] != "pred"
-      or not all(h.startswith(PROB_PREFIX) and len(h) > len(PROB_PREFIX) for h in header[2:-1])):
-    raise PredictionsError(f"{path}:1: bad header {','.join(header)!r}; expected "
-                           f"image_id,label,{PROB_PREFIX}<class>...,pred")
-  names = tuple(h[len(PROB_PREFIX):] for h in header[2:-1])
+  if (
+    len(header) < 4
+    or header[0] != "image_id"
+    or header[1] != "label"
+    or header[-1] != "pred"
+    or not all(h.startswith(PROB_PREFIX) and len(h) > len(PROB_PREFIX) for h in header[2:-1])
+  ):
+    raise PredictionsError(
+      f"{path}:1: bad header {','.join(header)!r}; expected "
+      f"image_id,label,{PROB_PREFIX}<class>...,pred"
+    )
+  names = tuple(h[len(PROB_PREFIX) :] for h in header[2:-1])
   if len(set(names)) != len(names):
     raise PredictionsError(f"{path}:1: duplicate class columns in the header")
   k = len(names)
@@ -199,18 +236,22 @@ def read_predictions_csv(path: str | os.PathLike) -> Predictions:
     if not image_id:
       raise PredictionsError(f"{path}:{line}: empty image_id")
     if image_id in seen:
-      raise PredictionsError(f"{path}:{line}: duplicate image_id {image_id!r} (first on line {seen[image_id]})")
+      raise PredictionsError(
+        f"{path}:{line}: duplicate image_id {image_id!r} (first on line {seen[image_id]})"
+      )
     seen[image_id] = line
     label_text = row[1].strip()
     if label_text:
       labels.append(_parse_class(label_text, names, path, line, "label"))
     else:
       labels.append(None)
-    for j, cell in enumerate(row[2:2 + k]):
+    for j, cell in enumerate(row[2 : 2 + k]):
       try:
         p = float(cell)
       except ValueError:
-        raise PredictionsError(f"{path}:{line}: {header[2 + j]} is not a number: {cell!r}") from None
+        raise PredictionsError(
+          f"{path}:{line}: {header[2 + j]} is not a number: {cell!r}"
+        ) from None
       if not math.isfinite(p):
         raise PredictionsError(f"{path}:{line}: {header[2 + j]} is not finite: {cell!r}")
       probs[n, j] = p
@@ -222,9 +263,11 @@ def read_predictions_csv(path: str | os.PathLike) -> Predictions:
   known = [x is not None for x in labels]
   if any(known) and not all(known):
     i = next(i for i, x in enumerate(labels) if x is None) if known[0] else known.index(True)
-    raise PredictionsError(f"{path}:{lines[i]}: the label column is blank on some rows only (here "
-                           f"{'blank' if labels[i] is None else 'set'}, on line {lines[0]} "
-                           f"{'set' if known[0] else 'blank'})")
+    raise PredictionsError(
+      f"{path}:{lines[i]}: the label column is blank on some rows only (here "
+      f"{'blank' if labels[i] is None else 'set'}, on line {lines[0]} "
+      f"{'set' if known[0] else 'blank'})"
+    )
   label_arr = np.asarray(labels, dtype=np.int64) if (n and all(known)) else None
   return Predictions(image_ids=tuple(ids), labels=label_arr, probs=probs, class_names=names)
 
@@ -235,14 +278,21 @@ def _parse_class(text: str, names: tuple[str, ...], path: str, line: int, what: 
   except ValueError:
     if text in names:  # tolerate a class name instead of its index
       return names.index(text)
-    raise PredictionsError(f"{path}:{line}: {what} {text!r} is neither a class index nor a class name") from None
+    raise PredictionsError(
+      f"{path}:{line}: {what} {text!r} is neither a class index nor a class name"
+    ) from None
   if not 0 <= v < len(names):
     raise PredictionsError(f"{path}:{line}: {what} {v} outside [0, {len(names)})")
   return v
 
 
-def write_isic_submission_csv(path: str | os.PathLike, image_ids: Sequence[Any], probs: Any,
-                              class_names: Sequence[str], fmt: str = "2018") -> str:
+def write_isic_submission_csv(
+  path: str | os.PathLike,
+  image_ids: Sequence[Any],
+  probs: Any,
+  class_names: Sequence[str],
+  fmt: str = "2018",
+) -> str:
   """Writes an ISIC challenge submission CSV (atomically); returns `path`.
 
   fmt '2018' (task 3): columns image,MEL,NV,BCC,AKIEC,BKL,DF,VASC.
@@ -262,8 +312,11 @@ def write_isic_submission_csv(path: str | os.PathLike, image_ids: Sequence[Any],
   extra = [c for c in names if c not in taken]
   if extra:
     raise ValueError(f"classes {extra} have no column in the ISIC {fmt} format")
-  missing = [code for _, code in columns
-             if code is not None and code not in names and not (fmt == "2019" and code in _OPTIONAL_2019)]
+  missing = [
+    code
+    for _, code in columns
+    if code is not None and code not in names and not (fmt == "2019" and code in _OPTIONAL_2019)
+  ]
   if missing:
     raise ValueError(f"class_names {names} lack {missing}, needed for the ISIC {fmt} columns")
   buf = io.StringIO()

@@ -53,8 +53,18 @@ from derm_jax import plots, stats
 from derm_jax.metrics import overfitting_gap
 from derm_jax.predictions import Predictions, PredictionsError, read_predictions_csv
 
-__all__ = ["ArmRuns", "EvalSet", "ReportError", "SeedRun", "SetAnalysis", "analyse_sets", "load_compare_dir",
-           "main", "summarize", "write_report"]
+__all__ = [
+  "ArmRuns",
+  "EvalSet",
+  "ReportError",
+  "SeedRun",
+  "SetAnalysis",
+  "analyse_sets",
+  "load_compare_dir",
+  "main",
+  "summarize",
+  "write_report",
+]
 
 # Numbers reported in the paper's abstract (see shared NOTES.md). Accuracies in %.
 PAPER = {
@@ -102,8 +112,12 @@ _SOURCES = {
 
 # Metrics with bootstrap intervals, in table order, and their plain names.
 CI_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc")
-METRIC_NAMES = {"accuracy": "accuracy", "balanced_accuracy": "balanced accuracy", "macro_f1": "macro-F1",
-                "macro_auc": "macro AUC"}
+METRIC_NAMES = {
+  "accuracy": "accuracy",
+  "balanced_accuracy": "balanced accuracy",
+  "macro_f1": "macro-F1",
+  "macro_auc": "macro AUC",
+}
 TEST_SET = "test"
 
 
@@ -127,7 +141,9 @@ class SeedRun:
   config: dict[str, Any]
   history: list[dict[str, Any]]
   test: dict[str, Any]
-  evals: dict[str, EvalSet] = dataclasses.field(default_factory=dict)  # TEST_SET first, then outside sets
+  evals: dict[str, EvalSet] = dataclasses.field(
+    default_factory=dict
+  )  # TEST_SET first, then outside sets
 
 
 @dataclasses.dataclass
@@ -186,8 +202,10 @@ def _normalize_history(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
   for i, row in enumerate(rows):
     row = dict(row)
     row.setdefault("epoch", i + 1)
-    gaps = overfitting_gap({"accuracy": _num(row.get("train/accuracy")), "loss": _num(row.get("train/loss"))},
-                           {"accuracy": _num(row.get("val/accuracy")), "loss": _num(row.get("val/loss"))})
+    gaps = overfitting_gap(
+      {"accuracy": _num(row.get("train/accuracy")), "loss": _num(row.get("train/loss"))},
+      {"accuracy": _num(row.get("val/accuracy")), "loss": _num(row.get("val/loss"))},
+    )
     for k, v in gaps.items():
       if _num(row.get(k)) is None:
         row[k] = v
@@ -197,7 +215,8 @@ def _normalize_history(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _load_eval(metrics: dict[str, Any], pred_path: str) -> EvalSet:
-  """An EvalSet with the predictions at `pred_path` when they exist, are valid and match `metrics`."""
+  """An EvalSet with the predictions at `pred_path` when they exist, are valid and match "
+  "`metrics`."""
   if not os.path.isfile(pred_path):
     return EvalSet(metrics, None, f"no {os.path.basename(pred_path)}")
   try:
@@ -208,8 +227,11 @@ def _load_eval(metrics: dict[str, Any], pred_path: str) -> EvalSet:
     return EvalSet(metrics, None, f"{pred_path} has no ground-truth labels")
   names = metrics.get("class_names")
   if names and tuple(names) != p.class_names:
-    return EvalSet(metrics, None, f"{pred_path}: classes {list(p.class_names)} differ from the metrics "
-                   f"file's {list(names)}")
+    return EvalSet(
+      metrics,
+      None,
+      f"{pred_path}: classes {list(p.class_names)} differ from the metrics file's {list(names)}",
+    )
   if len(p) == 0:
     return EvalSet(metrics, None, f"{pred_path} has no rows")
   return EvalSet(metrics, p, None)
@@ -258,7 +280,9 @@ def load_compare_dir(workdir: str) -> dict[str, ArmRuns]:
             raise ReportError(f"expected a JSON object in {set_dir}/metrics.json")
           key = name if name != TEST_SET else f"{name} (external)"
           evals[key] = _load_eval(m, os.path.join(set_dir, "predictions.csv"))
-      runs.append(SeedRun(seed=seed, path=seed_dir, config=config, history=history, test=test, evals=evals))
+      runs.append(
+        SeedRun(seed=seed, path=seed_dir, config=config, history=history, test=test, evals=evals)
+      )
     arms[arm] = ArmRuns(name=arm, runs=runs)
   return arms
 
@@ -307,7 +331,9 @@ def _seed_summary(run: SeedRun) -> dict[str, Any]:
     "best_epoch": best_epoch,
     "gap_acc_final": _num(final.get("gap/accuracy")),
     "gap_loss_final": _num(final.get("gap/loss")),
-    "gap_acc_max": max((g for g in (_num(r.get("gap/accuracy")) for r in h) if g is not None), default=None),
+    "gap_acc_max": max(
+      (g for g in (_num(r.get("gap/accuracy")) for r in h) if g is not None), default=None
+    ),
   }
   s["val_loss_change"] = _pct_change(s["val_loss_first"], s["val_loss_final"])
   s["val_acc_change"] = _pct_change(s["val_acc_first"], s["val_acc_final"])
@@ -319,7 +345,9 @@ def _seed_summary(run: SeedRun) -> dict[str, Any]:
   return s
 
 
-def summarize(arms: dict[str, ArmRuns]) -> dict[str, dict[str, tuple[float | None, float | None, int]]]:
+def summarize(
+  arms: dict[str, ArmRuns],
+) -> dict[str, dict[str, tuple[float | None, float | None, int]]]:
   """arm -> quantity -> (mean, std, n) over seeds, for every quantity of `_seed_summary`."""
   out = {}
   for name, arm in arms.items():
@@ -331,8 +359,14 @@ def summarize(arms: dict[str, ArmRuns]) -> dict[str, dict[str, tuple[float | Non
 # ----------------------------------------------------------------------------- formatting
 
 
-def _fmt(mean: float | None, std: float | None = None, digits: int = 3, scale: float = 1.0,
-         suffix: str = "", sign: bool = False) -> str:
+def _fmt(
+  mean: float | None,
+  std: float | None = None,
+  digits: int = 3,
+  scale: float = 1.0,
+  suffix: str = "",
+  sign: bool = False,
+) -> str:
   if mean is None:
     return "n/a"
   spec = f"{'+' if sign else ''}.{digits}f"
@@ -381,14 +415,14 @@ def _fmt_value(v: Any) -> str:
   if v is None:
     return "—"
   if isinstance(v, (list, tuple)):
-    return "×".join(str(x) for x in v) if all(isinstance(x, (int, float)) for x in v) else json.dumps(v)
+    return (
+      "×".join(str(x) for x in v) if all(isinstance(x, (int, float)) for x in v) else json.dumps(v)
+    )
   return str(v)
 
 
 def _safe_name(name: str) -> str:
   return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
-
-
 
 
 def _fmt_ci(iv: stats.Interval | None, digits: int = 3, sign: bool = False) -> str:
@@ -408,7 +442,7 @@ def _fmt_diff(iv: stats.Interval | None, digits: int = 3) -> str:
 
 def _int_list(values: Sequence[Any]) -> str:
   """'8' when all equal, else '6/8' (integers, in seed order)."""
-  ints = [int(round(v)) for v in values if v is not None]
+  ints = [round(v) for v in values if v is not None]
   if not ints:
     return "n/a"
   return str(ints[0]) if len(set(ints)) == 1 else "/".join(str(v) for v in ints)
@@ -421,8 +455,8 @@ def _int_list(values: Sequence[Any]) -> str:
 class PairDiff:
   """Paired bootstrap differences metric(a) - metric(b) on one evaluation set."""
 
-  pooled: stats.Interval                           # mean over the paired seeds
-  per_seed: list[tuple[int, stats.Interval]]       # (seed, interval) for each seed both arms ran
+  pooled: stats.Interval  # mean over the paired seeds
+  per_seed: list[tuple[int, stats.Interval]]  # (seed, interval) for each seed both arms ran
 
 
 @dataclasses.dataclass
@@ -431,25 +465,33 @@ class SetAnalysis:
 
   name: str
   shifted: bool
-  runs: dict[str, list[tuple[int, EvalSet]]]                 # arm -> [(seed, evaluation)]
+  runs: dict[str, list[tuple[int, EvalSet]]]  # arm -> [(seed, evaluation)]
   class_names: list[str] | None = None
-  support: list[int] | None = None                          # images per class
+  support: list[int] | None = None  # images per class
   n_images: int | None = None
-  ci: dict[str, dict[str, stats.Interval]] = dataclasses.field(default_factory=dict)   # arm -> metric
-  ci_seeds: dict[str, list[int]] = dataclasses.field(default_factory=dict)             # seeds with predictions
+  ci: dict[str, dict[str, stats.Interval]] = dataclasses.field(
+    default_factory=dict
+  )  # arm -> metric
+  ci_seeds: dict[str, list[int]] = dataclasses.field(default_factory=dict)  # seeds with predictions
   diffs: dict[tuple[str, str], dict[str, PairDiff]] = dataclasses.field(default_factory=dict)
-  notes: list[str] = dataclasses.field(default_factory=list)   # why intervals are (partly) unavailable
+  notes: list[str] = dataclasses.field(
+    default_factory=list
+  )  # why intervals are (partly) unavailable
   majority_class: int | None = None
   majority_note: str | None = None
-  majority_checks: dict[str, list[tuple[int, stats.MajorityCheck]]] = dataclasses.field(default_factory=dict)
-  ece: dict[str, list[float]] = dataclasses.field(default_factory=dict)                # arm -> per seed
+  majority_checks: dict[str, list[tuple[int, stats.MajorityCheck]]] = dataclasses.field(
+    default_factory=dict
+  )
+  ece: dict[str, list[float]] = dataclasses.field(default_factory=dict)  # arm -> per seed
   reliability: dict[str, stats.ReliabilityBins] = dataclasses.field(default_factory=dict)
   mismatches: list[str] = dataclasses.field(default_factory=list)  # predictions vs metrics file
 
   @property
   def labelled(self) -> bool:
     """Whether any run scored this set (ground truth known)."""
-    return any(_num(ev.metrics.get("accuracy")) is not None for rs in self.runs.values() for _, ev in rs)
+    return any(
+      _num(ev.metrics.get("accuracy")) is not None for rs in self.runs.values() for _, ev in rs
+    )
 
   @property
   def label(self) -> str:
@@ -497,8 +539,13 @@ def _cm_labels_probs(cm: Any) -> tuple[np.ndarray, np.ndarray] | None:
   return labels, probs
 
 
-def _analyse_set(name: str, runs: dict[str, list[tuple[int, EvalSet]]], majority: tuple[int | None, str | None],
-                 n_boot: int, seed: int) -> SetAnalysis:
+def _analyse_set(
+  name: str,
+  runs: dict[str, list[tuple[int, EvalSet]]],
+  majority: tuple[int | None, str | None],
+  n_boot: int,
+  seed: int,
+) -> SetAnalysis:
   sa = SetAnalysis(name=name, shifted=name != TEST_SET, runs=runs)
   all_evals = [ev for rs in runs.values() for _, ev in rs]
   sa.class_names = _first(ev.metrics.get("class_names") for ev in all_evals)
@@ -506,8 +553,9 @@ def _analyse_set(name: str, runs: dict[str, list[tuple[int, EvalSet]]], majority
   sa.support = [int(x) for x in support] if support else None
   n = _first(ev.metrics.get("num_examples") for ev in all_evals)
   sa.n_images = int(n) if n else (int(sum(sa.support)) if sa.support else None)
-  own_majority = next((m for m in map(_majority_class_of, (ev.metrics for ev in all_evals)) if m is not None),
-                      None)
+  own_majority = next(
+    (m for m in map(_majority_class_of, (ev.metrics for ev in all_evals)) if m is not None), None
+  )
   if own_majority is not None:
     sa.majority_class = own_majority
   else:
@@ -556,7 +604,9 @@ def _analyse_set(name: str, runs: dict[str, list[tuple[int, EvalSet]]], majority
       with np.errstate(invalid="ignore"):
         pooled = np.nanmean(vals, axis=1) if vals.shape[1] > 1 else vals[:, 0]
       known = [e for e in est if e is not None]
-      sa.ci[arm][metric] = stats.interval_from_values(pooled, float(np.mean(known)) if known else None)
+      sa.ci[arm][metric] = stats.interval_from_values(
+        pooled, float(np.mean(known)) if known else None
+      )
     # The metrics files must hold the same numbers as the predictions.
     evs = dict(runs[arm])
     for s, p in items:
@@ -564,15 +614,17 @@ def _analyse_set(name: str, runs: dict[str, list[tuple[int, EvalSet]]], majority
       for metric in ("accuracy", "balanced_accuracy"):
         got, want = stats.metric_value(labels, p, metric), _num(ev.metrics.get(metric))
         if got is not None and want is not None and abs(got - want) > 1e-6:
-          sa.mismatches.append(f"`{arm}` seed {s}: {METRIC_NAMES[metric]} {want:.4f} in the metrics file but "
-                               f"{got:.4f} from the predictions file")
+          sa.mismatches.append(
+            f"`{arm}` seed {s}: {METRIC_NAMES[metric]} {want:.4f} in the metrics file but "
+            f"{got:.4f} from the predictions file"
+          )
     if not sa.shifted:
       sa.ece[arm] = [stats.expected_calibration_error(labels, p) for p in probs]
       sa.reliability[arm] = stats.reliability_bins(labels, probs)
 
   arm_names = list(runs)
   for i, a in enumerate(arm_names):
-    for b in arm_names[i + 1:]:
+    for b in arm_names[i + 1 :]:
       if a not in values or b not in values:
         continue
       common = [s for s in sa.ci_seeds[a] if s in sa.ci_seeds[b]]
@@ -592,8 +644,9 @@ def _analyse_set(name: str, runs: dict[str, list[tuple[int, EvalSet]]], majority
           pooled_vals = np.mean(va[:, ia] - vb[:, ib], axis=1)
         ests = [iv.estimate for _, iv in per_seed if iv.estimate is not None]
         sa.diffs[(a, b)][metric] = PairDiff(
-            pooled=stats.interval_from_values(pooled_vals, float(np.mean(ests)) if ests else None),
-            per_seed=per_seed)
+          pooled=stats.interval_from_values(pooled_vals, float(np.mean(ests)) if ests else None),
+          per_seed=per_seed,
+        )
 
   # Is any run no better than always predicting the majority class?
   if sa.majority_class is not None:
@@ -604,19 +657,31 @@ def _analyse_set(name: str, runs: dict[str, list[tuple[int, EvalSet]]], majority
         if s in by_seed:
           y, p = labels, by_seed[s]
         else:
-          got = _cm_labels_probs(ev.metrics.get("confusion_matrix")) if ev.metrics.get("confusion_matrix") else None
+          got = (
+            _cm_labels_probs(ev.metrics.get("confusion_matrix"))
+            if ev.metrics.get("confusion_matrix")
+            else None
+          )
           if got is None:
             continue
           y, p = got
         if not 0 <= sa.majority_class < p.shape[1]:
           continue
-        checks.append((s, stats.indistinguishable_from_majority(y, p, sa.majority_class, n_boot=n_boot,
-                                                                 seed=seed)))
+        checks.append(
+          (
+            s,
+            stats.indistinguishable_from_majority(
+              y, p, sa.majority_class, n_boot=n_boot, seed=seed
+            ),
+          )
+        )
       sa.majority_checks[arm] = checks
   return sa
 
 
-def analyse_sets(arms: dict[str, ArmRuns], n_boot: int = 2000, seed: int = 0) -> dict[str, SetAnalysis]:
+def analyse_sets(
+  arms: dict[str, ArmRuns], n_boot: int = 2000, seed: int = 0
+) -> dict[str, SetAnalysis]:
   """Intervals, paired differences, calibration and majority checks per evaluation set.
 
   Keys: TEST_SET ('test') first, then each outside set found under any run's external/.
@@ -634,11 +699,22 @@ def analyse_sets(arms: dict[str, ArmRuns], n_boot: int = 2000, seed: int = 0) ->
     support = _first(t.get("support") for t in tests)
     cm = _first(t.get("confusion_matrix") for t in tests)
     counts = support if support else (np.asarray(cm).sum(axis=1).tolist() if cm else None)
-    majority = ((int(np.argmax(counts)), "the majority class is not recorded in test_metrics.json; the most "
-                 "frequent test class is used instead") if counts else (None, None))
+    majority = (
+      (
+        int(np.argmax(counts)),
+        (
+          "the majority class is not recorded in test_metrics.json; the most "
+          "frequent test class is used instead"
+        ),
+      )
+      if counts
+      else (None, None)
+    )
   out = {}
   for name in names:
-    runs = {a: [(r.seed, r.evals[name]) for r in arm.runs if name in r.evals] for a, arm in arms.items()}
+    runs = {
+      a: [(r.seed, r.evals[name]) for r in arm.runs if name in r.evals] for a, arm in arms.items()
+    }
     runs = {a: rs for a, rs in runs.items() if rs}
     out[name] = _analyse_set(name, runs, majority, n_boot, seed)
   return out
@@ -660,11 +736,20 @@ def _compare(summary: dict[str, Any], key: str, mode: str) -> dict[str, Any]:
     return {"winner": None, "tie": True, "arms": (win, run)}
   stds = [s for s in (wms[1], rms[1]) if s is not None]
   max_std = max(stds) if len(stds) == 2 else None
-  return {"winner": win, "runner_up": run, "win": wms, "run": rms, "diff": diff, "max_std": max_std,
-          "exceeds": (diff > max_std) if max_std is not None else None}
+  return {
+    "winner": win,
+    "runner_up": run,
+    "win": wms,
+    "run": rms,
+    "diff": diff,
+    "max_std": max_std,
+    "exceeds": (diff > max_std) if max_std is not None else None,
+  }
 
 
-def _pair_diff(sa: SetAnalysis | None, a: str, b: str, metric: str) -> tuple[str, str, PairDiff] | None:
+def _pair_diff(
+  sa: SetAnalysis | None, a: str, b: str, metric: str
+) -> tuple[str, str, PairDiff] | None:
   """The paired difference of arms a and b on `metric` as stored (first arm − second), or None."""
   if sa is None:
     return None
@@ -686,8 +771,11 @@ def _interval_verdict(sa: SetAnalysis | None, a: str, b: str, metric: str) -> di
   detectable = iv.excludes_zero()
   winner = (first if iv.lo > 0 else second) if detectable else None
   k = len(d.per_seed)
-  text = (f"`{first}` − `{second}` = {_fmt_diff(iv)} (95% paired bootstrap over {sa.n_images} images"
-          + (f", mean over {k} paired seeds" if k > 1 else "") + ")")
+  text = (
+    f"`{first}` − `{second}` = {_fmt_diff(iv)} (95% paired bootstrap over {sa.n_images} images"
+    + (f", mean over {k} paired seeds" if k > 1 else "")
+    + ")"
+  )
   return {"winner": winner, "detectable": detectable, "text": text}
 
 
@@ -701,14 +789,20 @@ def _criterion_sentence(label: str, c: dict[str, Any], digits: int, sign: bool, 
     if c.get("tie"):
       return f"- {label}: tie between `{c['arms'][0]}` and `{c['arms'][1]}`."
     return f"- {label}: not available for two arms."
-  text = (f"- {label}: **`{c['winner']}`** {what} ({_fms(c['win'], digits=digits, sign=sign)} vs "
-          f"`{c['runner_up']}` {_fms(c['run'], digits=digits, sign=sign)}); difference {c['diff']:.{digits}f}")
+  text = (
+    f"- {label}: **`{c['winner']}`** {what} ({_fms(c['win'], digits=digits, sign=sign)} vs "
+    f"`{c['runner_up']}` {_fms(c['run'], digits=digits, sign=sign)}); difference "
+    f"{c['diff']:.{digits}f}"
+  )
   if c["exceeds"] is None:
     text += ", no seed spread available to judge it."
   elif c["exceeds"]:
     text += f", larger than the seed std (largest {c['max_std']:.{digits}f})."
   else:
-    text += f", within the seed std (largest {c['max_std']:.{digits}f}): not distinguishable from seed noise."
+    text += (
+      f", within the seed std (largest {c['max_std']:.{digits}f}): "
+      "not distinguishable from seed noise."
+    )
   if c.get("no_interval"):
     text += " (No bootstrap interval: predictions files missing.)"
   return text
@@ -729,7 +823,9 @@ def _with_interval(c: dict[str, Any], sa: SetAnalysis | None, metric: str) -> di
   return c
 
 
-def _conclusion(summary: dict[str, Any], n_seeds: dict[str, int], sa: SetAnalysis | None = None) -> list[str]:
+def _conclusion(
+  summary: dict[str, Any], n_seeds: dict[str, int], sa: SetAnalysis | None = None
+) -> list[str]:
   raw = {
     "gap_acc": _compare(summary, "gap_acc_final", "abs_lower"),
     "gap_loss": _compare(summary, "gap_loss_final", "abs_lower"),
@@ -740,12 +836,32 @@ def _conclusion(summary: dict[str, Any], n_seeds: dict[str, int], sa: SetAnalysi
   crit["ba"] = _with_interval(raw["ba"], sa, "balanced_accuracy")
   crit["auc"] = _with_interval(raw["auc"], sa, "macro_auc")
   lines = ["## Conclusion (computed from the numbers above)", ""]
-  lines.append(_criterion_sentence("Final overfitting gap, train − val accuracy (smaller |gap| = less overfitting)",
-                                   crit["gap_acc"], 3, True, "overfits less"))
-  lines.append(_criterion_sentence("Final overfitting gap, val − train loss (smaller |gap| = less overfitting)",
-                                   crit["gap_loss"], 3, True, "overfits less"))
-  lines.append(_criterion_sentence("Test balanced accuracy (higher is better)", crit["ba"], 3, False, "is higher"))
-  lines.append(_criterion_sentence("Test macro AUC (higher is better)", crit["auc"], 3, False, "is higher"))
+  lines.append(
+    _criterion_sentence(
+      "Final overfitting gap, train − val accuracy (smaller |gap| = less overfitting)",
+      crit["gap_acc"],
+      3,
+      True,
+      "overfits less",
+    )
+  )
+  lines.append(
+    _criterion_sentence(
+      "Final overfitting gap, val − train loss (smaller |gap| = less overfitting)",
+      crit["gap_loss"],
+      3,
+      True,
+      "overfits less",
+    )
+  )
+  lines.append(
+    _criterion_sentence(
+      "Test balanced accuracy (higher is better)", crit["ba"], 3, False, "is higher"
+    )
+  )
+  lines.append(
+    _criterion_sentence("Test macro AUC (higher is better)", crit["auc"], 3, False, "is higher")
+  )
   lines.append("")
 
   def common(a: str, b: str) -> str | None:
@@ -753,48 +869,78 @@ def _conclusion(summary: dict[str, Any], n_seeds: dict[str, int], sa: SetAnalysi
     return wa if wa is not None and wa == wb else None
 
   gap_w, test_w = common("gap_acc", "gap_loss"), common("ba", "auc")
-  undetectable = all(crit[c].get("interval") is not None and not crit[c]["interval"]["detectable"]
-                     for c in ("ba", "auc"))
+  undetectable = all(
+    crit[c].get("interval") is not None and not crit[c]["interval"]["detectable"]
+    for c in ("ba", "auc")
+  )
   if gap_w is not None and gap_w == test_w:
-    verdict = (f"**Overall: `{gap_w}` generalised better on these data**: it has the smaller final "
-               f"train-validation gap by both definitions and the higher test balanced accuracy and macro AUC"
-               + (" (both paired intervals exclude 0)." if crit["ba"].get("interval") else "."))
+    verdict = (
+      f"**Overall: `{gap_w}` generalised better on these data**: it has the smaller final "
+      "train-validation gap by both definitions and the higher test balanced accuracy and macro "
+      "AUC" + (" (both paired intervals exclude 0)." if crit["ba"].get("interval") else ".")
+    )
   elif gap_w is not None and test_w is not None:
-    verdict = (f"**Overall: mixed.** `{gap_w}` overfits less (smaller final gap by both definitions), "
-               f"but `{test_w}` scores higher test balanced accuracy and macro AUC.")
+    verdict = (
+      f"**Overall: mixed.** `{gap_w}` overfits less (smaller final gap by both definitions), "
+      f"but `{test_w}` scores higher test balanced accuracy and macro AUC."
+    )
   elif undetectable:
-    verdict = ("**Overall: no difference detectable on the test set.** The 95% intervals of the differences "
-               "in test balanced accuracy and macro AUC both contain 0; "
-               + (f"`{gap_w}` overfits less by both gap definitions (a training-curve measure without an "
-                  "interval)." if gap_w else "the two gap definitions do not agree on which arm overfits less."))
+    verdict = (
+      "**Overall: no difference detectable on the test set.** The 95% intervals of the differences "
+      "in test balanced accuracy and macro AUC both contain 0; "
+      + (
+        f"`{gap_w}` overfits less by both gap definitions (a training-curve measure without an "
+        "interval)."
+        if gap_w
+        else "the two gap definitions do not agree on which arm overfits less."
+      )
+    )
   else:
     parts = []
-    parts.append(f"`{gap_w}` overfits less by both gap definitions" if gap_w
-                 else "the two gap definitions do not agree on which arm overfits less")
-    parts.append(f"`{test_w}` is better on the test set by both balanced accuracy and AUC" if test_w
-                 else "test balanced accuracy and AUC do not agree on a better arm (or a difference is not "
-                      "detectable)")
+    parts.append(
+      f"`{gap_w}` overfits less by both gap definitions"
+      if gap_w
+      else "the two gap definitions do not agree on which arm overfits less"
+    )
+    parts.append(
+      f"`{test_w}` is better on the test set by both balanced accuracy and AUC"
+      if test_w
+      else "test balanced accuracy and AUC do not agree on a better arm (or a difference is not "
+      "detectable)"
+    )
     verdict = "**Overall: inconclusive.** " + "; ".join(parts) + "."
   lines.append(verdict)
   lines.append("")
-  flagged = [a for a, checks in (sa.majority_checks if sa else {}).items() if any(c.indistinguishable
-                                                                                  for _, c in checks)]
+  flagged = [
+    a
+    for a, checks in (sa.majority_checks if sa else {}).items()
+    if any(c.indistinguishable for _, c in checks)
+  ]
   if flagged:
-    lines.append("Caution: " + ", ".join(f"`{a}`" for a in flagged) + (" is" if len(flagged) == 1 else " are")
-                 + " statistically indistinguishable from always predicting the majority class on the test "
-                 "split for at least one seed (see Warnings): such an arm has learnt little, whatever its "
-                 "accuracy or overfitting gap.")
+    lines.append(
+      "Caution: "
+      + ", ".join(f"`{a}`" for a in flagged)
+      + (" is" if len(flagged) == 1 else " are")
+      + " statistically indistinguishable from always predicting the majority class on the test "
+      "split for at least one seed (see Warnings): such an arm has learnt little, whatever its "
+      "accuracy or overfitting gap."
+    )
     lines.append("")
 
   if min(n_seeds.values()) < 2:
-    lines.append("With one seed per arm (for at least one arm) no seed-to-seed spread can be estimated, so it "
-                 "cannot be said whether these differences exceed run-to-run noise; run more seeds.")
+    lines.append(
+      "With one seed per arm (for at least one arm) no seed-to-seed spread can be estimated, so it "
+      "cannot be said whether these differences exceed run-to-run noise; run more seeds."
+    )
   else:
     decided = [c for c in raw.values() if c.get("winner") is not None]
     n_exc = sum(bool(c["exceeds"]) for c in decided)
     n = ", ".join(f"{a}: {k}" for a, k in n_seeds.items())
-    lines.append(f"{n_exc} of {len(decided)} of these differences exceed the larger of the two arms' seed "
-                 f"standard deviations (seeds per arm: {n}). This is a rough spread check, not a significance test.")
+    lines.append(
+      f"{n_exc} of {len(decided)} of these differences exceed the larger of the two arms' seed "
+      f"standard deviations (seeds per arm: {n}). This is a rough spread check, not a significance "
+      "test."
+    )
   lines.append("")
 
   # The paper's direction, where the arm names map onto the paper's arms.
@@ -804,18 +950,22 @@ def _conclusion(summary: dict[str, Any], n_seeds: dict[str, int], sa: SetAnalysi
     ga, gi = summary[ssl]["gap_acc_final"][0], summary[inet]["gap_acc_final"][0]
     if ga is not None and gi is not None:
       agree = abs(ga) < abs(gi)
-      lines.append(f"The paper reports that the self-supervised arm overfits less (gap ≈ 0 vs +0.060 for "
-                   f"ImageNet). Here, by the accuracy gap, `{ssl}` {_fmt(ga, sign=True)} vs `{inet}` "
-                   f"{_fmt(gi, sign=True)}: the paper's direction is "
-                   f"{'reproduced' if agree else 'not reproduced'}.")
+      lines.append(
+        f"The paper reports that the self-supervised arm overfits less (gap ≈ 0 vs +0.060 for "
+        f"ImageNet). Here, by the accuracy gap, `{ssl}` {_fmt(ga, sign=True)} vs `{inet}` "
+        f"{_fmt(gi, sign=True)}: the paper's direction is "
+        f"{'reproduced' if agree else 'not reproduced'}."
+      )
       lines.append("")
     aa, ai = summary[ssl]["val_acc_final"][0], summary[inet]["val_acc_final"][0]
     if aa is not None and ai is not None:
       agree = ai > aa
-      lines.append(f"The paper's ImageNet arm ends with the higher validation accuracy (75% vs 65%). Here "
-                   f"`{inet}` {_fmt(ai, scale=100, digits=1, suffix='%')} vs `{ssl}` "
-                   f"{_fmt(aa, scale=100, digits=1, suffix='%')}: "
-                   f"{'same direction' if agree else 'opposite direction'}.")
+      lines.append(
+        f"The paper's ImageNet arm ends with the higher validation accuracy (75% vs 65%). Here "
+        f"`{inet}` {_fmt(ai, scale=100, digits=1, suffix='%')} vs `{ssl}` "
+        f"{_fmt(aa, scale=100, digits=1, suffix='%')}: "
+        f"{'same direction' if agree else 'opposite direction'}."
+      )
     lines.append("")
   return lines
 
@@ -824,11 +974,14 @@ def _conclusion(summary: dict[str, Any], n_seeds: dict[str, int], sa: SetAnalysi
 
 
 def _dataset_display(name: str | None) -> str:
-  return {"dermamnist": "DermaMNIST"}.get(str(name).lower(), str(name)) if name else "an unnamed dataset"
+  return (
+    {"dermamnist": "DermaMNIST"}.get(str(name).lower(), str(name)) if name else "an unnamed dataset"
+  )
 
 
 def _data_config(arm: ArmRuns, top: dict[str, Any]) -> dict[str, Any]:
-  """name, source, size, npz_path and split sizes of an arm's data (its config, else the study config)."""
+  """name, source, size, npz_path and split sizes of an arm's data (its config, else the study "
+  "config)."""
   flat = _flatten(arm.runs[0].config)
   top_flat = _flatten(top)
 
@@ -838,20 +991,32 @@ def _data_config(arm: ArmRuns, top: dict[str, Any]) -> dict[str, Any]:
 
   # Split sizes: the config's data.splits, else the dataset description an evaluator stores in
   # test_metrics.json ("data": {"name", "source", "splits": {split: n}, ...}).
-  described = _flatten({"data": arm.runs[0].test.get("data")}) if isinstance(arm.runs[0].test.get("data"),
-                                                                              dict) else {}
+  described = (
+    _flatten({"data": arm.runs[0].test.get("data")})
+    if isinstance(arm.runs[0].test.get("data"), dict)
+    else {}
+  )
   splits = {}
   for src in (described, flat):
-    splits.update({k.split(".")[-1]: v for k, v in src.items()
-                   if k.startswith("data.splits.") and isinstance(v, int) and not isinstance(v, bool)})
+    splits.update(
+      {
+        k.split(".")[-1]: v
+        for k, v in src.items()
+        if k.startswith("data.splits.") and isinstance(v, int) and not isinstance(v, bool)
+      }
+    )
 
   def get_or_described(names: Sequence[str], key: str) -> Any:
     v = get(names)
     return v if v is not None else described.get(f"data.{key}")
 
-  return {"name": get_or_described(_CONFIG_FIELDS["dataset"], "name"),
-          "source": get_or_described(["data.source"], "source"), "size": get(["data.size"]),
-          "npz_path": get(["data.npz_path"]), "splits": splits}
+  return {
+    "name": get_or_described(_CONFIG_FIELDS["dataset"], "name"),
+    "source": get_or_described(["data.source"], "source"),
+    "size": get(["data.size"]),
+    "npz_path": get(["data.npz_path"]),
+    "splits": splits,
+  }
 
 
 def _training_mode(arm: ArmRuns) -> tuple[bool | None, str]:
@@ -866,14 +1031,19 @@ def _training_mode(arm: ArmRuns) -> tuple[bool | None, str]:
   return None, "backbone training mode not recorded (no `freeze_backbone` in config.json)"
 
 
-def _data_lines(arms: dict[str, ArmRuns], top: dict[str, Any], sa: SetAnalysis) -> tuple[list[str], bool]:
+def _data_lines(
+  arms: dict[str, ArmRuns], top: dict[str, Any], sa: SetAnalysis
+) -> tuple[list[str], bool]:
   """The 'Data' paragraph and whether every arm uses DermaMNIST."""
   infos = {a: _data_config(arm, top) for a, arm in arms.items()}
 
   def describe(info: dict[str, Any]) -> str:
     name = info["name"]
-    text = (f"**{_dataset_display(name)}** (`data.name` = `{name}`)" if name else
-            "a dataset whose name the config does not record (no `data.name`)")
+    text = (
+      f"**{_dataset_display(name)}** (`data.name` = `{name}`)"
+      if name
+      else "a dataset whose name the config does not record (no `data.name`)"
+    )
     src = info["source"]
     if src:
       text += f", source `{src}`" + (f" ({_SOURCES[src]}" if src in _SOURCES else "")
@@ -892,7 +1062,9 @@ def _data_lines(arms: dict[str, ArmRuns], top: dict[str, Any], sa: SetAnalysis) 
         text += " (test count from test_metrics.json)"
     return text
 
-  keys = {json.dumps({k: v for k, v in i.items()}, sort_keys=True, default=str) for i in infos.values()}
+  keys = {
+    json.dumps({k: v for k, v in i.items()}, sort_keys=True, default=str) for i in infos.values()
+  }
   lines = []
   if len(keys) == 1:
     lines.append("Data: " + describe(next(iter(infos.values()))) + ". All arms use the same data.")
@@ -902,33 +1074,49 @@ def _data_lines(arms: dict[str, ArmRuns], top: dict[str, Any], sa: SetAnalysis) 
     lines += [f"- `{a}`: {describe(i)}" for a, i in infos.items()]
   lines.append("")
   if sa.support and sa.class_names and len(sa.support) == len(sa.class_names):
-    lines.append("Test images per class: " + ", ".join(
-        f"{c} ({plots.describe_class(c)}) {n:,}" for c, n in zip(sa.class_names, sa.support)) + ".")
+    lines.append(
+      "Test images per class: "
+      + ", ".join(
+        f"{c} ({plots.describe_class(c)}) {n:,}" for c, n in zip(sa.class_names, sa.support)
+      )
+      + "."
+    )
     lines.append("")
   derma = all(str(i["name"] or "").lower() == "dermamnist" for i in infos.values())
   return lines, derma
 
 
-def _reference_sentence(arms: dict[str, ArmRuns], top: dict[str, Any], sa: SetAnalysis, derma: bool) -> str:
+def _reference_sentence(
+  arms: dict[str, ArmRuns], top: dict[str, Any], sa: SetAnalysis, derma: bool
+) -> str:
   if not derma:
     names = sorted({str(_data_config(arm, top)["name"]) for arm in arms.values()})
     if names == ["None"]:
-      return ("No published reference numbers are shown: the runs' configs do not name their dataset "
-              "(`data.name`), and the MedMNIST v2 numbers apply to DermaMNIST only.")
-    return ("No published reference numbers are shown: the MedMNIST v2 numbers are for DermaMNIST, and this "
-            f"run's data are {', '.join(f'`{n}`' for n in names)}.")
-  text = ("The MedMNIST v2 rows are published DermaMNIST test-split numbers (7 classes, "
-          f"{DERMAMNIST_TEST_IMAGES:,} test images) of networks trained end to end; this run's data are "
-          "DermaMNIST, so they are a level reference. Training mode here: ")
+      return (
+        "No published reference numbers are shown: the runs' configs do not name their dataset "
+        "(`data.name`), and the MedMNIST v2 numbers apply to DermaMNIST only."
+      )
+    return (
+      "No published reference numbers are shown: the MedMNIST v2 numbers are for DermaMNIST, and "
+      "this "
+      f"run's data are {', '.join(f'`{n}`' for n in names)}."
+    )
+  text = (
+    "The MedMNIST v2 rows are published DermaMNIST test-split numbers (7 classes, "
+    f"{DERMAMNIST_TEST_IMAGES:,} test images) of networks trained end to end; this run's data are "
+    "DermaMNIST, so they are a level reference. Training mode here: "
+  )
   modes = {a: _training_mode(arm) for a, arm in arms.items()}
   text += "; ".join(f"`{a}` {m[1]}" for a, m in modes.items()) + "."
   if any(m[0] for m in modes.values()):
     text += " A frozen backbone is expected to score below end-to-end training."
   sources = {str(_data_config(arm, top)["source"]) for arm in arms.values()}
   if sa.n_images and sa.n_images != DERMAMNIST_TEST_IMAGES:
-    text += (f" This test split has {sa.n_images:,} images, not the full {DERMAMNIST_TEST_IMAGES:,}"
-             + (" (the embedded subset)" if sources == {"embedded"} else "")
-             + ", so its numbers carry more sampling noise (see the intervals).")
+    text += (
+      f" This test split has {sa.n_images:,} images, not the full {DERMAMNIST_TEST_IMAGES:,}"
+      + (" (the embedded subset)" if sources == {"embedded"} else "")
+      + ", so its numbers carry more sampling noise (see the intervals)."
+    )
   return text
 
 
@@ -940,17 +1128,30 @@ def _warning_lines(analysis: dict[str, SetAnalysis]) -> list[str]:
   for sa in analysis.values():
     names = sa.class_names or []
     maj = sa.majority_class
-    maj_text = "n/a" if maj is None else (
-        f"`{names[maj]}` ({plots.describe_class(names[maj])})" if maj < len(names) else f"class {maj}")
+    maj_text = (
+      "n/a"
+      if maj is None
+      else (
+        f"`{names[maj]}` ({plots.describe_class(names[maj])})"
+        if maj < len(names)
+        else f"class {maj}"
+      )
+    )
     for arm, checks in sa.majority_checks.items():
       flagged = [(s, c) for s, c in checks if c.indistinguishable]
       if flagged:
         seeds = ", ".join(str(s) for s, _ in flagged)
-        lines.append(f"- ⚠ **`{arm}` on the {sa.label}: predictions statistically indistinguishable from always "
-                     f"predicting the majority class {maj_text}** (seed{'s' if len(flagged) > 1 else ''} {seeds}"
-                     f" of {len(checks)}). " + " ".join(f"Seed {s}: {c.reason}." for s, c in flagged))
+        lines.append(
+          f"- ⚠ **`{arm}` on the {sa.label}: predictions statistically indistinguishable from "
+          "always "
+          f"predicting the majority class {maj_text}** (seed{'s' if len(flagged) > 1 else ''} "
+          f"{seeds}"
+          f" of {len(checks)}). " + " ".join(f"Seed {s}: {c.reason}." for s, c in flagged)
+        )
     if sa.majority_note and any(sa.majority_checks.values()):
-      lines.append(f"- Note: {sa.majority_note} (used for the majority-class check on the {sa.label}).")
+      lines.append(
+        f"- Note: {sa.majority_note} (used for the majority-class check on the {sa.label})."
+      )
     for m in sa.mismatches:
       lines.append(f"- ⚠ {sa.label}: the predictions file disagrees with the metrics file: {m}.")
   return lines
@@ -959,8 +1160,10 @@ def _warning_lines(analysis: dict[str, SetAnalysis]) -> list[str]:
 def _interval_lines(sa: SetAnalysis, n_boot: int, arms: Sequence[str]) -> list[str]:
   lines = []
   if not sa.ci:
-    lines.append(f"Bootstrap intervals are unavailable for the {sa.label}: no run has a usable predictions "
-                 "file (runs written before per-image predictions were saved have none).")
+    lines.append(
+      f"Bootstrap intervals are unavailable for the {sa.label}: no run has a usable predictions "
+      "file (runs written before per-image predictions were saved have none)."
+    )
     lines.append("")
     lines += [f"- {n}" for n in sa.notes]
     lines.append("")
@@ -970,8 +1173,13 @@ def _interval_lines(sa: SetAnalysis, n_boot: int, arms: Sequence[str]) -> list[s
     if a not in sa.ci:
       rows.append([f"`{a}`", "—", *["n/a"] * len(CI_METRICS)])
       continue
-    rows.append([f"`{a}`", ", ".join(str(s) for s in sa.ci_seeds[a]),
-                 *[f"{_fmt(sa.ci[a][m].estimate)} {_fmt_ci(sa.ci[a][m])}" for m in CI_METRICS]])
+    rows.append(
+      [
+        f"`{a}`",
+        ", ".join(str(s) for s in sa.ci_seeds[a]),
+        *[f"{_fmt(sa.ci[a][m].estimate)} {_fmt_ci(sa.ci[a][m])}" for m in CI_METRICS],
+      ]
+    )
   lines += _table(["arm", "seeds", *[METRIC_NAMES[m] for m in CI_METRICS]], rows)
   lines.append("")
   if sa.notes:
@@ -989,11 +1197,23 @@ def _diff_lines(sa: SetAnalysis) -> list[str]:
       per = [iv.estimate for _, iv in d.per_seed]
       ms = _mean_std(per)
       n_ex = sum(iv.excludes_zero() for _, iv in d.per_seed)
-      rows.append([METRIC_NAMES[m], f"`{a}` − `{b}` = {_fmt_diff(d.pooled)}",
-                   _fms(ms, sign=True) + f" (n={ms[2]})",
-                   f"{n_ex} of {len(d.per_seed)}"])
-    lines += _table(["metric", "difference, mean over paired seeds [95% interval]", "per seed: mean ± std",
-                     "seeds whose own interval excludes 0"], rows)
+      rows.append(
+        [
+          METRIC_NAMES[m],
+          f"`{a}` − `{b}` = {_fmt_diff(d.pooled)}",
+          _fms(ms, sign=True) + f" (n={ms[2]})",
+          f"{n_ex} of {len(d.per_seed)}",
+        ]
+      )
+    lines += _table(
+      [
+        "metric",
+        "difference, mean over paired seeds [95% interval]",
+        "per seed: mean ± std",
+        "seeds whose own interval excludes 0",
+      ],
+      rows,
+    )
     lines.append("")
   return lines
 
@@ -1004,48 +1224,74 @@ def _classes_covered(sa: SetAnalysis) -> str:
   if not sa.support:
     return "Classes covered: unknown (no support counts)."
   text = f"Covers {len(present)} of {len(names)} classes: " + ", ".join(
-      f"{names[i]} ({plots.describe_class(names[i])}, n={sa.support[i]:,})" for i in present)
+    f"{names[i]} ({plots.describe_class(names[i])}, n={sa.support[i]:,})" for i in present
+  )
   absent = [names[i] for i in range(len(names)) if i not in present]
   if absent:
-    text += "; absent: " + ", ".join(absent) + " (macro AUC and balanced accuracy average over the classes present)"
+    text += (
+      "; absent: "
+      + ", ".join(absent)
+      + " (macro AUC and balanced accuracy average over the classes present)"
+    )
   return text + "."
 
 
 def _set_verdict(sa: SetAnalysis, arms: Sequence[str]) -> dict[str, Any]:
-  """Which arm is better on balanced accuracy on this set: from the interval, else from the means."""
+  """Which arm is better on balanced accuracy on this set: from the interval, else from the "
+  "means."""
   if len(arms) < 2:
     return {"winner": None, "text": "only one arm", "detectable": False}
   a, b = arms[0], arms[1]
   iv = _interval_verdict(sa, a, b, "balanced_accuracy")
   if iv is not None:
     if iv["detectable"]:
-      return {"winner": iv["winner"], "detectable": True,
-              "text": f"**`{iv['winner']}` generalised better**: {iv['text']}; the interval excludes 0"}
-    return {"winner": None, "detectable": False,
-            "text": f"**no difference detectable**: {iv['text']}; the interval contains 0"}
-  means = {x: _mean_std([_num(ev.metrics.get("balanced_accuracy")) for _, ev in sa.runs.get(x, [])])
-           for x in (a, b)}
+      return {
+        "winner": iv["winner"],
+        "detectable": True,
+        "text": f"**`{iv['winner']}` generalised better**: {iv['text']}; the interval excludes 0",
+      }
+    return {
+      "winner": None,
+      "detectable": False,
+      "text": f"**no difference detectable**: {iv['text']}; the interval contains 0",
+    }
+  means = {
+    x: _mean_std([_num(ev.metrics.get("balanced_accuracy")) for _, ev in sa.runs.get(x, [])])
+    for x in (a, b)
+  }
   if means[a][0] is None or means[b][0] is None:
     return {"winner": None, "detectable": None, "text": "not available for both arms"}
   w = a if means[a][0] > means[b][0] else b
-  return {"winner": None, "detectable": None,
-          "text": f"no interval (predictions missing); mean balanced accuracy is higher for `{w}` "
-                  f"({_fms(means[a])} vs {_fms(means[b])})"}
+  return {
+    "winner": None,
+    "detectable": None,
+    "text": f"no interval (predictions missing); mean balanced accuracy is higher for `{w}` "
+    f"({_fms(means[a])} vs {_fms(means[b])})",
+  }
 
 
 def _shift_lines(analysis: dict[str, SetAnalysis], arms: Sequence[str]) -> list[str]:
   L = ["## In distribution vs shifted", ""]
-  L.append("Each arm evaluated on the in-distribution test split and on outside (shifted) sets. Numbers are "
-           "mean ± std over seeds from each run's metrics file; intervals are 95% bootstrap intervals over "
-           "the set's images (metric averaged over seeds); differences are paired (same images for both "
-           "arms). The verdict per set uses balanced accuracy.")
+  L.append(
+    "Each arm evaluated on the in-distribution test split and on outside (shifted) sets. Numbers "
+    "are "
+    "mean ± std over seeds from each run's metrics file; intervals are 95% bootstrap intervals "
+    "over "
+    "the set's images (metric averaged over seeds); differences are paired (same images for both "
+    "arms). The verdict per set uses balanced accuracy."
+  )
   L.append("")
   verdicts = {}
   for name, sa in analysis.items():
     L += [f"### {sa.label[0].upper() + sa.label[1:]}", ""]
     if not sa.labelled:
-      L += [f"No ground truth for this set ({sa.n_images or 'unknown number of'} images, predictions only): "
-            "not scored.", ""]
+      L += [
+        (
+          f"No ground truth for this set ({sa.n_images or 'unknown number of'} images, "
+          "predictions only): not scored."
+        ),
+        "",
+      ]
       continue
     L.append(f"{sa.n_images:,} images. " if sa.n_images else "")
     L[-1] += _classes_covered(sa)
@@ -1056,18 +1302,52 @@ def _shift_lines(analysis: dict[str, SetAnalysis], arms: Sequence[str]) -> list[
       if not rs:
         rows.append([f"`{a}`", "0", "not evaluated", "", "", ""])
         continue
-      vals = {m: _mean_std([_num(ev.metrics.get(m)) for _, ev in rs])
-              for m in ("accuracy", "balanced_accuracy", "macro_auc")}
+      vals = {
+        m: _mean_std([_num(ev.metrics.get(m)) for _, ev in rs])
+        for m in ("accuracy", "balanced_accuracy", "macro_auc")
+      }
       ci = sa.ci.get(a, {}).get("balanced_accuracy")
-      rows.append([f"`{a}`", str(len(rs)), _fms(vals["accuracy"]), _fms(vals["balanced_accuracy"]),
-                   _fms(vals["macro_auc"]), _fmt_ci(ci)])
-    maj = {m: _mean_std([_num((ev.metrics.get("majority_baseline") or {}).get(m))
-                         for rs in sa.runs.values() for _, ev in rs])
-           for m in ("accuracy", "balanced_accuracy", "macro_auc")}
-    rows.append(["majority class (always predicted)", "—", _fmt(maj["accuracy"][0]),
-                 _fmt(maj["balanced_accuracy"][0]), _fmt(maj["macro_auc"][0]), "—"])
-    L += _table(["arm", "seeds", "accuracy", "balanced accuracy", "macro AUC (classes present)",
-                 "balanced acc. 95% interval"], rows)
+      rows.append(
+        [
+          f"`{a}`",
+          str(len(rs)),
+          _fms(vals["accuracy"]),
+          _fms(vals["balanced_accuracy"]),
+          _fms(vals["macro_auc"]),
+          _fmt_ci(ci),
+        ]
+      )
+    maj = {
+      m: _mean_std(
+        [
+          _num((ev.metrics.get("majority_baseline") or {}).get(m))
+          for rs in sa.runs.values()
+          for _, ev in rs
+        ]
+      )
+      for m in ("accuracy", "balanced_accuracy", "macro_auc")
+    }
+    rows.append(
+      [
+        "majority class (always predicted)",
+        "—",
+        _fmt(maj["accuracy"][0]),
+        _fmt(maj["balanced_accuracy"][0]),
+        _fmt(maj["macro_auc"][0]),
+        "—",
+      ]
+    )
+    L += _table(
+      [
+        "arm",
+        "seeds",
+        "accuracy",
+        "balanced accuracy",
+        "macro AUC (classes present)",
+        "balanced acc. 95% interval",
+      ],
+      rows,
+    )
     L.append("")
     # per-class recall
     names = sa.class_names or []
@@ -1078,8 +1358,12 @@ def _shift_lines(analysis: dict[str, SetAnalysis], arms: Sequence[str]) -> list[
           continue
         row = [c, f"{sa.support[i]:,}" if sa.support and i < len(sa.support) else "—"]
         for a in arms:
-          rec = [_num((ev.metrics.get("per_class_recall") or [None] * (i + 1))[i])
-                 if i < len(ev.metrics.get("per_class_recall") or []) else None for _, ev in sa.runs.get(a, [])]
+          rec = [
+            _num((ev.metrics.get("per_class_recall") or [None] * (i + 1))[i])
+            if i < len(ev.metrics.get("per_class_recall") or [])
+            else None
+            for _, ev in sa.runs.get(a, [])
+          ]
           row.append(_fms(_mean_std(rec)))
         rows.append(row)
       L.append("Per-class recall (classes present in this set):")
@@ -1089,7 +1373,9 @@ def _shift_lines(analysis: dict[str, SetAnalysis], arms: Sequence[str]) -> list[
     if sa.diffs:
       L += _diff_lines(sa)
     elif sa.notes or not sa.ci:
-      L.append("No paired differences: " + (" ".join(sa.notes) if sa.notes else "no predictions files."))
+      L.append(
+        "No paired differences: " + (" ".join(sa.notes) if sa.notes else "no predictions files.")
+      )
       L.append("")
     verdicts[name] = _set_verdict(sa, arms)
     L.append(f"Verdict ({sa.label}, balanced accuracy): {verdicts[name]['text']}.")
@@ -1105,7 +1391,9 @@ def _shift_lines(analysis: dict[str, SetAnalysis], arms: Sequence[str]) -> list[
       if name == TEST_SET:
         continue
       if base["detectable"] is None or v["detectable"] is None:
-        L.append(f"- `{name}`: cannot be compared with the in-distribution result without intervals.")
+        L.append(
+          f"- `{name}`: cannot be compared with the in-distribution result without intervals."
+        )
       elif (base["winner"], base["detectable"]) == (v["winner"], v["detectable"]):
         L.append(f"- `{name}`: the answer is the same as in distribution.")
       else:
@@ -1145,20 +1433,44 @@ def write_report(workdir: str, n_boot: int = 2000, seed: int = 0, figures: bool 
       fn(*args, **kwargs)
 
   runs = {a: [r.history for r in arm.runs] for a, arm in arms.items()}
-  draw(plots.save_curves, runs, ["train/loss", "val/loss"], os.path.join(fig_dir, "loss.png"),
-                    "Loss per epoch (solid: training, dashed: validation)", ylabel="cross-entropy loss")
-  draw(plots.save_curves, runs, ["train/accuracy", "val/accuracy"], os.path.join(fig_dir, "accuracy.png"),
-                    "Accuracy per epoch (solid: training, dashed: validation)", ylabel="accuracy")
-  draw(plots.save_curves, runs, ["gap/accuracy", "gap/loss"], os.path.join(fig_dir, "gap.png"),
-                    "Overfitting gap per epoch (above 0 = the model does better on training than on "
-                    "validation data)", separate_panels=True, hline=0.0,
-                    panel_titles={"gap/accuracy": "Training accuracy − validation accuracy",
-                                  "gap/loss": "Validation loss − training loss"})
+  draw(
+    plots.save_curves,
+    runs,
+    ["train/loss", "val/loss"],
+    os.path.join(fig_dir, "loss.png"),
+    "Loss per epoch (solid: training, dashed: validation)",
+    ylabel="cross-entropy loss",
+  )
+  draw(
+    plots.save_curves,
+    runs,
+    ["train/accuracy", "val/accuracy"],
+    os.path.join(fig_dir, "accuracy.png"),
+    "Accuracy per epoch (solid: training, dashed: validation)",
+    ylabel="accuracy",
+  )
+  draw(
+    plots.save_curves,
+    runs,
+    ["gap/accuracy", "gap/loss"],
+    os.path.join(fig_dir, "gap.png"),
+    "Overfitting gap per epoch (above 0 = the model does better on training than on "
+    "validation data)",
+    separate_panels=True,
+    hline=0.0,
+    panel_titles={
+      "gap/accuracy": "Training accuracy − validation accuracy",
+      "gap/loss": "Validation loss − training loss",
+    },
+  )
   confusion_files = {}
   class_names: list[str] | None = None
   for a, arm in arms.items():
-    cms = [np.asarray(r.test["confusion_matrix"], dtype=np.int64) for r in arm.runs
-           if r.test.get("confusion_matrix") is not None]
+    cms = [
+      np.asarray(r.test["confusion_matrix"], dtype=np.int64)
+      for r in arm.runs
+      if r.test.get("confusion_matrix") is not None
+    ]
     names = next((r.test.get("class_names") for r in arm.runs if r.test.get("class_names")), None)
     if class_names is None and names:
       class_names = list(names)
@@ -1167,16 +1479,28 @@ def write_report(workdir: str, n_boot: int = 2000, seed: int = 0, figures: bool 
     total = np.sum(cms, axis=0)
     names = list(names) if names else [f"class {i}" for i in range(total.shape[0])]
     fname = f"confusion_{_safe_name(a)}.png"
-    draw(plots.save_confusion_matrix, total, names, os.path.join(fig_dir, fname),
-                                f"{a}: test confusion matrix (counts summed over {len(cms)} seed(s))")
+    draw(
+      plots.save_confusion_matrix,
+      total,
+      names,
+      os.path.join(fig_dir, fname),
+      f"{a}: test confusion matrix (counts summed over {len(cms)} seed(s))",
+    )
     confusion_files[a] = (fname, len(cms))
   reliability_files = {}
   for a, bins in test_sa.reliability.items():
     fname = f"reliability_{_safe_name(a)}.png"
     k = len(test_sa.ci_seeds.get(a, []))
-    draw(plots.save_reliability_diagram, bins.confidence, bins.accuracy, bins.count, os.path.join(fig_dir, fname),
-                                   f"{a}: calibration on the test split ({k} seed(s) pooled)",
-                                   edges=bins.edges, ece=bins.ece)
+    draw(
+      plots.save_reliability_diagram,
+      bins.confidence,
+      bins.accuracy,
+      bins.count,
+      os.path.join(fig_dir, fname),
+      f"{a}: calibration on the test split ({k} seed(s) pooled)",
+      edges=bins.edges,
+      ece=bins.ece,
+    )
     reliability_files[a] = fname
   shifted = len(analysis) > 1
   if shifted:
@@ -1189,19 +1513,34 @@ def write_report(workdir: str, n_boot: int = 2000, seed: int = 0, figures: bool 
         ci = sa.ci.get(a, {}).get("balanced_accuracy")
         vals.append((ms[0], ci.lo if ci else None, ci.hi if ci else None))
       series[a] = vals
-    baseline = [_mean_std([_num((ev.metrics.get("majority_baseline") or {}).get("balanced_accuracy"))
-                           for rs in sa.runs.values() for _, ev in rs])[0] for sa in sets]
-    draw(plots.save_interval_groups, [sa.short_label for sa in sets], series,
-                               os.path.join(fig_dir, "shift_balanced_accuracy.png"),
-                               "Balanced accuracy in distribution and on shifted data\n"
-                               "(points: mean over seeds; bars: 95% bootstrap interval)",
-                               "balanced accuracy (mean recall over classes)", baseline=baseline,
-                               baseline_label="always predicting the majority class")
+    baseline = [
+      _mean_std(
+        [
+          _num((ev.metrics.get("majority_baseline") or {}).get("balanced_accuracy"))
+          for rs in sa.runs.values()
+          for _, ev in rs
+        ]
+      )[0]
+      for sa in sets
+    ]
+    draw(
+      plots.save_interval_groups,
+      [sa.short_label for sa in sets],
+      series,
+      os.path.join(fig_dir, "shift_balanced_accuracy.png"),
+      "Balanced accuracy in distribution and on shifted data\n"
+      "(points: mean over seeds; bars: 95% bootstrap interval)",
+      "balanced accuracy (mean recall over classes)",
+      baseline=baseline,
+      baseline_label="always predicting the majority class",
+    )
 
   # --- header and warnings
   L: list[str] = ["# Self-supervised VAE vs ImageNet transfer: comparison report", ""]
-  L.append(f"Workdir: `{os.path.abspath(workdir)}`. Paper: Matas et al. 2025, arXiv:2505.16773 "
-           "(only its abstract's numbers are known).")
+  L.append(
+    f"Workdir: `{os.path.abspath(workdir)}`. Paper: Matas et al. 2025, arXiv:2505.16773 "
+    "(only its abstract's numbers are known)."
+  )
   L.append("")
   warnings = _warning_lines(analysis)
   if warnings:
@@ -1213,22 +1552,36 @@ def write_report(workdir: str, n_boot: int = 2000, seed: int = 0, figures: bool 
     flat = _flatten(arm.runs[0].config)
     vals = {f: _config_field(flat, names) for f, names in _CONFIG_FIELDS.items()}
     frozen = _training_mode(arm)[0]
-    vals["frozen backbone"] = None if frozen is None else ("yes (frozen)" if frozen else "no (fine-tuned)")
+    vals["frozen backbone"] = (
+      None if frozen is None else ("yes (frozen)" if frozen else "no (fine-tuned)")
+    )
     epochs = sorted({int(r.history[-1]["epoch"]) for r in arm.runs})
-    rows.append([f"`{a}`", *[_fmt_value(vals[f]) for f in _CONFIG_FIELDS],
-                 "/".join(str(e) for e in epochs), ", ".join(str(r.seed) for r in arm.runs)])
+    rows.append(
+      [
+        f"`{a}`",
+        *[_fmt_value(vals[f]) for f in _CONFIG_FIELDS],
+        "/".join(str(e) for e in epochs),
+        ", ".join(str(r.seed) for r in arm.runs),
+      ]
+    )
   L += ["## Setup (from each arm's seed config.json)", ""]
   L += _table(["arm", *_CONFIG_FIELDS, "epochs (recorded)", "seeds"], rows)
   L.append("")
   data_lines, derma = _data_lines(arms, top, test_sa)
   L += data_lines
-  L.append("Training mode: " + "; ".join(f"`{a}` {_training_mode(arm)[1]}" for a, arm in arms.items()) + ".")
+  L.append(
+    "Training mode: "
+    + "; ".join(f"`{a}` {_training_mode(arm)[1]}" for a, arm in arms.items())
+    + "."
+  )
   L.append("")
   rec = {a: sorted({int(r.history[-1]["epoch"]) for r in arm.runs}) for a, arm in arms.items()}
   if len({tuple(v) for v in rec.values()}) > 1:
-    L.append("Note: the arms recorded different numbers of epochs (" +
-             ", ".join(f"`{a}`: {'/'.join(map(str, v))}" for a, v in rec.items()) +
-             "); \"final\" always means each run's own last recorded epoch.")
+    L.append(
+      "Note: the arms recorded different numbers of epochs ("
+      + ", ".join(f"`{a}`: {'/'.join(map(str, v))}" for a, v in rec.items())
+      + '); "final" always means each run\'s own last recorded epoch.'
+    )
     L.append("")
   diffs = _config_differences(arms)
   if diffs:
@@ -1238,30 +1591,56 @@ def write_report(workdir: str, n_boot: int = 2000, seed: int = 0, figures: bool 
 
   # --- (b) the paper's table
   L += ["## The paper's measures (validation curves, final overfitting gap)", ""]
-  L.append("Mean ± sample std over seeds of per-run quantities. % changes are relative to each run's first "
-           "epoch. Gaps: train − val accuracy and val − train loss (both > 0 when overfitting). The paper's "
-           "values are from a different (proprietary) dataset and setup: compare directions, not levels.")
+  L.append(
+    "Mean ± sample std over seeds of per-run quantities. % changes are relative to each run's "
+    "first "
+    "epoch. Gaps: train − val accuracy and val − train loss (both > 0 when overfitting). The "
+    "paper's "
+    "values are from a different (proprietary) dataset and setup: compare directions, not levels."
+  )
   L.append("")
   for a in arms:
     s = summary[a]
     pa = _paper_arm(a)
     p = PAPER.get(pa) if pa else None
-    pv = (lambda k: p[k]) if p else (lambda k: "—")
-    L.append(f"### `{a}` ({n_seeds[a]} seed{'s' if n_seeds[a] != 1 else ''})"
-             + (f" — paper arm: {p['label']}" if p else " — no matching paper arm"))
+    pv = (lambda k, p=p: p[k]) if p else (lambda k: "—")
+    L.append(
+      f"### `{a}` ({n_seeds[a]} seed{'s' if n_seeds[a] != 1 else ''})"
+      + (f" — paper arm: {p['label']}" if p else " — no matching paper arm")
+    )
     L.append("")
-    acc = (f"{_fms(s['val_acc_first'], digits=1, scale=100, suffix='%')} → "
-           f"{_fms(s['val_acc_final'], digits=1, scale=100, suffix='%')}")
-    L += _table(["quantity", "this run", "paper (reported)"], [
-      ["final val loss", _fms(s["val_loss_final"]), pv("final_val_loss")],
-      ["val loss change, first → final epoch", _fms(s["val_loss_change"], digits=2, suffix="%", sign=True),
-       pv("val_loss_change")],
-      ["val accuracy, first → final epoch", acc, pv("val_acc")],
-      ["val accuracy change", _fms(s["val_acc_change"], digits=2, suffix="%", sign=True), pv("val_acc_change")],
-      ["final gap: train − val accuracy", _fms(s["gap_acc_final"], sign=True), pv("gap") + (" †" if p else "")],
-      ["final gap: val − train loss", _fms(s["gap_loss_final"], sign=True), pv("gap") + (" †" if p else "")],
-      ["largest train − val accuracy gap over epochs", _fms(s["gap_acc_max"], sign=True), "—"],
-    ])
+    acc = (
+      f"{_fms(s['val_acc_first'], digits=1, scale=100, suffix='%')} → "
+      f"{_fms(s['val_acc_final'], digits=1, scale=100, suffix='%')}"
+    )
+    L += _table(
+      ["quantity", "this run", "paper (reported)"],
+      [
+        ["final val loss", _fms(s["val_loss_final"]), pv("final_val_loss")],
+        [
+          "val loss change, first → final epoch",
+          _fms(s["val_loss_change"], digits=2, suffix="%", sign=True),
+          pv("val_loss_change"),
+        ],
+        ["val accuracy, first → final epoch", acc, pv("val_acc")],
+        [
+          "val accuracy change",
+          _fms(s["val_acc_change"], digits=2, suffix="%", sign=True),
+          pv("val_acc_change"),
+        ],
+        [
+          "final gap: train − val accuracy",
+          _fms(s["gap_acc_final"], sign=True),
+          pv("gap") + (" †" if p else ""),
+        ],
+        [
+          "final gap: val − train loss",
+          _fms(s["gap_loss_final"], sign=True),
+          pv("gap") + (" †" if p else ""),
+        ],
+        ["largest train − val accuracy gap over epochs", _fms(s["gap_acc_max"], sign=True), "—"],
+      ],
+    )
     L.append("")
   L.append("† The paper does not say which definition its overfitting gap uses.")
   L.append("")
@@ -1269,8 +1648,11 @@ def write_report(workdir: str, n_boot: int = 2000, seed: int = 0, figures: bool 
   # --- (c) what the paper lacks
   n_text = ", ".join(f"`{a}` n={k}" for a, k in n_seeds.items())
   L += ["## Test-set metrics (not reported by the paper)", ""]
-  L.append(f"Mean ± sample std over seeds ({n_text}), from each run's test_metrics.json. Best val accuracy = "
-           "the highest per-epoch validation accuracy of each run (its epoch in brackets, per seed).")
+  L.append(
+    f"Mean ± sample std over seeds ({n_text}), from each run's test_metrics.json. Best val "
+    "accuracy = "
+    "the highest per-epoch validation accuracy of each run (its epoch in brackets, per seed)."
+  )
   L.append("")
   rows = []
   for a, arm in arms.items():
@@ -1279,44 +1661,95 @@ def write_report(workdir: str, n_boot: int = 2000, seed: int = 0, figures: bool 
     best_epochs = [_seed_summary(r)["best_epoch"] for r in arm.runs]
     if any(e is not None for e in best_epochs):
       best += f" (ep {_int_list(best_epochs)})"
-    rows.append([f"`{a}`", str(n_seeds[a]), _fms(s["test_accuracy"]), _fms(s["test_balanced_accuracy"]),
-                 _fms(s["test_macro_f1"]), _fms(s["test_macro_auc"]), _fms(s["test_loss"]), best])
+    rows.append(
+      [
+        f"`{a}`",
+        str(n_seeds[a]),
+        _fms(s["test_accuracy"]),
+        _fms(s["test_balanced_accuracy"]),
+        _fms(s["test_macro_f1"]),
+        _fms(s["test_macro_auc"]),
+        _fms(s["test_loss"]),
+        best,
+      ]
+    )
   # Majority baseline: the same for every run when the splits are fixed; averaged over all runs.
-  maj = {k: _mean_std([v for a in arms for v in [_seed_summary(r)[f"majority_{k}"] for r in arms[a].runs]])
-         for k in ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc")}
-  rows.append(["majority class (train majority, always predicted)", "—", _fmt(maj["accuracy"][0]),
-               _fmt(maj["balanced_accuracy"][0]), _fmt(maj["macro_f1"][0]), _fmt(maj["macro_auc"][0]), "—", "—"])
+  maj = {
+    k: _mean_std(
+      [v for a in arms for v in [_seed_summary(r)[f"majority_{k}"] for r in arms[a].runs]]
+    )
+    for k in ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc")
+  }
+  rows.append(
+    [
+      "majority class (train majority, always predicted)",
+      "—",
+      _fmt(maj["accuracy"][0]),
+      _fmt(maj["balanced_accuracy"][0]),
+      _fmt(maj["macro_f1"][0]),
+      _fmt(maj["macro_auc"][0]),
+      "—",
+      "—",
+    ]
+  )
   if derma:
     for label, acc_ref, auc_ref in REFERENCES:
       rows.append([label, "—", f"{acc_ref:.3f}", "—", "—", f"{auc_ref:.3f}", "—", "—"])
-  L += _table(["arm", "seeds", "test accuracy", "test balanced acc.", "test macro-F1", "test macro AUC",
-               "test loss", "best val accuracy"], rows)
+  L += _table(
+    [
+      "arm",
+      "seeds",
+      "test accuracy",
+      "test balanced acc.",
+      "test macro-F1",
+      "test macro AUC",
+      "test loss",
+      "best val accuracy",
+    ],
+    rows,
+  )
   L.append("")
   L.append(_reference_sentence(arms, top, test_sa, derma))
   L.append("")
 
   L += ["### Bootstrap 95% intervals (test split)", ""]
   if test_sa.ci:
-    L.append(f"Percentile bootstrap over the {test_sa.n_images:,} test images ({n_boot:,} resamples). With "
-             "several seeds the statistic is the metric averaged over the seeds, each resample drawing the "
-             "same images for every seed and arm. The interval shows the uncertainty due to the finite test "
-             "set; the ± above shows the seed-to-seed spread.")
+    L.append(
+      f"Percentile bootstrap over the {test_sa.n_images:,} test images ({n_boot:,} resamples). "
+      "With "
+      "several seeds the statistic is the metric averaged over the seeds, each resample drawing "
+      "the "
+      "same images for every seed and arm. The interval shows the uncertainty due to the finite "
+      "test "
+      "set; the ± above shows the seed-to-seed spread."
+    )
     L.append("")
   L += _interval_lines(test_sa, n_boot, arm_names)
   if test_sa.diffs:
     L += ["### Differences between the arms (paired bootstrap, test split)", ""]
-    L.append("Each difference is arm A − arm B on the same resampled test images; per seed, arm A's run "
-             "with seed s is paired with arm B's run with seed s. An interval that contains 0 means no "
-             "difference is detectable on this test set.")
+    L.append(
+      "Each difference is arm A − arm B on the same resampled test images; per seed, arm A's run "
+      "with seed s is paired with arm B's run with seed s. An interval that contains 0 means no "
+      "difference is detectable on this test set."
+    )
     L.append("")
     L += _diff_lines(test_sa)
 
   # per-class recall
-  k = max((len(r.test.get("per_class_recall") or []) for arm in arms.values() for r in arm.runs), default=0)
+  k = max(
+    (len(r.test.get("per_class_recall") or []) for arm in arms.values() for r in arm.runs),
+    default=0,
+  )
   if k:
-    names = class_names if class_names and len(class_names) == k else [f"class {i}" for i in range(k)]
+    names = (
+      class_names if class_names and len(class_names) == k else [f"class {i}" for i in range(k)]
+    )
     support = arms[next(iter(arms))].runs[0].test.get("support")
-    header = ["class", *(["test support"] if support and len(support) == k else []), *[f"`{a}`" for a in arms]]
+    header = [
+      "class",
+      *(["test support"] if support and len(support) == k else []),
+      *[f"`{a}`" for a in arms],
+    ]
     rows = []
     for i in range(k):
       row = [names[i], *([str(support[i])] if support and len(support) == k else [])]
@@ -1327,7 +1760,10 @@ def write_report(workdir: str, n_boot: int = 2000, seed: int = 0, figures: bool 
           vals.append(_num(recall[i]) if i < len(recall) else None)
         row.append(_fms(_mean_std(vals)))
       rows.append(row)
-    L += ["### Per-class test recall (mean ± std over seeds; n/a = class absent from the test split)", ""]
+    L += [
+      "### Per-class test recall (mean ± std over seeds; n/a = class absent from the test split)",
+      "",
+    ]
     L += _table(header, rows)
     L.append("")
     caption = plots.class_caption(names)
@@ -1337,12 +1773,18 @@ def write_report(workdir: str, n_boot: int = 2000, seed: int = 0, figures: bool 
   # calibration
   if test_sa.ece:
     L += ["### Calibration (test split)", ""]
-    L.append("Expected calibration error (ECE, top-label, 15 equal-width confidence bins, Guo et al. 2017): "
-             "the average gap between confidence and accuracy, weighted by the images per bin; 0 = perfectly "
-             "calibrated. Mean ± std over seeds.")
+    L.append(
+      "Expected calibration error (ECE, top-label, 15 equal-width confidence bins, Guo et al. "
+      "2017): "
+      "the average gap between confidence and accuracy, weighted by the images per bin; 0 = "
+      "perfectly "
+      "calibrated. Mean ± std over seeds."
+    )
     L.append("")
-    L += _table(["arm", "seeds", "ECE"], [[f"`{a}`", str(len(v)), _fms(_mean_std(v))]
-                                          for a, v in test_sa.ece.items()])
+    L += _table(
+      ["arm", "seeds", "ECE"],
+      [[f"`{a}`", str(len(v)), _fms(_mean_std(v))] for a, v in test_sa.ece.items()],
+    )
     L.append("")
 
   if shifted:
@@ -1355,24 +1797,45 @@ def write_report(workdir: str, n_boot: int = 2000, seed: int = 0, figures: bool 
   if figures:
     band = " Lines are means over seeds, bands ±1 sample std." if max(n_seeds.values()) > 1 else ""
     L.append(f"Loss, train and validation, both arms.{band}")
-    L += ["", "![loss](figures/loss.png)", "", "Accuracy, train and validation:", "",
-          "![accuracy](figures/accuracy.png)", "",
-          "Overfitting gap per epoch (left: train − val accuracy; right: val − train loss):", "",
-          "![gap](figures/gap.png)", ""]
+    L += [
+      "",
+      "![loss](figures/loss.png)",
+      "",
+      "Accuracy, train and validation:",
+      "",
+      "![accuracy](figures/accuracy.png)",
+      "",
+      "Overfitting gap per epoch (left: train − val accuracy; right: val − train loss):",
+      "",
+      "![gap](figures/gap.png)",
+      "",
+    ]
     for a, (fname, n) in confusion_files.items():
-      L.append(f"Test confusion matrix of `{a}`, counts **summed over {n} seed(s)**, colours row-normalised "
-               f"(recall on the diagonal):")
+      L.append(
+        f"Test confusion matrix of `{a}`, counts **summed over {n} seed(s)**, colours "
+        "row-normalised "
+        f"(recall on the diagonal):"
+      )
       L += ["", f"![confusion {a}](figures/{fname})", ""]
     for a, fname in reliability_files.items():
-      L.append(f"Reliability diagram of `{a}` (test split, seeds pooled): bars on the diagonal = calibrated; "
-               "bars below it = overconfident.")
+      L.append(
+        f"Reliability diagram of `{a}` (test split, seeds pooled): bars on the diagonal = "
+        "calibrated; "
+        "bars below it = overconfident."
+      )
       L += ["", f"![reliability {a}](figures/{fname})", ""]
     if shifted:
-      L.append("Balanced accuracy per evaluation set, in distribution and shifted side by side (dotted line: "
-               "always predicting the majority class):")
+      L.append(
+        "Balanced accuracy per evaluation set, in distribution and shifted side by side (dotted "
+        "line: "
+        "always predicting the majority class):"
+      )
       L += ["", "![shift](figures/shift_balanced_accuracy.png)", ""]
   if os.path.isfile(os.path.join(workdir, "vae", "latent_pca.png")):
-    L.append("VAE latent space: a 2-D PCA of the VAE's latent means, coloured by class (written by the VAE run):")
+    L.append(
+      "VAE latent space: a 2-D PCA of the VAE's latent means, coloured by class (written by the "
+      "VAE run):"
+    )
     L += ["", "![VAE latent PCA](vae/latent_pca.png)", ""]
 
   # --- (e) conclusion
@@ -1396,8 +1859,10 @@ def _config_differences(arms: dict[str, ArmRuns], limit: int = 40) -> list[list[
     if "seed" in key.split(".")[-1].lower():
       continue
     vals = [flats[a].get(key, "(absent)") for a in arms]
-    if any(json.dumps(v, sort_keys=True, default=str) != json.dumps(vals[0], sort_keys=True, default=str)
-           for v in vals[1:]):
+    if any(
+      json.dumps(v, sort_keys=True, default=str) != json.dumps(vals[0], sort_keys=True, default=str)
+      for v in vals[1:]
+    ):
       rows.append([f"`{key}`", *[f"`{_fmt_value(v)}`" for v in vals]])
   if len(rows) > limit:
     rows = rows[:limit] + [["…", *[f"({len(rows) - limit} more)"] + [""] * (len(arms) - 1)]]
@@ -1405,14 +1870,20 @@ def _config_differences(arms: dict[str, ArmRuns], limit: int = 40) -> list[list[
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m derm_jax.report", description=__doc__.split("\n")[0])
-  parser.add_argument("--workdir", required=True, help="compare workdir holding arms/<arm>/seed_<s>/")
+  parser = argparse.ArgumentParser(
+    prog="python -m derm_jax.report", description=__doc__.split("\n")[0]
+  )
+  parser.add_argument(
+    "--workdir", required=True, help="compare workdir holding arms/<arm>/seed_<s>/"
+  )
   parser.add_argument("--n_boot", type=int, default=2000, help="bootstrap resamples per interval")
   parser.add_argument("--seed", type=int, default=0, help="bootstrap resampling seed")
   parser.add_argument("--no_figures", action="store_true", help="skip drawing the figures")
   args = parser.parse_args(argv)
   try:
-    path = write_report(args.workdir, n_boot=args.n_boot, seed=args.seed, figures=not args.no_figures)
+    path = write_report(
+      args.workdir, n_boot=args.n_boot, seed=args.seed, figures=not args.no_figures
+    )
   except ReportError as e:
     print(f"error: {e}", file=sys.stderr)
     return 1

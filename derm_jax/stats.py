@@ -85,7 +85,9 @@ def _check(labels: Any, probs: Any) -> tuple[np.ndarray, np.ndarray]:
   if probs.ndim == 2:
     probs = probs[None]
   if probs.ndim != 3 or probs.shape[1] != labels.shape[0]:
-    raise ValueError(f"probs must be (N, K) or (S, N, K) with N = {labels.shape[0]}, got {probs.shape}")
+    raise ValueError(
+      f"probs must be (N, K) or (S, N, K) with N = {labels.shape[0]}, got {probs.shape}"
+    )
   k = probs.shape[2]
   labels = labels.astype(np.int64)
   if labels.size and (labels.min() < 0 or labels.max() >= k):
@@ -94,7 +96,8 @@ def _check(labels: Any, probs: Any) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _weighted_metric(name: str, labels: np.ndarray, probs: np.ndarray, w: np.ndarray) -> np.ndarray:
-  """Metric `name` for each row of weights w (B, N) (image multiplicities); (B,) with NaN if undefined."""
+  """Metric `name` for each row of weights w (B, N) (image multiplicities); (B,) with NaN if "
+  "undefined."""
   n, k = probs.shape
   preds = np.argmax(probs, axis=1)
   correct = (preds == labels).astype(np.float64)
@@ -104,8 +107,8 @@ def _weighted_metric(name: str, labels: np.ndarray, probs: np.ndarray, w: np.nda
       return (w @ correct) / total
     onehot = np.zeros((n, k))
     onehot[np.arange(n), labels] = 1.0
-    support = w @ onehot                          # (B, K) true counts
-    tp = w @ (onehot * correct[:, None])          # (B, K)
+    support = w @ onehot  # (B, K) true counts
+    tp = w @ (onehot * correct[:, None])  # (B, K)
     if name == "balanced_accuracy":
       present = support > 0
       recall = np.where(present, tp / np.where(present, support, 1.0), 0.0)
@@ -115,7 +118,7 @@ def _weighted_metric(name: str, labels: np.ndarray, probs: np.ndarray, w: np.nda
       pred_onehot = np.zeros((n, k))
       pred_onehot[np.arange(n), preds] = 1.0
       predicted = w @ pred_onehot
-      denom = support + predicted                 # = 2 TP + FP + FN
+      denom = support + predicted  # = 2 TP + FP + FN
       f1 = np.where(denom > 0, 2 * tp / np.where(denom > 0, denom, 1.0), 0.0)
       return np.where(total > 0, f1.mean(axis=1), np.nan)
     if name == "macro_auc":
@@ -178,8 +181,9 @@ def _resample_indices(n: int, n_boot: int, seed: int):
     done += b
 
 
-def bootstrap_values(labels: Any, probs: Any, metric_fn: str | Callable[..., Any], n_boot: int = 2000,
-                     seed: int = 0) -> np.ndarray:
+def bootstrap_values(
+  labels: Any, probs: Any, metric_fn: str | Callable[..., Any], n_boot: int = 2000, seed: int = 0
+) -> np.ndarray:
   """(n_boot, S) metric of each run on each resample of the images (NaN where undefined).
 
   probs (N, K) gives S = 1. The same `seed` and N give the same resamples in every call,
@@ -197,7 +201,7 @@ def bootstrap_values(labels: Any, probs: Any, metric_fn: str | Callable[..., Any
       flat = (np.arange(b)[:, None] * n + idx).reshape(-1)
       w = np.bincount(flat, minlength=b * n).reshape(b, n).astype(np.float64)
       for s, p in enumerate(probs):
-        out[row:row + b, s] = _weighted_metric(metric_fn, labels, p, w)
+        out[row : row + b, s] = _weighted_metric(metric_fn, labels, p, w)
     else:
       for i in range(b):
         for s, p in enumerate(probs):
@@ -216,7 +220,7 @@ def _percentiles(values: np.ndarray, alpha: float) -> tuple[float | None, float 
 
 
 def interval_from_values(values: Any, estimate: float | None, alpha: float = 0.05) -> Interval:
-  """Interval(estimate, lo, hi) with the percentile interval of 1-D resampled `values` (NaN ignored).
+  """Interval(estimate, lo, hi): the percentile interval of 1-D resampled `values` (NaN ignored).
 
   For combining `bootstrap_values` outputs yourself, e.g. per-seed paired differences
   `values_a[:, s] - values_b[:, s]` of two calls with the same seed.
@@ -225,8 +229,14 @@ def interval_from_values(values: Any, estimate: float | None, alpha: float = 0.0
   return Interval(estimate, lo, hi)
 
 
-def bootstrap_ci(labels: Any, probs: Any, metric_fn: str | Callable[..., Any], n_boot: int = 2000,
-                 seed: int = 0, alpha: float = 0.05) -> Interval:
+def bootstrap_ci(
+  labels: Any,
+  probs: Any,
+  metric_fn: str | Callable[..., Any],
+  n_boot: int = 2000,
+  seed: int = 0,
+  alpha: float = 0.05,
+) -> Interval:
   """(estimate, lo, hi): the metric and its (1 - alpha) percentile bootstrap interval over images.
 
   probs (S, N, K): the statistic is the mean over the S runs (see the module docstring).
@@ -239,8 +249,15 @@ def bootstrap_ci(labels: Any, probs: Any, metric_fn: str | Callable[..., Any], n
   return Interval(est, lo, hi)
 
 
-def paired_bootstrap_diff(labels: Any, probs_a: Any, probs_b: Any, metric_fn: str | Callable[..., Any],
-                          n_boot: int = 2000, seed: int = 0, alpha: float = 0.05) -> Interval:
+def paired_bootstrap_diff(
+  labels: Any,
+  probs_a: Any,
+  probs_b: Any,
+  metric_fn: str | Callable[..., Any],
+  n_boot: int = 2000,
+  seed: int = 0,
+  alpha: float = 0.05,
+) -> Interval:
   """(diff, lo, hi) of metric(a) - metric(b), resampling the same images for both arms.
 
   probs_a, probs_b: (N, K) of one run each, or (S, N, K) with S runs each (run s of A is
@@ -270,10 +287,10 @@ class ReliabilityBins:
   bin also takes confidence 0). confidence / accuracy: mean top-label confidence and
   accuracy of the images in each bin (NaN for an empty bin); count: images per bin."""
 
-  edges: np.ndarray       # (n_bins + 1,)
+  edges: np.ndarray  # (n_bins + 1,)
   confidence: np.ndarray  # (n_bins,)
-  accuracy: np.ndarray    # (n_bins,)
-  count: np.ndarray       # (n_bins,) int64
+  accuracy: np.ndarray  # (n_bins,)
+  count: np.ndarray  # (n_bins,) int64
 
   @property
   def ece(self) -> float | None:
@@ -326,10 +343,16 @@ class MajorityCheck:
   balanced_accuracy_diff: Interval
 
 
-def indistinguishable_from_majority(labels: Any, probs: Any, majority_class: int, n_boot: int = 2000,
-                                    seed: int = 0, alpha: float = 0.05,
-                                    max_majority_fraction: float = 0.98) -> MajorityCheck:
-  """Whether predictions are statistically indistinguishable from always predicting `majority_class`.
+def indistinguishable_from_majority(
+  labels: Any,
+  probs: Any,
+  majority_class: int,
+  n_boot: int = 2000,
+  seed: int = 0,
+  alpha: float = 0.05,
+  max_majority_fraction: float = 0.98,
+) -> MajorityCheck:
+  """Whether predictions are statistically indistinguishable from always predicting the majority.
 
   Rule (either condition flags the arm):
     1. it predicts the majority class for at least `max_majority_fraction` (98%) of the
@@ -350,16 +373,31 @@ def indistinguishable_from_majority(labels: Any, probs: Any, majority_class: int
   frac = float(np.mean(np.argmax(p, axis=1) == majority_class)) if n else 1.0
   const = np.zeros_like(p)
   const[:, majority_class] = 1.0
-  diff = paired_bootstrap_diff(labels, p, const, "balanced_accuracy", n_boot=n_boot, seed=seed, alpha=alpha)
+  diff = paired_bootstrap_diff(
+    labels, p, const, "balanced_accuracy", n_boot=n_boot, seed=seed, alpha=alpha
+  )
   pct = f"{100 * frac:.1f}%"
-  ci = f"balanced accuracy − constant predictor = {_f(diff.estimate)} [{_f(diff.lo)}, {_f(diff.hi)}]"
+  ci = (
+    f"balanced accuracy − constant predictor = {_f(diff.estimate)} [{_f(diff.lo)}, {_f(diff.hi)}]"
+  )
   if frac >= max_majority_fraction:
-    return MajorityCheck(True, f"predicts the majority class for {pct} of images ({ci})", frac, diff)
+    return MajorityCheck(
+      True, f"predicts the majority class for {pct} of images ({ci})", frac, diff
+    )
   if diff.lo is None or diff.lo <= 0:
-    return MajorityCheck(True, f"its balanced accuracy is not above the constant predictor's: {ci} "
-                         f"(interval includes 0); predicts the majority class for {pct} of images", frac, diff)
-  return MajorityCheck(False, f"better than the constant predictor: {ci}; predicts the majority class for "
-                       f"{pct} of images", frac, diff)
+    return MajorityCheck(
+      True,
+      f"its balanced accuracy is not above the constant predictor's: {ci} "
+      f"(interval includes 0); predicts the majority class for {pct} of images",
+      frac,
+      diff,
+    )
+  return MajorityCheck(
+    False,
+    f"better than the constant predictor: {ci}; predicts the majority class for {pct} of images",
+    frac,
+    diff,
+  )
 
 
 def _f(x: float | None) -> str:
@@ -391,7 +429,7 @@ def pca_2d(x: Any, return_variance: bool = False) -> Any:
     signs[signs == 0] = 1.0
     comps = comps * signs[:, None]
     out[:, :m] = xc @ comps.T
-    var = s ** 2
+    var = s**2
     if var.sum() > 0:
       ratio[:m] = var[:m] / var.sum()
   return (out, ratio) if return_variance else out

@@ -11,15 +11,15 @@ from derm_jax import plots
 
 def test_image_grid_pixel_size_and_content(tmp_path):
   rng = np.random.default_rng(0)
-  top = rng.random((3, 8, 10, 3))                                    # float in [0, 1]
-  bottom = (rng.random((3, 8, 10, 3)) * 255).astype(np.uint8)        # uint8
+  top = rng.random((3, 8, 10, 3))  # float in [0, 1]
+  bottom = (rng.random((3, 8, 10, 3)) * 255).astype(np.uint8)  # uint8
   path = plots.save_image_grid([top, bottom], tmp_path / "sub" / "grid.png", pad=2)
   img = Image.open(path)
   assert img.format == "PNG"
   # width = 3*10 + 4*2 = 38, height = 2*8 + 3*2 = 22
   assert img.size == (38, 22)
   arr = np.asarray(img.convert("RGB"))
-  np.testing.assert_array_equal(arr[2 + 8 + 2:2 + 8 + 2 + 8, 2:12], bottom[0])
+  np.testing.assert_array_equal(arr[2 + 8 + 2 : 2 + 8 + 2 + 8, 2:12], bottom[0])
   np.testing.assert_array_equal(arr[2:10, 14:24], np.round(top[1] * 255).astype(np.uint8))
   assert (arr[0] == 255).all() and (arr[:, 0] == 255).all()
 
@@ -41,13 +41,20 @@ def _is_png(path) -> bool:
 def test_confusion_and_curves_write_png(tmp_path):
   cm = np.array([[5, 1, 0], [2, 3, 0], [0, 0, 0]])
   assert _is_png(plots.save_confusion_matrix(cm, ["a", "b", "c"], tmp_path / "cm.png", "cm"))
-  assert _is_png(plots.save_confusion_matrix(cm, ["a", "b", "c"], tmp_path / "cm_raw.png", "cm", normalize=False))
-  hist = lambda n, off: [{"epoch": e, "train/loss": 1.0 / e + off, "val/loss": 1.2 / e + off} for e in range(1, n + 1)]
+  assert _is_png(
+    plots.save_confusion_matrix(cm, ["a", "b", "c"], tmp_path / "cm_raw.png", "cm", normalize=False)
+  )
+  hist = lambda n, off: [
+    {"epoch": e, "train/loss": 1.0 / e + off, "val/loss": 1.2 / e + off} for e in range(1, n + 1)
+  ]
   runs = {"vae": [hist(5, 0.0), hist(5, 0.1)], "imagenet": [hist(3, 0.05)]}
   assert _is_png(plots.save_curves(runs, ["train/loss", "val/loss"], tmp_path / "c.png", "loss"))
-  assert _is_png(plots.save_curves(runs, ["train/loss", "val/loss"], tmp_path / "c2.png", "loss",
-                                   separate_panels=True, hline=0.0))
-  epochs, mean, std, n = plots.aggregate_histories(runs["vae"], "val/loss")
+  assert _is_png(
+    plots.save_curves(
+      runs, ["train/loss", "val/loss"], tmp_path / "c2.png", "loss", separate_panels=True, hline=0.0
+    )
+  )
+  epochs, mean, std, _ = plots.aggregate_histories(runs["vae"], "val/loss")
   np.testing.assert_array_equal(epochs, [1, 2, 3, 4, 5])
   np.testing.assert_allclose(mean, 1.2 / epochs + 0.05)
   np.testing.assert_allclose(std, np.full(5, np.std([0.0, 0.1], ddof=1)))
@@ -64,7 +71,9 @@ def test_confusion_matrix_readable_with_class_names(tmp_path, monkeypatch):
   figs = _capture_figures(monkeypatch)
   names = ["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"]
   cm = np.arange(49).reshape(7, 7)
-  assert _is_png(plots.save_confusion_matrix(cm, names, tmp_path / "cm.png", "test confusion matrix"))
+  assert _is_png(
+    plots.save_confusion_matrix(cm, names, tmp_path / "cm.png", "test confusion matrix")
+  )
   fig = figs[-1]
   cells = fig.axes[0].texts
   assert len(cells) == 49 and min(t.get_fontsize() for t in cells) >= 10
@@ -78,8 +87,14 @@ def test_confusion_matrix_readable_with_class_names(tmp_path, monkeypatch):
 def test_gap_curves_use_plain_language(tmp_path, monkeypatch):
   figs = _capture_figures(monkeypatch)
   hist = [{"epoch": e, "gap/accuracy": 0.1 * e, "gap/loss": 0.2 * e} for e in range(1, 4)]
-  plots.save_curves({"vae": [hist, hist]}, ["gap/accuracy", "gap/loss"], tmp_path / "gap.png", "gap",
-                    separate_panels=True, hline=0.0)
+  plots.save_curves(
+    {"vae": [hist, hist]},
+    ["gap/accuracy", "gap/loss"],
+    tmp_path / "gap.png",
+    "gap",
+    separate_panels=True,
+    hline=0.0,
+  )
   fig = figs[-1]
   words = [ax.get_title() for ax in fig.axes] + [ax.get_ylabel() for ax in fig.axes]
   words += [t.get_text() for ax in fig.axes for t in ax.get_legend().get_texts()]
@@ -93,11 +108,18 @@ def test_image_grid_row_labels_title_and_scale(tmp_path):
   rows = [np.zeros((4, 8, 8, 3)), np.ones((4, 8, 8, 3))]
   plain = Image.open(plots.save_image_grid(rows, tmp_path / "plain.png", pad=2))
   assert plain.size == (4 * 8 + 5 * 2, 2 * 8 + 3 * 2)  # unchanged without labels
-  labelled = Image.open(plots.save_image_grid(rows, tmp_path / "l.png", pad=2, row_labels=["input", "recon"],
-                                              title="step 312, val ELBO 13,693"))
+  labelled = Image.open(
+    plots.save_image_grid(
+      rows,
+      tmp_path / "l.png",
+      pad=2,
+      row_labels=["input", "recon"],
+      title="step 312, val ELBO 13,693",
+    )
+  )
   assert labelled.size[0] > plain.size[0] and labelled.size[1] > plain.size[1]
   arr = np.asarray(labelled.convert("RGB"))
-  assert (arr[:labelled.size[1] - plain.size[1]] < 128).any()  # the title is drawn in the top band
+  assert (arr[: labelled.size[1] - plain.size[1]] < 128).any()  # the title is drawn in the top band
   scaled = Image.open(plots.save_image_grid(rows, tmp_path / "s.png", pad=2, scale=3))
   assert scaled.size == (4 * 24 + 5 * 2, 2 * 24 + 3 * 2)
   with pytest.raises(ValueError, match="one label per row"):
@@ -108,13 +130,29 @@ def test_latent_map_reliability_and_interval_figures(tmp_path):
   rng = np.random.default_rng(0)
   z = rng.normal(size=(50, 2))
   y = rng.integers(0, 3, size=50)
-  assert _is_png(plots.save_latent_map(z, y, ["bcc", "mel", "nv"], tmp_path / "lat.png", "VAE latents (PCA)"))
+  assert _is_png(
+    plots.save_latent_map(z, y, ["bcc", "mel", "nv"], tmp_path / "lat.png", "VAE latents (PCA)")
+  )
   with pytest.raises(ValueError, match="latents_2d"):
     plots.save_latent_map(z[:, :1], y, ["bcc", "mel", "nv"], tmp_path / "bad.png", "x")
   conf = np.array([np.nan, 0.5, 0.9])
   acc = np.array([np.nan, 0.4, 0.95])
-  assert _is_png(plots.save_reliability_diagram(conf, acc, [0, 10, 20], tmp_path / "rel.png", "calibration",
-                                                ece=0.05))
-  series = {"vae": [(0.5, 0.4, 0.6), (0.3, None, None)], "imagenet": [(0.6, 0.55, 0.65), (None, None, None)]}
-  assert _is_png(plots.save_interval_groups(["test", "isic"], series, tmp_path / "iv.png", "balanced accuracy",
-                                            "balanced accuracy", baseline=[0.14, None]))
+  assert _is_png(
+    plots.save_reliability_diagram(
+      conf, acc, [0, 10, 20], tmp_path / "rel.png", "calibration", ece=0.05
+    )
+  )
+  series = {
+    "vae": [(0.5, 0.4, 0.6), (0.3, None, None)],
+    "imagenet": [(0.6, 0.55, 0.65), (None, None, None)],
+  }
+  assert _is_png(
+    plots.save_interval_groups(
+      ["test", "isic"],
+      series,
+      tmp_path / "iv.png",
+      "balanced accuracy",
+      "balanced accuracy",
+      baseline=[0.14, None],
+    )
+  )

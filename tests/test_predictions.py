@@ -1,14 +1,20 @@
-"""Tests of derm_jax.predictions: prediction CSV round trip, malformed files, ISIC submission CSVs."""
+"""Tests of derm_jax.predictions: prediction CSV round trip, malformed files, ISIC submission "
+"CSVs."""
 
 from __future__ import annotations
 
 import csv
+import pathlib
 
 import numpy as np
 import pytest
 
-from derm_jax.predictions import (PredictionsError, read_predictions_csv, write_isic_submission_csv,
-                                  write_predictions_csv)
+from derm_jax.predictions import (
+  PredictionsError,
+  read_predictions_csv,
+  write_isic_submission_csv,
+  write_predictions_csv,
+)
 
 NAMES = ("akiec", "bcc", "bkl", "df", "mel", "nv", "vasc")
 
@@ -21,8 +27,9 @@ def _probs(n, k=7, seed=0):
 def test_round_trip_exact(tmp_path):
   probs = _probs(5)
   labels = np.array([5, 0, 6, 5, 2])
-  path = write_predictions_csv(tmp_path / "a" / "test_predictions.csv", [10, 11, "x_12", 13, 14], labels,
-                               probs, NAMES)
+  path = write_predictions_csv(
+    tmp_path / "a" / "test_predictions.csv", [10, 11, "x_12", 13, 14], labels, probs, NAMES
+  )
   p = read_predictions_csv(path)
   assert p.image_ids == ("10", "11", "x_12", "13", "14")
   assert p.class_names == NAMES
@@ -32,7 +39,9 @@ def test_round_trip_exact(tmp_path):
   np.testing.assert_array_equal(p.preds, probs.argmax(axis=1))
   header = (tmp_path / "a" / "test_predictions.csv").read_text().splitlines()[0]
   assert header == "image_id,label,p_akiec,p_bcc,p_bkl,p_df,p_mel,p_nv,p_vasc,pred"
-  assert not [f for f in (tmp_path / "a").iterdir() if f.name != "test_predictions.csv"]  # no temp file
+  assert not [
+    f for f in (tmp_path / "a").iterdir() if f.name != "test_predictions.csv"
+  ]  # no temp file
 
 
 def test_numpy_and_bytes_ids(tmp_path):
@@ -42,8 +51,10 @@ def test_numpy_and_bytes_ids(tmp_path):
 
 
 def test_unknown_labels(tmp_path):
-  path = write_predictions_csv(tmp_path / "p.csv", ["ISIC_1", "ISIC_2"], None, _probs(2, 3), ["a", "b", "c"])
-  rows = list(csv.reader(open(path)))
+  path = write_predictions_csv(
+    tmp_path / "p.csv", ["ISIC_1", "ISIC_2"], None, _probs(2, 3), ["a", "b", "c"]
+  )
+  rows = list(csv.reader(pathlib.Path(path).read_text().splitlines()))
   assert rows[1][1] == "" and rows[2][1] == ""
   p = read_predictions_csv(path)
   assert p.labels is None and p.probs.shape == (2, 3)
@@ -60,23 +71,40 @@ def test_write_rejects_bad_input(tmp_path):
 
 
 def _good_file(tmp_path):
-  return write_predictions_csv(tmp_path / "p.csv", [1, 2, 3], [0, 1, 2], _probs(3, 3), ["a", "b", "c"])
+  return write_predictions_csv(
+    tmp_path / "p.csv", [1, 2, 3], [0, 1, 2], _probs(3, 3), ["a", "b", "c"]
+  )
 
 
-@pytest.mark.parametrize("edit, message", [
-  (lambda lines: ["id,label,p_a,p_b,p_c,pred"] + lines[1:], r":1: bad header"),
-  (lambda lines: lines[:2] + [lines[2] + ",0.5"] + lines[3:], r":3: expected 6 cells, got 7"),
-  (lambda lines: lines[:3] + [lines[3].replace(lines[3].split(",")[2], "abc", 1)], r":4: p_a is not a number"),
-  (lambda lines: lines[:3] + [lines[3].replace(lines[3].split(",")[2], "nan", 1)], r":4: p_a is not finite"),
-  (lambda lines: lines[:1] + ["1,7" + lines[1][3:]] + lines[2:], r":2: label 7 outside \[0, 3\)"),
-  (lambda lines: lines[:1] + ["1,zz" + lines[1][3:]] + lines[2:], r":2: label 'zz' is neither"),
-  (lambda lines: lines[:2] + ["1" + lines[2][1:]] + lines[3:], r":3: duplicate image_id '1' \(first on line 2\)"),
-  (lambda lines: lines[:2] + ["2," + lines[2][3:]] + lines[3:], r":3: the label column is blank on some rows only"),
-  (lambda lines: [], r":1: empty file"),
-])
+@pytest.mark.parametrize(
+  "edit, message",
+  [
+    (lambda lines: ["id,label,p_a,p_b,p_c,pred"] + lines[1:], r":1: bad header"),
+    (lambda lines: lines[:2] + [lines[2] + ",0.5"] + lines[3:], r":3: expected 6 cells, got 7"),
+    (
+      lambda lines: lines[:3] + [lines[3].replace(lines[3].split(",")[2], "abc", 1)],
+      r":4: p_a is not a number",
+    ),
+    (
+      lambda lines: lines[:3] + [lines[3].replace(lines[3].split(",")[2], "nan", 1)],
+      r":4: p_a is not finite",
+    ),
+    (lambda lines: lines[:1] + ["1,7" + lines[1][3:]] + lines[2:], r":2: label 7 outside \[0, 3\)"),
+    (lambda lines: lines[:1] + ["1,zz" + lines[1][3:]] + lines[2:], r":2: label 'zz' is neither"),
+    (
+      lambda lines: lines[:2] + ["1" + lines[2][1:]] + lines[3:],
+      r":3: duplicate image_id '1' \(first on line 2\)",
+    ),
+    (
+      lambda lines: lines[:2] + ["2," + lines[2][3:]] + lines[3:],
+      r":3: the label column is blank on some rows only",
+    ),
+    (lambda lines: [], r":1: empty file"),
+  ],
+)
 def test_malformed_files_name_file_and_line(tmp_path, edit, message):
   path = _good_file(tmp_path)
-  lines = open(path).read().splitlines()
+  lines = pathlib.Path(path).read_text().splitlines()
   with open(path, "w") as f:
     f.write("\n".join(edit(lines)) + "\n" if edit(lines) else "")
   with pytest.raises(PredictionsError, match=message) as e:
@@ -91,8 +119,10 @@ def test_missing_file(tmp_path):
 
 def test_isic_submission_columns(tmp_path):
   probs = _probs(2)
-  path = write_isic_submission_csv(tmp_path / "s18.csv", ["ISIC_0000001", "ISIC_0000002"], probs, NAMES)
-  rows = list(csv.reader(open(path)))
+  path = write_isic_submission_csv(
+    tmp_path / "s18.csv", ["ISIC_0000001", "ISIC_0000002"], probs, NAMES
+  )
+  rows = list(csv.reader(pathlib.Path(path).read_text().splitlines()))
   assert rows[0] == ["image", "MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC"]
   assert rows[1][0] == "ISIC_0000001"
   got = np.array(rows[1][1:], dtype=float)
@@ -103,10 +133,12 @@ def test_isic_submission_columns(tmp_path):
   order = ("nv", "mel", "vasc", "df", "bkl", "bcc", "akiec")
   shuffled = probs[:, [NAMES.index(c) for c in order]]
   path = write_isic_submission_csv(tmp_path / "s19.csv", ["a", "b"], shuffled, order, fmt="2019")
-  rows = list(csv.reader(open(path)))
+  rows = list(csv.reader(pathlib.Path(path).read_text().splitlines()))
   assert rows[0] == ["image", "MEL", "NV", "BCC", "AK", "BKL", "DF", "VASC", "SCC", "UNK"]
-  np.testing.assert_array_equal(np.array(rows[2][1:8], dtype=float),
-                                probs[1, [NAMES.index(c) for c in ("mel", "nv", "bcc", "akiec", "bkl", "df", "vasc")]])
+  np.testing.assert_array_equal(
+    np.array(rows[2][1:8], dtype=float),
+    probs[1, [NAMES.index(c) for c in ("mel", "nv", "bcc", "akiec", "bkl", "df", "vasc")]],
+  )
   assert rows[2][8:] == ["0.0", "0.0"]
 
 

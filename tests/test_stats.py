@@ -34,7 +34,8 @@ def test_builtin_metrics_equal_classification_metrics(data, name):
   assert stats.metric_value(labels[idx], good[idx], name) == pytest.approx(want, abs=1e-12)
   vals_builtin = stats.bootstrap_values(labels, good, name, n_boot=20, seed=5)
   vals_callable = stats.bootstrap_values(
-      labels, good, lambda y, p: metrics.classification_metrics(y, p, k)[name], n_boot=20, seed=5)
+    labels, good, lambda y, p: metrics.classification_metrics(y, p, k)[name], n_boot=20, seed=5
+  )
   np.testing.assert_allclose(vals_builtin, vals_callable, atol=1e-12)
 
 
@@ -79,8 +80,9 @@ def test_seed_axis_pools_runs(data):
   labels, _, good, bad = data
   both = np.stack([good, bad])
   est, lo, hi = stats.bootstrap_ci(labels, both, "accuracy", n_boot=200)
-  assert est == pytest.approx((stats.metric_value(labels, good, "accuracy")
-                               + stats.metric_value(labels, bad, "accuracy")) / 2)
+  assert est == pytest.approx(
+    (stats.metric_value(labels, good, "accuracy") + stats.metric_value(labels, bad, "accuracy")) / 2
+  )
   assert lo < est < hi
   d = stats.paired_bootstrap_diff(labels, both, both[::-1], "accuracy", n_boot=200)
   assert d.estimate == pytest.approx(0.0, abs=1e-12)
@@ -88,6 +90,7 @@ def test_seed_axis_pools_runs(data):
 
 def test_bootstrap_is_fast_enough():
   import time
+
   rng = np.random.default_rng(0)
   labels = rng.integers(0, 7, size=2000)
   p = _probs(labels, 7, 1.0, rng)
@@ -100,11 +103,15 @@ def test_bootstrap_is_fast_enough():
 def test_ece_hand_computed():
   # 3 bins: (0, 1/3], (1/3, 2/3], (2/3, 1]. Top-label confidences 0.9, 0.8, 0.6, 0.5, 0.2 (the
   # last is in bin 1 only via a 3-class flat-ish row: max prob 0.4 -> bin 2).
-  probs = np.array([[0.9, 0.1, 0.0],   # conf 0.9, pred 0, label 0: correct
-                    [0.2, 0.8, 0.0],   # conf 0.8, pred 1, label 0: wrong
-                    [0.6, 0.4, 0.0],   # conf 0.6, pred 0, label 0: correct
-                    [0.5, 0.3, 0.2],   # conf 0.5, pred 0, label 2: wrong
-                    [0.3, 0.3, 0.4]])  # conf 0.4, pred 2, label 2: correct
+  probs = np.array(
+    [
+      [0.9, 0.1, 0.0],  # conf 0.9, pred 0, label 0: correct
+      [0.2, 0.8, 0.0],  # conf 0.8, pred 1, label 0: wrong
+      [0.6, 0.4, 0.0],  # conf 0.6, pred 0, label 0: correct
+      [0.5, 0.3, 0.2],  # conf 0.5, pred 0, label 2: wrong
+      [0.3, 0.3, 0.4],
+    ]
+  )  # conf 0.4, pred 2, label 2: correct
   labels = np.array([0, 0, 0, 2, 2])
   bins = stats.reliability_bins(labels, probs, n_bins=3)
   np.testing.assert_array_equal(bins.count, [0, 3, 2])
@@ -123,7 +130,9 @@ def test_majority_check_flags_constant_arm_not_good_arm(data):
   always = np.full_like(good, 0.02)
   always[:, majority] = 1.0 - 0.02 * (k - 1)
   c = stats.indistinguishable_from_majority(labels, always, majority, n_boot=300)
-  assert c.indistinguishable and c.majority_fraction == 1.0 and "majority class for 100.0%" in c.reason
+  assert (
+    c.indistinguishable and c.majority_fraction == 1.0 and "majority class for 100.0%" in c.reason
+  )
   c = stats.indistinguishable_from_majority(labels, good, majority, n_boot=300)
   assert not c.indistinguishable and c.balanced_accuracy_diff.lo > 0
   # An arm that rarely leaves the majority class, at random: interval includes 0 -> flagged.
