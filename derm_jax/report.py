@@ -571,6 +571,9 @@ def _analyse_set(
       if ev.predictions is None:
         missing.append(f"seed {s}: {ev.note}")
         continue
+      if ev.predictions.class_names != ref.class_names:
+        missing.append(f"seed {s}: its classes differ from the other runs' predictions")
+        continue
       got = _aligned(ev.predictions, ref)
       if got is None:
         missing.append(f"seed {s}: its images differ from those of the other runs' predictions")
@@ -772,7 +775,7 @@ def _interval_verdict(sa: SetAnalysis | None, a: str, b: str, metric: str) -> di
   winner = (first if iv.lo > 0 else second) if detectable else None
   k = len(d.per_seed)
   text = (
-    f"`{first}` − `{second}` = {_fmt_diff(iv)} (95% paired bootstrap over {sa.n_images} images"
+    f"`{first}` − `{second}` = {_fmt_diff(iv)} (95% paired bootstrap over {sa.n_images:,} images"
     + (f", mean over {k} paired seeds" if k > 1 else "")
     + ")"
   )
@@ -908,7 +911,8 @@ def _conclusion(
       else "test balanced accuracy and AUC do not agree on a better arm (or a difference is not "
       "detectable)"
     )
-    verdict = "**Overall: inconclusive.** " + "; ".join(parts) + "."
+    text = "; ".join(parts)
+    verdict = "**Overall: inconclusive.** " + text[:1].upper() + text[1:] + "."
   lines.append(verdict)
   lines.append("")
   flagged = [
@@ -921,7 +925,8 @@ def _conclusion(
       "Caution: "
       + ", ".join(f"`{a}`" for a in flagged)
       + (" is" if len(flagged) == 1 else " are")
-      + " statistically indistinguishable from always predicting the majority class on the test "
+      + " statistically indistinguishable from (or worse than) always predicting the majority "
+      "class on the test "
       "split for at least one seed (see Warnings): such an arm has learnt little, whatever its "
       "accuracy or overfitting gap."
     )
@@ -959,12 +964,11 @@ def _conclusion(
       lines.append("")
     aa, ai = summary[ssl]["val_acc_final"][0], summary[inet]["val_acc_final"][0]
     if aa is not None and ai is not None:
-      agree = ai > aa
+      direction = "same direction" if ai > aa else ("equal" if ai == aa else "opposite direction")
       lines.append(
         f"The paper's ImageNet arm ends with the higher validation accuracy (75% vs 65%). Here "
         f"`{inet}` {_fmt(ai, scale=100, digits=1, suffix='%')} vs `{ssl}` "
-        f"{_fmt(aa, scale=100, digits=1, suffix='%')}: "
-        f"{'same direction' if agree else 'opposite direction'}."
+        f"{_fmt(aa, scale=100, digits=1, suffix='%')}: {direction}."
       )
     lines.append("")
   return lines
@@ -1143,10 +1147,9 @@ def _warning_lines(analysis: dict[str, SetAnalysis]) -> list[str]:
         seeds = ", ".join(str(s) for s, _ in flagged)
         lines.append(
           f"- ⚠ **`{arm}` on the {sa.label}: predictions statistically indistinguishable from "
-          "always "
-          f"predicting the majority class {maj_text}** (seed{'s' if len(flagged) > 1 else ''} "
-          f"{seeds}"
-          f" of {len(checks)}). " + " ".join(f"Seed {s}: {c.reason}." for s, c in flagged)
+          f"(or worse than) always predicting the majority class {maj_text}** "
+          f"(seed{'s' if len(flagged) > 1 else ''} {seeds} of {len(checks)}). "
+          + " ".join(f"Seed {s}: {c.reason}." for s, c in flagged)
         )
     if sa.majority_note and any(sa.majority_checks.values()):
       lines.append(

@@ -359,7 +359,8 @@ def indistinguishable_from_majority(
        images: a (nearly) constant classifier, whatever its scores; or
     2. the paired bootstrap interval of balanced accuracy(arm) - balanced accuracy(constant
        predictor) has its lower end <= 0: the arm's balanced accuracy cannot be shown to
-       exceed the constant predictor's (1 / number of classes present) on these images.
+       exceed the constant predictor's (1 / number of classes present) on these images
+       (this includes an arm detectably WORSE than the constant predictor).
   Balanced accuracy is used because plain accuracy rewards the constant predictor on
   imbalanced data (DermaMNIST: about 67% nv).
   """
@@ -388,7 +389,12 @@ def indistinguishable_from_majority(
     return MajorityCheck(
       True,
       f"its balanced accuracy is not above the constant predictor's: {ci} "
-      f"(interval includes 0); predicts the majority class for {pct} of images",
+      + (
+        "(the interval is below 0: worse than the constant predictor)"
+        if diff.hi is not None and diff.hi < 0
+        else "(the interval includes 0)"
+      )
+      + f"; predicts the majority class for {pct} of images",
       frac,
       diff,
     )

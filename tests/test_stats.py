@@ -155,3 +155,14 @@ def test_pca_2d():
   np.testing.assert_allclose(y.mean(axis=0), 0.0, atol=1e-9)
   np.testing.assert_array_equal(stats.pca_2d(x), y)  # deterministic signs
   assert stats.pca_2d(np.ones((1, 3))).shape == (1, 2)
+
+
+def test_majority_check_flags_an_arm_worse_than_constant():
+  # Balanced accuracy 0 (every image predicted as a wrong class) vs 1/2 for the constant predictor.
+  labels = np.array([0] * 30 + [1] * 30)
+  probs = np.zeros((60, 2))
+  probs[:30, 1] = 1.0
+  probs[30:, 0] = 1.0
+  c = stats.indistinguishable_from_majority(labels, probs, 0, n_boot=200)
+  assert c.indistinguishable and c.balanced_accuracy_diff.hi < 0
+  assert "worse than the constant predictor" in c.reason
