@@ -16,13 +16,14 @@ Data: the config's data source (the embedded subset by default; nothing is downl
 import json
 import statistics
 import sys
+import tempfile
 import time
 
 import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from derm_jax.data import dermamnist, input_pipeline
+from derm_jax.train import loop
 from derm_jax.train import mesh as mesh_lib
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config.")
@@ -31,25 +32,17 @@ _WARMUP = flags.DEFINE_integer("warmup", 3, "Untimed steps (compilation) first."
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Measurements of each kind; the median is kept.")
 
 
-def _build(config):
-  """Jitted train step, initial state and train iterator for a VAE or classifier config."""
-  source = dermamnist.get_data_source(config.data, "train")
+def _build(config, workdir: str):
+  """The task's typed Experiment and its training iterator (the loop's own)."""
   if config.task == "vae":
     from derm_jax import train_vae
-    b = train_vae._build(config, len(source))
-    labels, balanced = None, False
+    exp = train_vae.build(config)
   elif config.task == "classify":
     from derm_jax import train_classifier
-    labels = dermamnist.labels(config.data, "train")
-    b = train_classifier._build(config, "/tmp/derm_jax_bench", labels)
-    balanced = config.balanced_sampling
+    exp = train_classifier.build(config, workdir)
   else:
     raise ValueError(f"Benchmark needs a 'vae' or 'classify' config, got {config.task!r}.")
-  ds = input_pipeline.train_dataset(source, global_batch_size=config.batch_size,
-                                    image_size=config.image_size, aug=config.aug,
-                                    seed=config.seed, labels=labels, balanced=balanced)
-  it = input_pipeline.train_iterator(ds, config.input.num_threads, config.input.prefetch)
-  return b, it
+  return exp, loop.train_iterator(exp)
 
 
 def _time_steps(step_fn, state, get_batch, n):
@@ -63,8 +56,9 @@ def _time_steps(step_fn, state, get_batch, n):
 def main(argv):
   del argv
   config = _CONFIG.value
-  b, it = _build(config)
-  mesh, step_fn, state = b["mesh"], b["p_train"], b["state"]
+  with tempfile.TemporaryDirectory(prefix="derm_jax_bench_") as workdir:
+    exp, it = _build(config, workdir)
+  mesh, step_fn, state = exp.mesh, exp.train_step, exp.state
   batch = mesh_lib.shard_batch(next(it), mesh)
   compiled = step_fn.lower(state, batch).compile()
   cost = compiled.cost_analysis()

@@ -29,6 +29,10 @@ def get_config(arg: str | None = None) -> ConfigDict:
   c.seeds = (0,)
   c.arms = ("vae", "imagenet")
   c.vae_workdir = ""                 # reuse a pretrained VAE instead of training one
+  # Outside evaluation sets, each "name=IMAGES_DIR,GROUND_TRUTH.csv" (ISIC 2018 or 2019
+  # layout): after training, every arm and seed is scored on each (report section
+  # "In distribution vs shifted").
+  c.external = ()
   c.data = config_lib.data()
   c.image_size = 64
   c.aug = config_lib.augmentation()

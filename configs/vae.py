@@ -47,6 +47,7 @@ def get_config(arg: str | None = None) -> ConfigDict:
   c.log_every_steps = 10
   c.eval_every_epochs = 1.0
   c.checkpoint_every_steps = 0  # 0 = every epoch
+  c.profile_steps = ()          # (first, last): jax.profiler trace of those steps in DIR/profile
   c.keep_checkpoints = 3
   c.num_image_samples = 8
 

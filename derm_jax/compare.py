@@ -50,6 +50,25 @@ def arm_config(config, arm: str, seed: int, vae_workdir: str) -> ConfigDict:
   return c
 
 
+def external_sets(config) -> list[tuple[str, str, str]]:
+  """(name, images folder, ground-truth CSV) of each `config.external` entry, checked."""
+  sets = []
+  for entry in config.get("external", ()) or ():
+    name, sep, rest = str(entry).partition("=")
+    images, comma, csv_path = rest.partition(",")
+    if not sep or not comma or not name.strip() or not images.strip() or not csv_path.strip():
+      raise ValueError(f"config.external entry {entry!r}: expected "
+                       "'name=IMAGES_DIR,GROUND_TRUTH.csv'.")
+    name = name.strip()
+    if not name.replace("_", "").replace("-", "").isalnum() or name == "test":
+      raise ValueError(f"config.external name {name!r}: use letters, digits, '_' or '-' "
+                       "(and not 'test', the in-distribution split).")
+    if name in [s[0] for s in sets]:
+      raise ValueError(f"config.external: the name {name!r} is used twice.")
+    sets.append((name, images.strip(), csv_path.strip()))
+  return sets
+
+
 def arm_dir(workdir: str, arm: str, seed: int) -> str:
   """Where one arm's run for one seed lives inside a study's workdir."""
   return os.path.join(workdir, "arms", arm, f"seed_{seed}")
@@ -64,7 +83,7 @@ def run(config, workdir: str):
 
 
 def _run_locked(config, workdir: str, is_main: bool):
-  from derm_jax import report, train_classifier, train_vae
+  from derm_jax import evaluate, report, train_classifier, train_vae
   from derm_jax.train import outputs
   os.makedirs(workdir, exist_ok=True)
   if is_main:
@@ -81,6 +100,10 @@ def _run_locked(config, workdir: str, is_main: bool):
       logging.info("Stage 2: arm %s, seed %d in %s", arm, seed, run_dir)
       results[(arm, seed)] = train_classifier.train_and_evaluate(
           arm_config(config, arm, seed, vae_workdir), run_dir)
+      for name, images, csv_path in external_sets(config):
+        logging.info("Outside set %s: arm %s, seed %d", name, arm, seed)
+        evaluate.evaluate(run_dir, isic_images=images, isic_csv=csv_path,
+                          out=os.path.join(run_dir, "external", name))
   if is_main:
     path = report.write_report(workdir)
     logging.info("Report written to %s", path)

@@ -45,6 +45,8 @@ def load_run_config(workdir: str) -> ConfigDict:
 def evaluate(workdir: str, step: int | None = None, split: str = "test",
              isic_images: str | None = None, isic_csv: str | None = None,
              out: str | None = None) -> dict:
+  import jax
+
   from derm_jax import predictions as predictions_lib
   from derm_jax import train_classifier
   from derm_jax.data import images, isic
@@ -76,6 +78,8 @@ def evaluate(workdir: str, step: int | None = None, split: str = "test",
     result["data"] = {"split": split, **exp.dataset.describe()}
   out = out or os.path.join(workdir, "eval", f"{name}_step{result['step']}")
   preds = evaluator.predictions
+  if jax.process_index() != 0:
+    return result
   classification.write_outputs(result, preds, exp.meta, out, title=f"{name}, step "
                                f"{result['step']}", image_ids=image_ids)
   if isic_images:

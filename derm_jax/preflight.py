@@ -30,3 +30,7 @@ def check(config, workdir: str) -> None:
       if arm == "vae" and not config.vae_workdir:
         continue  # trained by the study itself
       backbone_init.check_source(arm_cfg, compare.arm_dir(workdir, arm, config.seeds[0]))
+    from derm_jax.data import isic
+    for name, images, csv_path in compare.external_sets(config):
+      isic.IsicSource(images, csv_path)  # the CSV parses and every image it lists exists
+      logging.info("Outside set %s: %s with %s", name, images, csv_path)

@@ -106,7 +106,7 @@ def summarize_train(outputs: list[dict]) -> dict[str, float]:
           for k in ("loss", "recon", "kl", "elbo", "grad_norm")}
 
 
-def _write_images(exp: Experiment, state, step: int, writer, workdir: str,
+def _write_images(exp: Experiment, state, step: int, row: dict, writer, workdir: str,
                   p_images, base_rng):
   """Reconstruction grid (inputs above reconstructions) and prior samples, as PNG + TensorBoard.
 
@@ -123,9 +123,14 @@ def _write_images(exp: Experiment, state, step: int, writer, workdir: str,
   x, recon, samples = np.asarray(x), np.asarray(recon), np.asarray(samples)
   img_dir = os.path.join(workdir, "images")
   os.makedirs(img_dir, exist_ok=True)
-  for name, rows in (("recon", [x, recon]), ("samples", [samples])):
-    plots.save_image_grid(rows, os.path.join(img_dir, f"{name}_{step:07d}.png"))
-    plots.save_image_grid(rows, os.path.join(workdir, f"{name}.png"))
+  elbo = row.get("val/elbo")
+  when = f"step {step}" + (f", validation ELBO {elbo:,.0f} nats/image" if elbo else "")
+  for name, rows, labels, title in (
+      ("recon", [x, recon], ["input", "reconstruction"], f"Reconstructions, {when}"),
+      ("samples", [samples], ["prior sample"], f"Samples from the prior, {when}")):
+    for path in (os.path.join(img_dir, f"{name}_{step:07d}.png"),
+                 os.path.join(workdir, f"{name}.png")):
+      plots.save_image_grid(rows, path, row_labels=labels, title=title)
   writer.write_image(step, "recon", np.concatenate([np.concatenate(list(x), 1),
                                                     np.concatenate(list(recon), 1)], 0))
   writer.write_image(step, "samples", np.concatenate(list(samples), 1))
@@ -161,8 +166,8 @@ def build(config) -> Experiment:
     return vae_evaluator.VaeEvaluator(p_eval, source, batch_size=config.eval_batch_size,
                                       image_size=config.image_size, mesh=mesh)
 
-  def after_eval(exp, state, step, writer, workdir):
-    _write_images(exp, state, step, writer, workdir, p_images, base_rng)
+  def after_eval(exp, state, step, row, writer, workdir):
+    _write_images(exp, state, step, row, writer, workdir, p_images, base_rng)
 
   return Experiment(
       config=config, meta=dataset.meta, dataset=dataset, mesh=mesh, state=state,
@@ -171,10 +176,41 @@ def build(config) -> Experiment:
       make_evaluator=make_evaluator, progress_keys=("loss", "elbo"), after_eval=after_eval)
 
 
+def encode_step(state: TrainState, batch, *, model):
+  """Posterior means of a batch: the VAE's latent representation of each image."""
+  variables = {"params": state.params}
+  if state.batch_stats:
+    variables["batch_stats"] = state.batch_stats
+  mean, _ = model.apply(variables, batch["image"], train=False, method=model.encode)
+  return {"mean": mean}
+
+
+def write_latent_map(exp: Experiment, state, workdir: str, split: str = "val") -> str:
+  """DIR/latent_pca.png: the first two principal components of the posterior means of
+  `split`, one dot per image coloured by its class."""
+  from derm_jax import stats
+  from derm_jax.evaluators import common
+  model = vae_lib.create_vae(exp.config.model, exp.config.image_size)
+  p_encode = jax.jit(functools.partial(encode_step, model=model))
+  out = common.collect(p_encode, state, exp.dataset.source(split),
+                       batch_size=exp.config.eval_batch_size,
+                       image_size=exp.config.image_size, mesh=exp.mesh)
+  path = os.path.join(workdir, "latent_pca.png")
+  if jax.process_index() == 0:
+    xy, var = stats.pca_2d(out["mean"], return_variance=True)
+    plots.save_latent_map(xy, out["label"], list(exp.meta.class_names), path,
+                          title=f"VAE latents of the {split} split (PCA, "
+                                f"{100 * float(np.sum(var[:2])):.0f}% of variance), "
+                                f"step {int(state.step)}")
+  return path
+
+
 def train_and_evaluate(config, workdir: str) -> dict[str, float]:
   """Trains the VAE, resuming from the latest checkpoint in `workdir` if there is one;
-  returns the last evaluation row."""
-  _, last_eval = loop.train(build(config), workdir)
+  returns the last evaluation row. Ends with the latent map of the validation split."""
+  exp = build(config)
+  state, last_eval = loop.train(exp, workdir)
+  write_latent_map(exp, state, workdir)
   return last_eval
 
 

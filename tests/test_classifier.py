@@ -139,6 +139,40 @@ def test_compare_end_to_end_then_evaluate_outside_data(data_dir, tmp_path):
   m = json.load(open(out / "metrics.json"))
   assert sum(map(sum, m["confusion_matrix"])) == 14
   assert (out / "confusion.png").exists()
+  # The study scored the same checkpoint on the same outside set itself: same numbers.
+  ext = json.load(open(arm_dir / "external" / "isic2018" / "metrics.json"))
+  for k in ("accuracy", "balanced_accuracy", "macro_auc", "per_class_recall"):
+    np.testing.assert_allclose(np.asarray(ext[k], float), np.asarray(m[k], float), atol=1e-6)
+  from derm_jax.predictions import read_predictions_csv
+  p_cli = read_predictions_csv(out / "predictions.csv")
+  p_study = read_predictions_csv(arm_dir / "external" / "isic2018" / "predictions.csv")
+  assert p_cli.image_ids == p_study.image_ids and len(p_cli.image_ids) == 14
+  np.testing.assert_allclose(p_cli.probs, p_study.probs, atol=1e-6)
+  assert (out / "submission.csv").read_text().startswith("image,MEL,NV,BCC,AKIEC,BKL,DF,VASC")
+  # The Python API gives the same probabilities from the image files, and from arrays.
+  import derm_jax
+  from PIL import Image
+  model = derm_jax.load(str(arm_dir))
+  assert model.class_names == ("akiec", "bcc", "bkl", "df", "mel", "nv", "vasc")
+  files = [f"{ISIC}/ISIC2018_Task3_Training_Input/{i}.jpg" for i in p_cli.image_ids[:5]]
+  np.testing.assert_allclose(model.predict(files), p_cli.probs[:5], atol=1e-6)
+  arrays = [np.asarray(Image.open(f).convert("RGB")) for f in files[:2]]
+  np.testing.assert_allclose(model.predict(arrays), p_cli.probs[:2], atol=1e-6)
+  # Predictions without ground truth: no CSV, no metrics, a predictions file all the same.
+  r = subprocess.run([*cmd[:-2], f"--out={tmp_path / 'unlabelled'}"], cwd=REPO,
+                     capture_output=True, text=True, timeout=600)
+  assert r.returncode == 0, r.stderr[-3000:]
+  unlabelled = read_predictions_csv(tmp_path / "unlabelled" / "predictions.csv")
+  assert unlabelled.labels is None and len(unlabelled.image_ids) == 14
+  by_id = dict(zip(unlabelled.image_ids, unlabelled.probs))
+  np.testing.assert_allclose([by_id[i] for i in p_cli.image_ids], p_cli.probs, atol=1e-6)
+  # The report's shift section has the outside set, with both arms' numbers.
+  assert "In distribution vs shifted" in report and "isic2018" in report
+  ext_vae = json.load(open(workdir / "arms" / "vae" / "seed_0" / "external" / "isic2018" /
+                           "metrics.json"))
+  for arm_metrics in (ext, ext_vae):
+    assert f"{arm_metrics['balanced_accuracy']:.3f}" in report
+  assert (workdir / "figures" / "shift_balanced_accuracy.png").exists()
   bad = tmp_path / "bad.csv"
   bad.write_text("image,MEL,NV,BCC,AKIEC,BKL,DF,VASC\nISIC_9999999,1,0,0,0,0,0,0\n")
   r = subprocess.run([*cmd[:-2], f"--isic_csv={bad}", f"--out={tmp_path / 'bad_out'}"],

@@ -37,7 +37,8 @@ class Experiment:
   train_labels: np.ndarray | None = None  # for balanced sampling and the majority baseline
   balanced_sampling: bool = False
   progress_keys: tuple[str, ...] = ("loss",)
-  # Optional hook after each evaluation: (experiment, state, step, writer, workdir) -> None.
+  # Optional hook after each evaluation: (experiment, state, step, eval row, writer,
+  # workdir) -> None.
   after_eval: Callable | None = None
 
   @property

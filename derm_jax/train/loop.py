@@ -15,6 +15,7 @@ estimate), which is what the overfitting gap compares with validation.
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
 
 import jax
@@ -97,6 +98,18 @@ def _fmt(row: dict) -> str:
   return ", ".join(f"{k}={v:.4f}" for k, v in row.items() if isinstance(v, float))
 
 
+def step_flops(step_fn, state, batch) -> float | None:
+  """FLOPs of one train step from XLA's cost analysis of the lowered step (no compile)."""
+  try:
+    cost = step_fn.lower(state, batch).cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    flops = float(cost.get("flops", 0.0)) if cost else 0.0
+  except Exception as e:  # cost analysis is best effort: never fail a run over it
+    logging.info("No FLOP count for the train step (%s).", e)
+    return None
+  return flops if flops > 0 else None
+
+
 def train(exp: Experiment, workdir: str) -> tuple[Any, dict[str, Any]]:
   """Trains `exp` in `workdir`, resuming from its latest checkpoint; returns the final
   state and the last evaluation row."""
@@ -128,16 +141,32 @@ def _train_locked(exp: Experiment, workdir: str, train_iter):
                c.batch_size, jax.device_count())
   eval_every = max(1, int(round(c.get("eval_every_epochs", 1.0) * spe)))
   ckpt_every = c.get("checkpoint_every_steps", 0) or spe
-  progress = outputs.Progress(total, start, c.batch_size, c.log_every_steps)
+  profile = tuple(c.get("profile_steps", ()) or ())
+  if profile and (len(profile) != 2 or not 0 < profile[0] < profile[1]):
+    raise ValueError(f"config.profile_steps={profile}: expected (first, last) steps, "
+                     "0 < first < last.")
+  progress = None
   window = _Window(start + 1)
   last_eval: dict[str, Any] = {}
   try:
     for step in range(start + 1, total + 1):
       batch = mesh_lib.shard_batch(next(train_iter), exp.mesh)
+      if progress is None:
+        progress = outputs.Progress(total, start, c.batch_size, c.log_every_steps,
+                                    flops_per_step=step_flops(exp.train_step, state, batch))
+      if profile and step == profile[0]:
+        jax.profiler.start_trace(os.path.join(workdir, "profile"))
       state, out = exp.train_step(state, batch)
       window.add(out)
+      if profile and step == profile[1]:
+        jax.block_until_ready(state)
+        jax.profiler.stop_trace()
+        logging.info("Profile of steps %d-%d written to %s (TensorBoard's profile tab, or "
+                     "Perfetto).", profile[0], profile[1], os.path.join(workdir, "profile"))
       if step == start + 1:
         progress.restart_clock(step)
+      t_other = time.monotonic()
+      log_time = 0.0
       if itstime(step, c.log_every_steps, total):
         logged = window.fetch()
         scalars = {f"train/{k}": v for k, v in exp.summarize_train(logged).items()
@@ -145,6 +174,7 @@ def _train_locked(exp: Experiment, workdir: str, train_iter):
         scalars["train/learning_rate"] = exp.learning_rate(step)
         writer.write_scalars(step, scalars)
         progress(step, {k: scalars[f"train/{k}"] for k in exp.progress_keys})
+        log_time = time.monotonic() - t_other  # waiting for the device is training time
       if itstime(step, eval_every, total):
         row = _eval_row(exp, state, step, window.take_host())
         epoch = epoch_of(step, spe)
@@ -153,12 +183,13 @@ def _train_locked(exp: Experiment, workdir: str, train_iter):
         logging.info("epoch %s/%s (step %d) | %s", epoch, epoch_of(total, spe), step,
                      _fmt(row))
         if exp.after_eval is not None:
-          exp.after_eval(exp, state, step, writer, workdir)
+          exp.after_eval(exp, state, step, row, writer, workdir)
         writer.flush()
         last_eval = row
       if itstime(step, ckpt_every, total):
         window.fetch()  # never checkpoint a state that followed a non-finite step
         ckpt.save(step, state, train_iter)
+      progress.exclude(time.monotonic() - t_other - log_time)
   finally:  # also on errors: finish pending saves, keep the last good checkpoint
     ckpt.close()
     writer.close()

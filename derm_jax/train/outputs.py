@@ -21,7 +21,7 @@ from derm_jax.metrics import to_jsonable
 from derm_jax.train import checkpoint
 
 # Fields that may change between a run and its resumption (they do not change the numbers).
-_RESUME_SAFE = ("log_every_steps", "input.", "eval_batch_size", "data.data_dir",
+_RESUME_SAFE = ("log_every_steps", "input.", "eval_batch_size", "data.data_dir", "profile_steps",
                 "data.npz_path", "keep_checkpoints", "num_image_samples")
 
 
@@ -155,27 +155,46 @@ def _fmt_duration(seconds: float) -> str:
 
 
 class Progress:
-  """Logs `step i/N (p%) | x steps/s, y img/s | ETA` every `every` steps."""
+  """Logs `step i/N (p%) | x steps/s, y img/s[, z TFLOP/s] | ETA` every `every` steps.
 
-  def __init__(self, total_steps: int, start_step: int, batch_size: int, every: int):
+  Rates are over the steps since the previous line, not counting the time the loop spent
+  evaluating or checkpointing (`exclude`); the ETA uses the average since the start."""
+
+  def __init__(self, total_steps: int, start_step: int, batch_size: int, every: int,
+               flops_per_step: float | None = None):
     self.total, self.batch, self.every = total_steps, batch_size, max(1, every)
+    self.flops = flops_per_step
     self._t0, self._s0 = time.monotonic(), start_step
-    self._first_step_seen = False
+    self._last_t, self._last_s = self._t0, start_step
+    self._excluded = self._excluded_window = 0.0
 
   def restart_clock(self, step: int) -> None:
     """Start timing after the first (compiling) step so rates reflect steady state."""
     self._t0, self._s0 = time.monotonic(), step
+    self._last_t, self._last_s = self._t0, step
+    self._excluded = self._excluded_window = 0.0
+
+  def exclude(self, seconds: float) -> None:
+    """Time spent on evaluation or checkpoints, left out of the training rates."""
+    self._excluded += seconds
+    self._excluded_window += seconds
 
   def __call__(self, step: int, scalars: dict | None = None) -> None:
     if step % self.every and step != self.total:
       return
-    dt = time.monotonic() - self._t0
-    done = step - self._s0
+    now = time.monotonic()
+    dt_all = now - self._t0 - self._excluded
+    dt = now - self._last_t - self._excluded_window
+    done = step - self._last_s
     rate = done / dt if dt > 0 and done > 0 else float("nan")
-    eta = (self.total - step) / rate if math.isfinite(rate) and rate > 0 else float("nan")
+    avg = (step - self._s0) / dt_all if dt_all > 0 and step > self._s0 else float("nan")
+    eta = (self.total - step) / avg if math.isfinite(avg) and avg > 0 else float("nan")
+    self._last_t, self._last_s, self._excluded_window = now, step, 0.0
     msg = (f"step {step}/{self.total} ({100 * step / self.total:.1f}%) | "
-           f"{rate:.2f} steps/s, {rate * self.batch:.1f} img/s | "
-           f"ETA {_fmt_duration(eta) if math.isfinite(eta) else '?'}")
+           f"{rate:.2f} steps/s, {rate * self.batch:.1f} img/s")
+    if self.flops and math.isfinite(rate):
+      msg += f", {rate * self.flops / 1e12:.3g} TFLOP/s"
+    msg += f" | ETA {_fmt_duration(eta) if math.isfinite(eta) else '?'}"
     if scalars:
       msg += " | " + ", ".join(f"{k}={float(v):.4g}" for k, v in scalars.items())
     logging.info(msg)

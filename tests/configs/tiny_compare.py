@@ -20,4 +20,7 @@ def get_config(arg=None):
   c.classifier.eval_batch_size = 100
   c.classifier.num_epochs = 2
   c.classifier.log_every_steps = 10
+  isic = os.path.join(os.path.dirname(__file__), "..", "data", "isic2018_sample")
+  c.external = (f"isic2018={isic}/ISIC2018_Task3_Training_Input,"
+                f"{isic}/ISIC2018_Task3_Training_GroundTruth.csv",)
   return c

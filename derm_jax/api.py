@@ -1,0 +1,59 @@
+"""The Python API: load a trained classifier run and predict on images.
+
+  import derm_jax
+  model = derm_jax.load("runs/study/arms/imagenet/seed_0")   # latest checkpoint
+  probs = model.predict(["lesion1.jpg", "lesion2.png"])      # or uint8 arrays of any size
+  print(dict(zip(model.class_names, probs[0].round(3))))
+Images are prepared exactly as outside ISIC images are by `derm_jax.evaluate` (centred
+square crop, resized to the run's stored training resolution, then to its model size).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+
+class Model:
+  """A restored classifier run: `class_names`, `step`, `predict(images)`."""
+
+  def __init__(self, workdir: str, step: int | None = None):
+    from derm_jax import evaluate, train_classifier
+    from derm_jax.train import loop
+    self.workdir = os.path.abspath(os.path.expanduser(workdir))
+    self.config = evaluate.load_run_config(self.workdir)
+    self._exp = train_classifier.build(self.config, self.workdir, load_backbone=False)
+    self._state = loop.restore(self._exp, self.workdir, step)
+    self._stored_size = int(self._exp.dataset.describe()["image_size"])
+
+  @property
+  def class_names(self) -> tuple[str, ...]:
+    return tuple(self._exp.meta.class_names)
+
+  @property
+  def step(self) -> int:
+    return int(self._state.step)
+
+  def predict(self, images: Sequence[Any]) -> np.ndarray:
+    """Class probabilities (N, K) for file paths or uint8 arrays (H, W[, 3|4]) of any size."""
+    from derm_jax.data import images as images_lib
+    if isinstance(images, (str, os.PathLike, np.ndarray)) and not (
+        isinstance(images, np.ndarray) and images.ndim == 4):
+      images = [images]
+    source = images_lib.ImageSource(list(images), self._stored_size)
+    ev = self._exp.make_evaluator(source, has_labels=False)
+    ev.run(self._state)
+    return ev.predictions.probs
+
+  def __repr__(self) -> str:
+    return (f"derm_jax.Model({self.workdir!r}, step={self.step}, "
+            f"backbone={self.config.model.backbone!r}, classes={self.class_names})")
+
+
+def load(workdir: str, step: int | None = None) -> Model:
+  """The classifier of `workdir` (a classify run, or an arm of a study) at its latest
+  checkpoint, or at `step`."""
+  return Model(workdir, step)
