@@ -1,0 +1,249 @@
+"""Augmentation on the accelerator: resize, crop, flips, rot90 and colour jitter in the train step.
+
+The device-side twin of derm_jax/data/augment.py. The host pipeline only reads, decodes and
+batches uint8 images at their stored resolution; `augment_batch` (inside the jitted train
+step) and `eval_images` (inside the eval step) do the rest:
+
+  random resized crop (if aug.random_resized_crop) -> bilinear resize to image_size ->
+  horizontal / vertical flips (if aug.flip) -> rot90 by k ~ U{0..3} (if aug.rot90) ->
+  float32 in [0, 1] -> colour jitter (if aug.color_jitter > 0)
+
+in the same order and with the same distributions as `augment.train_transform`.
+
+Randomness: example i of a batch uses only `jax.random.fold_in(key, i)` (then one fold_in
+per kind of draw), so its augmentation is a pure function of (step key, example index,
+image). Resuming is exact and the result does not depend on how the batch is sharded over
+devices; everything is vmapped over examples, so a batch sharded over the 'data' mesh axis
+stays sharded. Derive the step key from the step's rng with its own stream, e.g.
+`jax.random.fold_in(jax.random.fold_in(base_rng, step), AUG_STREAM)`.
+
+Resize: PIL's bilinear resampling (`Image.resize(..., BILINEAR, box=...)`, which
+`augment._resize` uses) reproduced bit for bit: a triangle filter widened by the downscale
+factor (antialiasing), renormalised at the image border, weights quantised to PIL's 22-bit
+fixed point, width pass then height pass with uint8 rounding after each. Each pass is a
+dense matmul against an integer weight matrix split into three 7-8 bit parts, so every
+product and partial sum is an integer that float32, TF32 and one-pass bfloat16 matmuls all
+represent exactly: the result is the same on CPU, GPU and TPU. Without a crop the weights
+are numpy constants computed in float64 like PIL's, and `eval_images` equals the host eval
+path exactly (bit for bit in float32). With a crop the per-example weights are computed on
+the device in float32, not float64, so where PIL's rounding meets an exact tie a uint8 value
+can differ by one (at most two after both passes) from PIL's on the same box.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# Stream for the augmentation key inside a train step's rng (see the module docstring).
+AUG_STREAM = 0x617567  # "aug"
+
+# Per-example sub-streams: fold_in(fold_in(key, i), stream).
+_CROP, _FLIP, _ROT, _JITTER = 0, 1, 2, 3
+_CROP_TRIES = 10
+_PRECISION_BITS = 22  # PIL's fixed-point weights (Resample.c: 32 - 8 - 2)
+_MAX_TAPS = 500       # keeps the low 7-bit part's sums below 2**24 (exact in float32)
+_GRAY = (0.299, 0.587, 0.114)
+
+
+def _example_keys(key, batch: int, stream: int):
+  """(batch,) keys: fold_in(fold_in(key, i), stream) for example i."""
+  return jax.vmap(lambda i: jax.random.fold_in(jax.random.fold_in(key, i), stream))(
+      jnp.arange(batch, dtype=jnp.uint32))
+
+
+# ------------------------------------------------------------------------------- sampling
+
+
+def _crop_box(key, height: int, width: int, scale, ratio):
+  """Inception-style box (x0, y0, x1, y1) for one example: first valid of 10 candidates."""
+  k_area, k_ratio, k_x, k_y = jax.random.split(key, 4)
+  area = float(height * width)
+  frac = jax.random.uniform(k_area, (_CROP_TRIES,), minval=scale[0], maxval=scale[1])
+  log_r = jax.random.uniform(k_ratio, (_CROP_TRIES,), minval=math.log(ratio[0]),
+                             maxval=math.log(ratio[1]))
+  ar = jnp.exp(log_r)
+  cw = jnp.sqrt(area * frac * ar)
+  ch = jnp.sqrt(area * frac / ar)
+  valid = (cw <= width) & (ch <= height)
+  first = jnp.argmax(valid)
+  ok = valid[first]
+  cw = jnp.where(ok, cw[first], float(width))
+  ch = jnp.where(ok, ch[first], float(height))
+  x0 = jax.random.uniform(k_x, ()) * (width - cw)
+  y0 = jax.random.uniform(k_y, ()) * (height - ch)
+  return jnp.stack([x0, y0, x0 + cw, y0 + ch])
+
+
+def sample_crop_boxes(key, batch: int, height: int, width: int, scale, ratio) -> jax.Array:
+  """The random-resized-crop boxes `augment_batch` uses for a batch of `batch` images.
+
+  Returns float32 (batch, 4) boxes (x0, y0, x1, y1) in pixel coordinates (PIL's box order):
+  area fraction ~ U(scale), log aspect (width / height) ~ U(log ratio), the first of 10
+  candidates that fits, else the whole image; the offset is uniform over the positions
+  that fit.
+  """
+  scale, ratio = tuple(float(v) for v in scale), tuple(float(v) for v in ratio)
+  keys = _example_keys(key, batch, _CROP)
+  return jax.vmap(lambda k: _crop_box(k, height, width, scale, ratio))(keys)
+
+
+def sample_flips_and_rotations(key, batch: int):
+  """(flip_h, flip_v, k): bool (batch,) flips (p = 0.5 each) and int32 (batch,) rot90 counts.
+
+  Applied in the order of `augment.train_transform`: horizontal flip, vertical flip, then
+  `np.rot90(image, k)`.
+  """
+  flips = jax.vmap(lambda k: jax.random.bernoulli(k, 0.5, (2,)))(
+      _example_keys(key, batch, _FLIP))
+  rots = jax.vmap(lambda k: jax.random.randint(k, (), 0, 4, dtype=jnp.int32))(
+      _example_keys(key, batch, _ROT))
+  return flips[:, 0], flips[:, 1], rots
+
+
+def sample_color_factors(key, batch: int, strength: float) -> jax.Array:
+  """float32 (batch, 3): brightness, contrast and saturation factors ~ U(1 - s, 1 + s)."""
+  s = float(strength)
+  return jax.vmap(lambda k: jax.random.uniform(k, (3,), minval=1 - s, maxval=1 + s))(
+      _example_keys(key, batch, _JITTER))
+
+
+# --------------------------------------------------------------------------------- resize
+
+
+def _weights_numpy(in_size: int, out_size: int) -> np.ndarray:
+  """PIL's int32 (out, in) fixed-point bilinear weights for a whole-axis resize (float64)."""
+  scale = in_size / out_size
+  fs = max(scale, 1.0)
+  center = (np.arange(out_size) + 0.5) * scale
+  w = np.maximum(0.0, 1.0 - np.abs(np.arange(in_size)[None, :] + 0.5 - center[:, None]) / fs)
+  total = np.cumsum(w, axis=1)[:, -1:]  # left to right, like PIL
+  w = w / np.where(total == 0, 1.0, total)
+  return np.floor(w * (1 << _PRECISION_BITS) + 0.5).astype(np.int32)
+
+
+def _weights_device(start, stop, in_size: int, out_size: int) -> jax.Array:
+  """The same weights on the device (float32) for the span [start, stop) of an axis."""
+  scale = (stop - start) / out_size
+  fs = jnp.maximum(scale, 1.0)
+  center = start + (jnp.arange(out_size, dtype=jnp.float32) + 0.5) * scale
+  pos = jnp.arange(in_size, dtype=jnp.float32)[None, :] + 0.5
+  w = jnp.maximum(0.0, 1.0 - jnp.abs(pos - center[:, None]) / fs)
+  total = w.sum(axis=1, keepdims=True)
+  w = w / jnp.where(total == 0, 1.0, total)
+  return jnp.floor(w * (1 << _PRECISION_BITS) + 0.5).astype(jnp.int32)
+
+
+def _split(wq) -> jax.Array:
+  """int32 (out, in) weights < 2**23 -> float32 (3, out, in) parts of 9, 7 and 7 bits."""
+  wq = jnp.asarray(wq, jnp.int32)
+  return jnp.stack([wq >> 14, (wq >> 7) & 127, wq & 127]).astype(jnp.float32)
+
+
+def _pass(x, parts, axis: int):
+  """One PIL pass along `axis` (0: rows, 1: columns) of an integer-valued (H, W, C) image."""
+  if axis == 1:
+    p = jnp.einsum("hwc,kow->khoc", x, parts)
+  else:
+    p = jnp.einsum("hwc,koh->kowc", x, parts)
+  p = p.astype(jnp.int32)  # exact integers
+  total = (p[0] << 14) + (p[1] << 7) + p[2] + (1 << (_PRECISION_BITS - 1))
+  return jnp.clip(total >> _PRECISION_BITS, 0, 255).astype(jnp.float32)
+
+
+def _check_taps(height: int, width: int, image_size: int):
+  if 2 * max(height, width) / image_size + 2 > _MAX_TAPS:
+    raise ValueError(f"Downscaling {height}x{width} to {image_size} (more than "
+                     f"{(_MAX_TAPS - 2) // 2}x) is not supported.")
+
+
+def resize_images(images_u8, image_size: int, boxes=None) -> jax.Array:
+  """PIL-exact bilinear resize of uint8 (B, H, W, C) images to uint8 (B, size, size, C).
+
+  With `boxes` (float (B, 4), (x0, y0, x1, y1) as from `sample_crop_boxes`) the box of each
+  image is resized, like `Image.resize(..., box=box)`; without, the whole image (returned
+  unchanged when it already has the size).
+  """
+  _, h, w, _ = images_u8.shape
+  _check_taps(h, w, image_size)
+  if boxes is None:
+    if h == image_size and w == image_size:
+      return images_u8
+    wx, wy = _split(_weights_numpy(w, image_size)), _split(_weights_numpy(h, image_size))
+
+    def one(img):
+      return _pass(_pass(img.astype(jnp.float32), wx, 1), wy, 0)
+
+    return jax.vmap(one)(images_u8).astype(jnp.uint8)
+
+  def one_box(img, box):
+    box = box.astype(jnp.float32)
+    wx = _split(_weights_device(box[0], box[2], w, image_size))
+    wy = _split(_weights_device(box[1], box[3], h, image_size))
+    return _pass(_pass(img.astype(jnp.float32), wx, 1), wy, 0)
+
+  return jax.vmap(one_box)(images_u8, boxes).astype(jnp.uint8)
+
+
+# ------------------------------------------------------------------------- the transforms
+
+
+def _flip_rotate(img, flip_h, flip_v, k):
+  """One square (S, S, C) image: optional flips, then np.rot90(img, k)."""
+  img = jnp.where(flip_h, img[:, ::-1], img)
+  img = jnp.where(flip_v, img[::-1], img)
+  return jax.lax.switch(k, [lambda x, r=r: jnp.rot90(x, r) for r in range(4)], img)
+
+
+def _color_jitter(x, factors):
+  """One float (S, S, 3) image in [0, 1]; factors (brightness, contrast, saturation).
+
+  The arithmetic of `augment._color_jitter`: x*b; (x - mean)*c + mean with the mean over
+  the image; (x - gray)*s + gray with gray = 0.299 R + 0.587 G + 0.114 B; clip to [0, 1].
+  """
+  b, c, s = factors[0], factors[1], factors[2]
+  x = x * b
+  mean = x.mean()
+  x = (x - mean) * c + mean
+  gray = (x[..., 0] * _GRAY[0] + x[..., 1] * _GRAY[1] + x[..., 2] * _GRAY[2])[..., None]
+  x = (x - gray) * s + gray
+  return jnp.clip(x, 0.0, 1.0)
+
+
+def _to_float(images_u8) -> jax.Array:
+  return images_u8.astype(jnp.float32) * jnp.float32(1.0 / 255.0)
+
+
+def eval_images(images_u8, image_size: int) -> jax.Array:
+  """Evaluation: the deterministic resize of `augment.eval_transform`, float32 in [0, 1]."""
+  return _to_float(resize_images(images_u8, image_size))
+
+
+def augment_batch(images_u8, key, *, image_size: int, aug, train: bool = True) -> jax.Array:
+  """Augments a uint8 (B, S, S, 3) batch into float32 (B, image_size, image_size, 3) in [0, 1].
+
+  `aug` is `config.aug` (flip, rot90, color_jitter, random_resized_crop, crop_scale,
+  crop_ratio), read at trace time. `key` is this step's augmentation key; example i uses
+  only fold_in(key, i). With `train=False` this is `eval_images` (the key is unused).
+  """
+  if not train:
+    return eval_images(images_u8, image_size)
+  batch, h, w, _ = images_u8.shape
+  boxes = None
+  if aug.random_resized_crop:
+    boxes = sample_crop_boxes(key, batch, h, w, tuple(aug.crop_scale), tuple(aug.crop_ratio))
+  x = resize_images(images_u8, image_size, boxes)
+  if aug.flip or aug.rot90:
+    flip_h, flip_v, k = sample_flips_and_rotations(key, batch)
+    if not aug.flip:
+      flip_h, flip_v = jnp.zeros_like(flip_h), jnp.zeros_like(flip_v)
+    if not aug.rot90:
+      k = jnp.zeros_like(k)
+    x = jax.vmap(_flip_rotate)(x, flip_h, flip_v, k)
+  x = _to_float(x)
+  if aug.color_jitter > 0:
+    x = jax.vmap(_color_jitter)(x, sample_color_factors(key, batch, aug.color_jitter))
+  return x
