@@ -226,6 +226,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
                exp.steps_per_epoch, config.batch_size)
   state, _ = loop.train(exp, workdir)
   test, preds = test_report(exp, state, exp.dataset.source("test"))
+  classification.add_subgroups(test, preds, exp.dataset, "test", exp.meta.num_classes)
   logging.info("test (step %d): %s", test["step"], classification.summary_line(test))
   if jax.process_index() == 0:
     classification.write_outputs(test, preds, exp.meta, workdir,
@@ -233,7 +234,26 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
                                  confusion_name="confusion_test.png",
                                  predictions_name="test_predictions.csv",
                                  title=f"{config.init.source} backbone, test split")
+    _test_to_tensorboard(config, workdir, test)
   return test
+
+
+def _test_to_tensorboard(config, workdir: str, test: dict[str, Any]) -> None:
+  """Test metrics, the confusion matrix (as an image) and the config as hyperparameters."""
+  from PIL import Image
+
+  from derm_jax.train import outputs
+  headline = {f"test/{k}": test.get(k) for k in
+              ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc", "loss")}
+  writer = outputs.MetricWriter(workdir)
+  try:
+    writer.write_scalars(test["step"], {k: v for k, v in headline.items() if v is not None})
+    with Image.open(os.path.join(workdir, "confusion_test.png")) as im:
+      writer.write_image(test["step"], "test/confusion_matrix",
+                         np.asarray(im.convert("RGB"), np.float32) / 255.0)
+    writer.write_hparams(config, headline)
+  finally:
+    writer.close()
 
 
 def evaluate(config, workdir: str, step: int | None = None) -> dict[str, Any]:

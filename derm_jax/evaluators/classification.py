@@ -105,3 +105,38 @@ def write_outputs(result: dict[str, Any], preds: Predictions, meta, out_dir: str
   if "confusion_matrix" in result:
     plots.save_confusion_matrix(np.asarray(result["confusion_matrix"]), list(meta.class_names),
                                 os.path.join(out_dir, confusion_name), title=title)
+
+
+def add_subgroups(result: dict[str, Any], preds: Predictions, dataset, split: str,
+                  num_classes: int) -> None:
+  """Metrics per sex, age band and body site, where the dataset has per-image metadata
+  (HAM10000, ISIC 2019); groups too small to mean anything get counts only."""
+  metadata = getattr(dataset, "metadata", None)
+  if metadata is None or preds.labels is None:
+    return
+  from derm_jax.data import subgroups
+  md = metadata(split)
+  result["subgroups"] = subgroups.subgroup_metrics(
+      preds.labels, preds.probs, num_classes, {k: np.asarray(v)[preds.index]
+                                               for k, v in md.items()})
+
+
+def read_id_list(path: str) -> np.ndarray:
+  """Integer image ids, one per line (e.g. the audit's leak_free_test_ids.txt)."""
+  try:
+    with open(path) as f:
+      return np.array([int(line) for line in f if line.strip()], dtype=np.int64)
+  except OSError as e:
+    raise FileNotFoundError(f"{path}: cannot read the id list ({e}).") from e
+  except ValueError as e:
+    raise ValueError(f"{path}: not a list of integer image ids, one per line ({e}).") from e
+
+
+def add_subset(result: dict[str, Any], preds: Predictions, keep_ids: np.ndarray, name: str,
+               num_classes: int) -> None:
+  """The same metrics on the images whose ids are in `keep_ids` (e.g. the test images
+  with no near-duplicate in train or val), as result[name]."""
+  keep = np.isin(np.asarray(preds.ids, dtype=np.int64), keep_ids)
+  sub = metrics_lib.classification_metrics(preds.labels[keep], preds.probs[keep], num_classes)
+  sub["excluded"] = int((~keep).sum())
+  result[name] = sub

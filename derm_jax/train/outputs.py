@@ -112,6 +112,16 @@ class MetricWriter:
     if self.enabled:
       self._tb.add_image(tag, np.clip(image, 0, 1), step, dataformats="HWC")
 
+  def write_hparams(self, config, metrics: dict) -> None:
+    """The run's config (flattened) as TensorBoard hyperparameters, beside `metrics`."""
+    if not self.enabled:
+      return
+    flat = _flatten(json.loads(config.to_json_best_effort()))
+    hparams = {k: (v if isinstance(v, (int, float, str, bool)) else str(v))
+               for k, v in flat.items()}
+    self._tb.add_hparams(hparams, {k: float(v) for k, v in metrics.items() if v is not None},
+                         name="hparams")
+
   def flush(self):
     if self._tb is not None:
       self._tb.flush()
