@@ -22,10 +22,10 @@ class Model:
 
   def __init__(self, workdir: str, step: int | None = None):
     from derm_jax import train_classifier
-    from derm_jax.evaluators import checkpoint as checkpoint_eval
+    from derm_jax import evaluation
     from derm_jax.train import loop
     self.workdir = os.path.abspath(os.path.expanduser(workdir))
-    self.config = checkpoint_eval.load_run_config(self.workdir)
+    self.config = evaluation.load_run_config(self.workdir)
     self._exp = train_classifier.build(self.config, self.workdir, load_backbone=False)
     self._state = loop.restore(self._exp, self.workdir, step)
     self._stored_size = int(self._exp.dataset.describe()["image_size"])

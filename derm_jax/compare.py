@@ -84,7 +84,7 @@ def run(config, workdir: str):
 
 def _run_locked(config, workdir: str, is_main: bool):
   from derm_jax import report, train_classifier, train_vae
-  from derm_jax.evaluators import checkpoint as checkpoint_eval
+  from derm_jax import evaluation
   from derm_jax.train import outputs
   os.makedirs(workdir, exist_ok=True)
   if is_main:
@@ -103,8 +103,8 @@ def _run_locked(config, workdir: str, is_main: bool):
           arm_config(config, arm, seed, vae_workdir), run_dir)
       for name, images, csv_path in external_sets(config):
         logging.info("Outside set %s: arm %s, seed %d", name, arm, seed)
-        checkpoint_eval.evaluate_checkpoint(run_dir, isic_images=images, isic_csv=csv_path,
-                          out=os.path.join(run_dir, "external", name))
+        evaluation.evaluate_checkpoint(run_dir, isic_images=images, isic_csv=csv_path,
+                                       out=os.path.join(run_dir, "external", name))
   if is_main:
     path = report.write_report(workdir)
     logging.info("Report written to %s", path)

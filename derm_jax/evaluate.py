@@ -22,7 +22,7 @@ import sys
 
 from absl import app, flags
 
-from derm_jax.evaluators.checkpoint import evaluate_checkpoint, load_run_config
+from derm_jax.evaluation import evaluate_checkpoint, load_run_config
 
 __all__ = ["evaluate", "load_run_config", "main"]
 evaluate = evaluate_checkpoint  # the CLI's function, for Python callers
