@@ -191,11 +191,22 @@ def resize_images(images_u8, image_size: int, boxes=None) -> jax.Array:
 # ------------------------------------------------------------------------- the transforms
 
 
+def _flip_rotate_grid(grid, flip_h, flip_v, k):
+  """Optional flips, then np.rot90(grid, k), of one square (S, S) array."""
+  grid = jnp.where(flip_h, grid[:, ::-1], grid)
+  grid = jnp.where(flip_v, grid[::-1], grid)
+  return jax.lax.switch(k, [lambda g, r=r: jnp.rot90(g, r) for r in range(4)], grid)
+
+
 def _flip_rotate(img, flip_h, flip_v, k):
-  """One square (S, S, C) image: optional flips, then np.rot90(img, k)."""
-  img = jnp.where(flip_h, img[:, ::-1], img)
-  img = jnp.where(flip_v, img[::-1], img)
-  return jax.lax.switch(k, [lambda x, r=r: jnp.rot90(x, r) for r in range(4)], img)
+  """One square (S, S, C) image: optional flips, then np.rot90(img, k), as a single gather.
+
+  The selects run on an (S, S) grid of pixel indices; the image is read once. (Selecting
+  among flipped views of the image itself makes XLA recompute the resize for every view.)
+  """
+  s = img.shape[0]
+  src = _flip_rotate_grid(jnp.arange(s * s, dtype=jnp.int32).reshape(s, s), flip_h, flip_v, k)
+  return jnp.take(img.reshape(s * s, -1), src, axis=0, mode="clip")
 
 
 def _color_jitter(x, factors):
