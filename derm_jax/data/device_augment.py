@@ -19,15 +19,15 @@ stays sharded. Derive the step key from the step's rng with its own stream, e.g.
 
 Resize: PIL's bilinear resampling (`Image.resize(..., BILINEAR, box=...)`, which
 `augment._resize` uses) reproduced bit for bit: a triangle filter widened by the downscale
-factor (antialiasing), renormalised at the image border, weights quantised to PIL's 22-bit
-fixed point, width pass then height pass with uint8 rounding after each. Each pass is a
-dense matmul against an integer weight matrix split into three 7-8 bit parts, so every
-product and partial sum is an integer that float32, TF32 and one-pass bfloat16 matmuls all
-represent exactly: the result is the same on CPU, GPU and TPU. Without a crop the weights
-are numpy constants computed in float64 like PIL's, and `eval_images` equals the host eval
-path exactly (bit for bit in float32). With a crop the per-example weights are computed on
-the device in float32, not float64, so where PIL's rounding meets an exact tie a uint8 value
-can differ by one (at most two after both passes) from PIL's on the same box.
+factor (antialiasing), renormalised at the image border, weights rounded to PIL's 22-bit
+fixed point, a width pass then a height pass, each rounded to uint8 values. Each pass
+gathers the few input pixels an output pixel draws on and sums them in int32, so the result
+is exact and the same on every backend (and ~15x faster on a CPU than a dense resize
+matmul). Without a crop the weights are numpy constants computed in float64 like PIL's,
+and `eval_images` equals the host eval path exactly (bit for bit in float32). With a crop
+the per-example weights are computed on the device in float32, not float64, so where PIL's
+rounding meets an exact tie a uint8 value can differ by one (at most two after both passes)
+from PIL's on the same box.
 """
 
 from __future__ import annotations
@@ -45,7 +45,6 @@ AUG_STREAM = 0x617567  # "aug"
 _CROP, _FLIP, _ROT, _JITTER = 0, 1, 2, 3
 _CROP_TRIES = 10
 _PRECISION_BITS = 22  # PIL's fixed-point weights (Resample.c: 32 - 8 - 2)
-_MAX_TAPS = 500       # keeps the low 7-bit part's sums below 2**24 (exact in float32)
 _GRAY = (0.299, 0.587, 0.114)
 
 
@@ -114,50 +113,44 @@ def sample_color_factors(key, batch: int, strength: float) -> jax.Array:
 # --------------------------------------------------------------------------------- resize
 
 
-def _weights_numpy(in_size: int, out_size: int) -> np.ndarray:
-  """PIL's int32 (out, in) fixed-point bilinear weights for a whole-axis resize (float64)."""
-  scale = in_size / out_size
-  fs = max(scale, 1.0)
-  center = (np.arange(out_size) + 0.5) * scale
-  w = np.maximum(0.0, 1.0 - np.abs(np.arange(in_size)[None, :] + 0.5 - center[:, None]) / fs)
-  total = np.cumsum(w, axis=1)[:, -1:]  # left to right, like PIL
-  w = w / np.where(total == 0, 1.0, total)
-  return np.floor(w * (1 << _PRECISION_BITS) + 0.5).astype(np.int32)
+def _num_taps(in_size: int, out_size: int) -> int:
+  """Input pixels an output pixel can draw on: the triangle's width when the whole axis
+  (the largest possible box) is resized, plus one for the alignment."""
+  return min(in_size, math.ceil(2 * max(in_size / out_size, 1.0)) + 1)
 
 
-def _weights_device(start, stop, in_size: int, out_size: int) -> jax.Array:
-  """The same weights on the device (float32) for the span [start, stop) of an axis."""
+def _taps(xp, start, stop, in_size: int, out_size: int, taps: int, dtype):
+  """PIL's bilinear weights for resizing the span [start, stop) of an axis to `out_size`.
+
+  Returns (index, weight), int32 (out_size, taps) each: output pixel o is
+  sum_t weight[o, t] * input[index[o, t]] / 2**22. `xp` is numpy (float64, the host's
+  arithmetic: static whole-axis resizes) or jax.numpy (float32: per-example boxes).
+  Resample.c: a triangle of half-width max(scale, 1) centred at start + (o + 0.5) * scale,
+  normalised over the pixels inside the image, rounded to 22-bit fixed point.
+  """
   scale = (stop - start) / out_size
-  fs = jnp.maximum(scale, 1.0)
-  center = start + (jnp.arange(out_size, dtype=jnp.float32) + 0.5) * scale
-  pos = jnp.arange(in_size, dtype=jnp.float32)[None, :] + 0.5
-  w = jnp.maximum(0.0, 1.0 - jnp.abs(pos - center[:, None]) / fs)
-  total = w.sum(axis=1, keepdims=True)
-  w = w / jnp.where(total == 0, 1.0, total)
-  return jnp.floor(w * (1 << _PRECISION_BITS) + 0.5).astype(jnp.int32)
+  fs = xp.maximum(scale, 1.0)
+  center = start + (xp.arange(out_size, dtype=dtype) + 0.5) * scale
+  first = xp.clip(xp.floor(center - fs + 0.5), 0, in_size - taps)
+  index = first[:, None] + xp.arange(taps, dtype=dtype)[None, :]
+  w = xp.maximum(0.0, 1.0 - xp.abs(index + 0.5 - center[:, None]) / fs)
+  total = xp.cumsum(w, axis=1)[:, -1:]  # summed left to right, like PIL
+  w = w / xp.where(total == 0, 1.0, total)
+  return index.astype(np.int32), xp.floor(w * (1 << _PRECISION_BITS) + 0.5).astype(np.int32)
 
 
-def _split(wq) -> jax.Array:
-  """int32 (out, in) weights < 2**23 -> float32 (3, out, in) parts of 9, 7 and 7 bits."""
-  wq = jnp.asarray(wq, jnp.int32)
-  return jnp.stack([wq >> 14, (wq >> 7) & 127, wq & 127]).astype(jnp.float32)
+def _pass(x, index, weight, axis: int):
+  """One PIL pass along `axis` (1: width, 0: height) of an int32 (H, W, C) image in 0..255.
 
-
-def _pass(x, parts, axis: int):
-  """One PIL pass along `axis` (0: rows, 1: columns) of an integer-valued (H, W, C) image."""
+  Integer arithmetic throughout (at most 255 * 2**22 * (1 + 1e-6) < 2**31): exact on every
+  backend. Rounds half up to uint8 values, as PIL does after each pass.
+  """
+  g = jnp.take(x, index, axis=axis)  # axis 1: (H, out, taps, C); axis 0: (out, taps, W, C)
   if axis == 1:
-    p = jnp.einsum("hwc,kow->khoc", x, parts)
+    total = (g * weight[None, :, :, None]).sum(axis=2)
   else:
-    p = jnp.einsum("hwc,koh->kowc", x, parts)
-  p = p.astype(jnp.int32)  # exact integers
-  total = (p[0] << 14) + (p[1] << 7) + p[2] + (1 << (_PRECISION_BITS - 1))
-  return jnp.clip(total >> _PRECISION_BITS, 0, 255).astype(jnp.float32)
-
-
-def _check_taps(height: int, width: int, image_size: int):
-  if 2 * max(height, width) / image_size + 2 > _MAX_TAPS:
-    raise ValueError(f"Downscaling {height}x{width} to {image_size} (more than "
-                     f"{(_MAX_TAPS - 2) // 2}x) is not supported.")
+    total = (g * weight[:, :, None, None]).sum(axis=1)
+  return jnp.clip((total + (1 << (_PRECISION_BITS - 1))) >> _PRECISION_BITS, 0, 255)
 
 
 def resize_images(images_u8, image_size: int, boxes=None) -> jax.Array:
@@ -168,22 +161,23 @@ def resize_images(images_u8, image_size: int, boxes=None) -> jax.Array:
   unchanged when it already has the size).
   """
   _, h, w, _ = images_u8.shape
-  _check_taps(h, w, image_size)
+  tx, ty = _num_taps(w, image_size), _num_taps(h, image_size)
   if boxes is None:
     if h == image_size and w == image_size:
       return images_u8
-    wx, wy = _split(_weights_numpy(w, image_size)), _split(_weights_numpy(h, image_size))
+    ix, wx = _taps(np, 0.0, float(w), w, image_size, tx, np.float64)
+    iy, wy = _taps(np, 0.0, float(h), h, image_size, ty, np.float64)
 
     def one(img):
-      return _pass(_pass(img.astype(jnp.float32), wx, 1), wy, 0)
+      return _pass(_pass(img.astype(jnp.int32), ix, wx, 1), iy, wy, 0)
 
     return jax.vmap(one)(images_u8).astype(jnp.uint8)
 
   def one_box(img, box):
     box = box.astype(jnp.float32)
-    wx = _split(_weights_device(box[0], box[2], w, image_size))
-    wy = _split(_weights_device(box[1], box[3], h, image_size))
-    return _pass(_pass(img.astype(jnp.float32), wx, 1), wy, 0)
+    ix, wx = _taps(jnp, box[0], box[2], w, image_size, tx, jnp.float32)
+    iy, wy = _taps(jnp, box[1], box[3], h, image_size, ty, jnp.float32)
+    return _pass(_pass(img.astype(jnp.int32), ix, wx, 1), iy, wy, 0)
 
   return jax.vmap(one_box)(images_u8, boxes).astype(jnp.uint8)
 
