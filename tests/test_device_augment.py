@@ -271,8 +271,11 @@ _SHARDED = textwrap.dedent("""
     aug.random_resized_crop, aug.color_jitter = True, jitter
     fn = lambda x, k: da.augment_batch(x, k, image_size=24, aug=aug)
     single = np.asarray(jax.jit(fn)(jax.device_put(images, jax.devices()[0]), key))
-    out = jax.jit(fn, in_shardings=(data, repl), out_shardings=data)(
-        jax.device_put(images, data), key)
+    sharded = jax.jit(fn, in_shardings=(data, repl), out_shardings=data)
+    hlo = sharded.lower(images, key).compile().as_text()
+    for op in ("all-gather", "all-reduce", "all-to-all", "collective-permute"):
+      assert op not in hlo, op  # each device augments its own examples
+    out = sharded(jax.device_put(images, data), key)
     assert len(out.addressable_shards) == 8
     if jitter == 0:  # integer resize, flips and rotations: bit for bit
       np.testing.assert_array_equal(np.asarray(out), single)
@@ -283,8 +286,14 @@ _SHARDED = textwrap.dedent("""
 
 
 def test_sharded_batch_equals_single_device():
+  """8 virtual CPU devices: no communication, same images as on one device."""
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
              JAX_PLATFORMS="cpu")
   r = subprocess.run([sys.executable, "-c", _SHARDED], cwd=REPO, env=env, capture_output=True,
                      text=True, timeout=300, check=False)
   assert r.returncode == 0 and "OK" in r.stdout, r.stderr[-3000:]
+
+
+def test_refuses_float_images():
+  with pytest.raises(TypeError, match="uint8"):
+    da.eval_images(np.zeros((1, 8, 8, 3), np.float32), 4)

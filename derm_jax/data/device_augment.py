@@ -145,7 +145,8 @@ def _pass(x, index, weight, axis: int):
   Integer arithmetic throughout (at most 255 * 2**22 * (1 + 1e-6) < 2**31): exact on every
   backend. Rounds half up to uint8 values, as PIL does after each pass.
   """
-  g = jnp.take(x, index, axis=axis)  # axis 1: (H, out, taps, C); axis 0: (out, taps, W, C)
+  # axis 1: (H, out, taps, C); axis 0: (out, taps, W, C)
+  g = jnp.take(x, index, axis=axis, mode="clip")
   if axis == 1:
     total = (g * weight[None, :, :, None]).sum(axis=2)
   else:
@@ -160,6 +161,9 @@ def resize_images(images_u8, image_size: int, boxes=None) -> jax.Array:
   image is resized, like `Image.resize(..., box=box)`; without, the whole image (returned
   unchanged when it already has the size).
   """
+  if images_u8.dtype != jnp.uint8:
+    raise TypeError(f"Expected uint8 images (the host no longer scales them), got "
+                    f"{images_u8.dtype}.")
   _, h, w, _ = images_u8.shape
   tx, ty = _num_taps(w, image_size), _num_taps(h, image_size)
   if boxes is None:
