@@ -297,3 +297,12 @@ def test_sharded_batch_equals_single_device():
 def test_refuses_float_images():
   with pytest.raises(TypeError, match="uint8"):
     da.eval_images(np.zeros((1, 8, 8, 3), np.float32), 4)
+
+
+def test_vmaps_over_keys():
+  aug = _aug(flip=True, rot90=True, color_jitter=0.1, crop=True)
+  images = _images(4, 16, seed=6)
+  keys = jax.random.split(KEY, 2)
+  both = jax.jit(jax.vmap(lambda k: da.augment_batch(images, k, image_size=12, aug=aug)))(keys)
+  for j in range(2):
+    np.testing.assert_allclose(np.asarray(both[j]), _run(images, keys[j], 12, aug), atol=1e-6)
