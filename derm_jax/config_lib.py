@@ -28,6 +28,8 @@ def data() -> ConfigDict:
 def augmentation() -> ConfigDict:
   """Dermoscopy augmentation (see derm_jax/data/augment.py)."""
   c = ConfigDict()
+  c.on_device = True     # augment (and resize) inside the jitted train step; False: on the
+                         # host, per image in Grain workers (derm_jax/data/augment.py)
   c.flip = True
   c.rot90 = True
   c.color_jitter = 0.1

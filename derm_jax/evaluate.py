@@ -22,6 +22,7 @@ import sys
 
 from absl import app, flags
 
+from derm_jax.errors import DermJaxError
 from derm_jax.evaluation import evaluate_checkpoint, load_run_config
 
 __all__ = ["evaluate", "load_run_config", "main"]
@@ -47,7 +48,7 @@ def main(argv):
   try:
     evaluate(_WORKDIR.value, _STEP.value, _SPLIT.value, _ISIC_IMAGES.value, _ISIC_CSV.value,
              _OUT.value, _LEAK_FREE.value)
-  except (ValueError, FileNotFoundError, KeyError) as e:
+  except (DermJaxError, ValueError, FileNotFoundError, KeyError) as e:
     print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
     sys.exit(1)
 

@@ -23,7 +23,7 @@ import optax
 from absl import logging
 
 from derm_jax import backbone_init
-from derm_jax.data import registry
+from derm_jax.data import device_augment, registry
 from derm_jax.evaluators import classification
 from derm_jax.models import classifier as classifier_lib
 from derm_jax.models import registry as model_registry
@@ -102,9 +102,10 @@ def _cross_entropy(logits, labels):
 
 
 def train_step(state: ClsState, batch, *, backbone, head, tx, finetune: bool, class_weights,
-               base_rng):
+               base_rng, image_size: int, aug):
   rng = jax.random.fold_in(base_rng, state.step)
-  x, y = batch["image"], batch["label"]
+  x = device_augment.train_images(batch["image"], rng, image_size=image_size, aug=aug)
+  y = batch["label"]
   if not finetune:
     feats, new_bs = _features(backbone, state, state.params, x, rng, False)
     feats = jax.lax.stop_gradient(feats)
@@ -127,8 +128,9 @@ def train_step(state: ClsState, batch, *, backbone, head, tx, finetune: bool, cl
   return new_state, {"probs": jax.nn.softmax(logits), "loss": ce, "label": y, "finite": finite}
 
 
-def eval_step(state: ClsState, batch, *, backbone, head):
-  feats, _ = _features(backbone, state, state.params, batch["image"], None, False)
+def eval_step(state: ClsState, batch, *, backbone, head, image_size: int):
+  x = device_augment.model_images(batch["image"], image_size=image_size)
+  feats, _ = _features(backbone, state, state.params, x, None, False)
   logits = head.apply({"params": state.params["head"]}, feats, train=False)
   return {"probs": jax.nn.softmax(logits), "loss": _cross_entropy(logits, batch["label"])}
 
@@ -175,18 +177,20 @@ def build(config, workdir: str, *, load_backbone: bool = True) -> Experiment:
   out_shardings = {"probs": sharded, "loss": sharded, "label": sharded, "finite": repl}
   p_train = jax.jit(functools.partial(train_step, backbone=backbone, head=head, tx=tx,
                                       finetune=finetune, class_weights=weights,
-                                      base_rng=base_rng),
+                                      base_rng=base_rng, image_size=config.image_size,
+                                      aug=config.aug),
                     in_shardings=(repl, sharded), out_shardings=(repl, out_shardings),
                     donate_argnums=0)
-  p_eval = jax.jit(functools.partial(eval_step, backbone=backbone, head=head),
+  p_eval = jax.jit(functools.partial(eval_step, backbone=backbone, head=head,
+                                     image_size=config.image_size),
                    in_shardings=(repl, sharded), out_shardings=sharded)
   schedule = optim.learning_rate_schedule(config.optimizer.lr, total_steps, warmup,
                                           config.optimizer.end_lr_factor)
 
   def make_evaluator(source, has_labels: bool = True):
     return classification.ClassificationEvaluator(
-        p_eval, source, meta, batch_size=config.eval_batch_size, image_size=config.image_size,
-        mesh=mesh, train_labels=train_labels, has_labels=has_labels)
+        p_eval, source, meta, batch_size=config.eval_batch_size, mesh=mesh,
+        train_labels=train_labels, has_labels=has_labels)
 
   return Experiment(
       config=config, meta=meta, dataset=dataset, mesh=mesh, state=state, train_step=p_train,

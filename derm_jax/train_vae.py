@@ -21,7 +21,7 @@ import optax
 from absl import logging
 
 from derm_jax import losses, plots
-from derm_jax.data import input_pipeline, registry
+from derm_jax.data import device_augment, input_pipeline, registry
 from derm_jax.evaluators import vae as vae_evaluator
 from derm_jax.models import vae as vae_lib
 from derm_jax.train import loop, optim
@@ -57,10 +57,12 @@ def _apply(model, state_params, batch_stats, x, rng, train: bool):
   return x_hat, mean, logvar, batch_stats
 
 
-def train_step(state: TrainState, batch, *, model, tx, loss_config, base_rng):
-  """One optimisation step; the step's randomness is a pure function of the step number."""
+def train_step(state: TrainState, batch, *, model, tx, loss_config, base_rng, image_size: int,
+               aug):
+  """One optimisation step; the step's randomness (augmentation included) is a pure
+  function of the step number."""
   rng = jax.random.fold_in(base_rng, state.step)
-  x = batch["image"]
+  x = device_augment.train_images(batch["image"], rng, image_size=image_size, aug=aug)
 
   def loss_fn(params):
     x_hat, mean, logvar, new_bs = _apply(model, params, state.batch_stats, x, rng, train=True)
@@ -79,9 +81,9 @@ def train_step(state: TrainState, batch, *, model, tx, loss_config, base_rng):
   return new_state, outputs
 
 
-def eval_step(state: TrainState, batch, *, model, loss_config, rng):
+def eval_step(state: TrainState, batch, *, model, loss_config, rng, image_size: int):
   """Per-image ELBO, reconstruction NLL, KL and MSE (the evaluator averages them)."""
-  x = batch["image"]
+  x = device_augment.model_images(batch["image"], image_size=image_size)
   x_hat, mean, logvar, _ = _apply(model, state.params, state.batch_stats, x, rng, train=False)
   _, per_image = losses.vae_loss(x, x_hat, mean, logvar, state.step, loss_config,
                                  mask=batch["mask"])
@@ -151,11 +153,11 @@ def build(config) -> Experiment:
                   out_shardings=repl)(init_rng)
   p_train = jax.jit(
       functools.partial(train_step, model=model, tx=tx, loss_config=config.loss,
-                        base_rng=base_rng),
+                        base_rng=base_rng, image_size=config.image_size, aug=config.aug),
       in_shardings=(repl, sharded), out_shardings=(repl, repl), donate_argnums=0)
   p_eval = jax.jit(
       functools.partial(eval_step, model=model, loss_config=config.loss,
-                        rng=jax.random.fold_in(base_rng, 2**30)),
+                        rng=jax.random.fold_in(base_rng, 2**30), image_size=config.image_size),
       in_shardings=(repl, sharded), out_shardings=sharded)
   p_images = jax.jit(functools.partial(_reconstruct_and_sample, model=model,
                                        num_samples=config.num_image_samples))
@@ -164,7 +166,7 @@ def build(config) -> Experiment:
 
   def make_evaluator(source):
     return vae_evaluator.VaeEvaluator(p_eval, source, batch_size=config.eval_batch_size,
-                                      image_size=config.image_size, mesh=mesh)
+                                      mesh=mesh)
 
   def after_eval(exp, state, step, row, writer, workdir):
     _write_images(exp, state, step, row, writer, workdir, p_images, base_rng)
@@ -176,12 +178,13 @@ def build(config) -> Experiment:
       make_evaluator=make_evaluator, progress_keys=("loss", "elbo"), after_eval=after_eval)
 
 
-def encode_step(state: TrainState, batch, *, model):
+def encode_step(state: TrainState, batch, *, model, image_size: int):
   """Posterior means of a batch: the VAE's latent representation of each image."""
   variables = {"params": state.params}
   if state.batch_stats:
     variables["batch_stats"] = state.batch_stats
-  mean, _ = model.apply(variables, batch["image"], train=False, method=model.encode)
+  x = device_augment.model_images(batch["image"], image_size=image_size)
+  mean, _ = model.apply(variables, x, train=False, method=model.encode)
   return {"mean": mean}
 
 
@@ -191,10 +194,10 @@ def write_latent_map(exp: Experiment, state, workdir: str, split: str = "val") -
   from derm_jax import stats
   from derm_jax.evaluators import common
   model = vae_lib.create_vae(exp.config.model, exp.config.image_size)
-  p_encode = jax.jit(functools.partial(encode_step, model=model))
+  p_encode = jax.jit(functools.partial(encode_step, model=model,
+                                       image_size=exp.config.image_size))
   out = common.collect(p_encode, state, exp.dataset.source(split),
-                       batch_size=exp.config.eval_batch_size,
-                       image_size=exp.config.image_size, mesh=exp.mesh)
+                       batch_size=exp.config.eval_batch_size, mesh=exp.mesh)
   path = os.path.join(workdir, "latent_pca.png")
   if jax.process_index() == 0:
     xy, var = stats.pca_2d(out["mean"], return_variance=True)

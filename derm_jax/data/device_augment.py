@@ -256,3 +256,19 @@ def augment_batch(images_u8, key, *, image_size: int, aug, train: bool = True) -
   if aug.color_jitter > 0:
     x = jax.vmap(_color_jitter)(x, sample_color_factors(key, batch, aug.color_jitter))
   return x
+
+
+def train_images(images, step_rng, *, image_size: int, aug) -> jax.Array:
+  """A train step's input images in [0, 1]: augmented here from uint8 (the default,
+  `aug.on_device`), or passed through when the host pipeline already augmented them."""
+  if images.dtype != jnp.uint8:
+    return images
+  return augment_batch(images, jax.random.fold_in(step_rng, AUG_STREAM),
+                       image_size=image_size, aug=aug)
+
+
+def model_images(images, *, image_size: int) -> jax.Array:
+  """An eval step's input images in [0, 1]: resized here from uint8, or passed through."""
+  if images.dtype != jnp.uint8:
+    return images
+  return eval_images(images, image_size)

@@ -87,8 +87,13 @@ def train_dataset(source, *, global_batch_size: int, image_size: int, aug, seed:
     ds = grain.MapDataset.source(source)
     ds = _process_shard(ds, process_index, process_count).seed(seed).shuffle()
   ds = ds.repeat(None)
-  ds = ds.random_map(
-      lambda ex, rng: augment.train_transform(ex, rng, image_size=image_size, aug=aug))
+  if aug.get("on_device", False):
+    # uint8 at the stored resolution; the train step augments and resizes on the device.
+    ds = ds.map(lambda ex: {"image": np.asarray(ex["image"], np.uint8),
+                            "label": np.int32(ex["label"])})
+  else:
+    ds = ds.random_map(
+        lambda ex, rng: augment.train_transform(ex, rng, image_size=image_size, aug=aug))
   return ds.batch(local_batch, drop_remainder=True)
 
 
@@ -98,11 +103,12 @@ def train_iterator(ds: grain.MapDataset, num_threads: int = 2, prefetch: int = 4
   return iter(ds.to_iter_dataset(read))
 
 
-def eval_batches(source, *, global_batch_size: int, image_size: int,
+def eval_batches(source, *, global_batch_size: int, image_size: int | None,
                  process_index: int | None = None, process_count: int | None = None,
                  num_threads: int = 2) -> Iterator[dict]:
   """Yields padded batches {'image','label','index','id','mask'} covering this process's
-  share once; 'index' is the example's position in `source`, 'id' its own id."""
+  share once; 'index' is the example's position in `source`, 'id' its own id. Images are
+  float32 resized to `image_size` on the host, or (image_size=None) uint8 as stored."""
   process_index = jax.process_index() if process_index is None else process_index
   process_count = jax.process_count() if process_count is None else process_count
   local_batch = global_batch_size // process_count
@@ -112,7 +118,10 @@ def eval_batches(source, *, global_batch_size: int, image_size: int,
   start = process_index * per_process
   stop = min(n, start + per_process)
   def transform(i, ex):
-    out = augment.eval_transform(ex, image_size=image_size)
+    if image_size is None:  # uint8 as stored: the eval step resizes on the device
+      out = {"image": np.asarray(ex["image"], np.uint8), "label": np.int32(ex["label"])}
+    else:
+      out = augment.eval_transform(ex, image_size=image_size)
     out["index"] = np.int32(start + i)  # position in `source`, so outputs can be reordered
     out["id"] = np.int32(ex.get("id", start + i))
     return out
@@ -124,7 +133,9 @@ def eval_batches(source, *, global_batch_size: int, image_size: int,
   for b in range(num_batches):
     batch = next(it, None)
     if batch is None:  # this process has run out: a fully padded batch keeps hosts in step
-      batch = {"image": np.zeros((0, image_size, image_size, 3), np.float32),
+      shape = ((0, image_size, image_size, 3) if image_size is not None
+               else (0, *source[0]["image"].shape))
+      batch = {"image": np.zeros(shape, np.float32 if image_size is not None else np.uint8),
                "label": np.zeros((0,), np.int32), "index": np.zeros((0,), np.int32),
                "id": np.zeros((0,), np.int32)}
     k = batch["label"].shape[0]

@@ -1,8 +1,8 @@
 """Classification evaluator: loss, accuracy, balanced accuracy, macro-F1, macro AUC,
 confusion matrix, per-class recall, the majority baseline, and per-image probabilities.
 
-  ev = ClassificationEvaluator(predict_fn, source, meta, batch_size=..., image_size=...,
-                               mesh=..., train_labels=...)
+  ev = ClassificationEvaluator(predict_fn, source, meta, batch_size=..., mesh=...,
+                               train_labels=...)
   result = ev.run(state)      # metrics dict (JSON-safe) + result.predictions
 `predict_fn(state, batch) -> {'probs': (B, K), 'loss': (B,)}` is the task's jitted
 per-example prediction. Metrics come from `derm_jax.metrics` (checked against sklearn).
@@ -33,18 +33,17 @@ class Predictions:
 class ClassificationEvaluator:
   """Scores a classifier state on one split (or outside set) of labelled images."""
 
-  def __init__(self, predict_fn: Callable, source: Any, meta, *, batch_size: int,
-               image_size: int, mesh, train_labels: np.ndarray | None = None,
-               has_labels: bool = True):
+  def __init__(self, predict_fn: Callable, source: Any, meta, *, batch_size: int, mesh,
+               train_labels: np.ndarray | None = None, has_labels: bool = True):
     self.predict_fn, self.source, self.meta = predict_fn, source, meta
-    self.batch_size, self.image_size, self.mesh = batch_size, image_size, mesh
+    self.batch_size, self.mesh = batch_size, mesh
     self.train_labels = train_labels
     self.has_labels = has_labels
     self.predictions: Predictions | None = None
 
   def run(self, state) -> dict[str, Any]:
     out = common.collect(self.predict_fn, state, self.source, batch_size=self.batch_size,
-                         image_size=self.image_size, mesh=self.mesh)
+                         mesh=self.mesh)
     labels = out["label"].astype(np.int64) if self.has_labels else None
     self.predictions = Predictions(index=out["index"], ids=out["id"], labels=labels,
                                    probs=out["probs"].astype(np.float64))

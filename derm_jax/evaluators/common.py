@@ -25,15 +25,16 @@ def to_host(tree: Any) -> Any:
   return jax.tree.map(np.asarray, jax.device_get(tree))
 
 
-def collect(fn: Callable, state: Any, source: Any, *, batch_size: int, image_size: int,
+def collect(fn: Callable, state: Any, source: Any, *, batch_size: int,
             mesh) -> dict[str, np.ndarray]:
   """Per-example outputs of `fn` over every example of `source` once, in source order.
 
   The returned dict also holds the batches' 'label', 'id' and 'index' (position in
-  `source`); the padding of the last batch is removed."""
+  `source`); the padding of the last batch is removed. Images reach `fn` as stored (uint8):
+  `fn` resizes them on the device (`device_augment.model_images`)."""
   outs, batches = [], []
   for batch in input_pipeline.eval_batches(source, global_batch_size=batch_size,
-                                           image_size=image_size):
+                                           image_size=None):
     sharded = mesh_lib.shard_batch(batch, mesh)
     outs.append(fn(state, sharded))
     batches.append({k: sharded[k] for k in ("label", "id", "index", "mask")})

@@ -18,12 +18,11 @@ KEYS = ("elbo", "recon", "kl", "mse")
 class VaeEvaluator:
   """Scores a VAE state on one split."""
 
-  def __init__(self, eval_fn: Callable, source: Any, *, batch_size: int, image_size: int,
-               mesh):
+  def __init__(self, eval_fn: Callable, source: Any, *, batch_size: int, mesh):
     self.eval_fn, self.source = eval_fn, source
-    self.batch_size, self.image_size, self.mesh = batch_size, image_size, mesh
+    self.batch_size, self.mesh = batch_size, mesh
 
   def run(self, state) -> dict[str, float]:
     out = common.collect(self.eval_fn, state, self.source, batch_size=self.batch_size,
-                         image_size=self.image_size, mesh=self.mesh)
+                         mesh=self.mesh)
     return {k: float(np.mean(out[k], dtype=np.float64)) for k in KEYS}
