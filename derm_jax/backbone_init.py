@@ -23,9 +23,6 @@ from jax.experimental import multihost_utils
 
 from derm_jax.models import vae as vae_lib
 
-SOURCES = ("vae", "imagenet", "scratch")
-
-
 def _leaf_paths(tree: Any, prefix: str = "") -> list[str]:
   if not isinstance(tree, dict):
     return [prefix]
@@ -155,27 +152,49 @@ def _imagenet_backbone(config, workdir: str) -> dict:
   return variables
 
 
+def _check_vae(config, workdir: str) -> None:
+  del workdir
+  _check_vae_workdir(config.init.vae_workdir, config)
+
+
+def _load_vae(config, workdir: str) -> tuple[dict, str]:
+  del workdir
+  return _vae_backbone(config.init.vae_workdir, config), config.init.vae_workdir
+
+
+def _load_imagenet(config, workdir: str) -> tuple[dict, str]:
+  return _imagenet_backbone(config, workdir), "ImageNet checkpoint"
+
+
+# config.init.source -> (check: fails fast without loading, load: (variables, where)).
+# A new source of backbone weights is one pair of functions and one line here.
+_SOURCES = {
+    "vae": (_check_vae, _load_vae),
+    "imagenet": (_check_imagenet, _load_imagenet),
+    "scratch": None,  # the model's own random initialisation
+}
+SOURCES = tuple(_SOURCES)
+
+
+def _source(config):
+  source = config.init.source
+  if source not in _SOURCES:
+    raise ValueError(f"Unknown config.init.source={source!r}; use one of {SOURCES}.")
+  return _SOURCES[source]
+
+
 def check_source(config, workdir: str) -> None:
   """Fails fast (seconds, nothing loaded) if `config.init` cannot be satisfied."""
-  source = config.init.source
-  if source == "vae":
-    _check_vae_workdir(config.init.vae_workdir, config)
-  elif source == "imagenet":
-    _check_imagenet(config, workdir)
-  elif source != "scratch":
-    raise ValueError(f"Unknown config.init.source={source!r}; use one of {SOURCES}.")
+  entry = _source(config)
+  if entry is not None:
+    entry[0](config, workdir)
 
 
 def init_backbone_variables(config, backbone, workdir: str, rng) -> dict:
   """The backbone's starting variables for `config.init.source`."""
   target = random_backbone_variables(backbone, config.image_size, rng)
-  source = config.init.source
-  if source == "scratch":
+  entry = _source(config)
+  if entry is None:
     return target
-  if source == "vae":
-    loaded, where = _vae_backbone(config.init.vae_workdir, config), config.init.vae_workdir
-  elif source == "imagenet":
-    loaded, where = _imagenet_backbone(config, workdir), "ImageNet checkpoint"
-  else:
-    raise ValueError(f"Unknown config.init.source={source!r}; use one of {SOURCES}.")
+  loaded, where = entry[1](config, workdir)
   return merge_loaded(loaded, target, where)
