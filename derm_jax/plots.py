@@ -30,6 +30,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 from PIL import Image
 
+from derm_jax.data import registry
+
 __all__ = [
   "CLASS_DESCRIPTIONS",
   "METRIC_LABELS",
@@ -46,17 +48,8 @@ __all__ = [
 
 _LINESTYLES = ["-", "--", ":", "-."]
 
-# Plain-language names of the HAM10000 / DermaMNIST diagnosis codes.
-CLASS_DESCRIPTIONS = {
-  "akiec": "actinic keratoses / intraepithelial carcinoma",
-  "bcc": "basal cell carcinoma",
-  "bkl": "benign keratosis-like lesions",
-  "df": "dermatofibroma",
-  "mel": "melanoma",
-  "nv": "melanocytic nevi",
-  "vasc": "vascular lesions",
-  "scc": "squamous cell carcinoma",
-}
+# Plain-language names of the diagnosis codes (one table, in the dataset registry).
+CLASS_DESCRIPTIONS = registry.CLASS_DESCRIPTIONS
 
 # Plain-language names of the per-epoch history keys.
 METRIC_LABELS = {

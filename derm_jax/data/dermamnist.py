@@ -33,7 +33,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import zipfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -44,6 +44,7 @@ from PIL import Image
 from tensorflow_datasets.core import utils as tfds_utils
 
 from derm_jax.data.errors import DataError
+from derm_jax.data.tfds_source import TfdsSource
 
 CLASS_NAMES = ("akiec", "bcc", "bkl", "df", "mel", "nv", "vasc")
 NUM_CLASSES = 7
@@ -495,55 +496,7 @@ def _tfds_split(split: str) -> str:
   return s
 
 
-class DermaMNISTSource:
-  """Random-access DermaMNIST split: len() and [i] -> {'image': uint8 (S,S,3), 'label', 'id'}.
-
-  Usable as `grain.MapDataset.source(...)`; picklable (reopens the ArrayRecord files).
-  """
-
-  def __init__(self, version_dir: str | os.PathLike, split: str):
-    self._version_dir = os.fspath(version_dir)
-    self._split = _tfds_split(split)
-    self._open()
-
-  def _open(self) -> None:
-    builder = tfds.builder_from_directory(self._version_dir)
-    self._ds = builder.as_data_source(split=self._split)
-    self.image_size = int(builder.info.features["image"].shape[0])
-
-  def __getstate__(self):
-    return {"version_dir": self._version_dir, "split": self._split}
-
-  def __setstate__(self, state):
-    self._version_dir, self._split = state["version_dir"], state["split"]
-    self._open()
-
-  @property
-  def split(self) -> str:
-    return self._split
-
-  @property
-  def version_dir(self) -> str:
-    return self._version_dir
-
-  def __len__(self) -> int:
-    return len(self._ds)
-
-  @staticmethod
-  def _convert(ex: dict[str, Any]) -> dict[str, Any]:
-    return {"image": ex["image"], "label": int(ex["label"]), "id": int(ex["id"])}
-
-  def __getitem__(self, i: int) -> dict[str, Any]:
-    return self._convert(self._ds[int(i)])
-
-  def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]:
-    return [self._convert(ex) for ex in self._ds.__getitems__([int(i) for i in indices])]
-
-  def __repr__(self) -> str:
-    return f"DermaMNISTSource({self._version_dir!r}, split={self._split!r}, n={len(self)})"
-
-
-def get_data_source(data_config: Any, split: str) -> DermaMNISTSource:
+def get_data_source(data_config: Any, split: str) -> TfdsSource:
   """Prepares the data if needed and returns a random-access source for `split`.
 
   `data_config` fields: source ('embedded'|'npz'|'download'), npz_path, size (download
@@ -552,7 +505,7 @@ def get_data_source(data_config: Any, split: str) -> DermaMNISTSource:
   """
   split = _tfds_split(split)
   builder = prepare(data_config)
-  return DermaMNISTSource(builder.data_dir, split)
+  return TfdsSource(builder.data_dir, split)
 
 
 def _iter_labels(version_dir: str, split: str) -> Iterable[int]:
@@ -607,8 +560,8 @@ class Dataset:
     self._builder = prepare(data_config)
     self.meta = DatasetMeta(name="dermamnist", class_names=CLASS_NAMES)
 
-  def source(self, split: str) -> DermaMNISTSource:
-    return DermaMNISTSource(self._builder.data_dir, _tfds_split(split))
+  def source(self, split: str) -> TfdsSource:
+    return TfdsSource(self._builder.data_dir, _tfds_split(split))
 
   def labels(self, split: str) -> np.ndarray:
     return labels(self._config, split)

@@ -42,6 +42,7 @@ from derm_jax.data import splits as splits_lib
 from derm_jax.data.dermamnist import file_digest
 from derm_jax.data.errors import DataError
 from derm_jax.data.isic import resize_like_dermamnist
+from derm_jax.data.tfds_source import TfdsSource
 
 SPLITS = ("train", "val", "test")
 SPLIT_ALIASES = {"train": "train", "val": "val", "validation": "val", "test": "test"}
@@ -461,55 +462,6 @@ def split_name(split: str) -> str:
   return s
 
 
-class FullResSource:
-  """Random-access split: len() and [i] -> {'image': uint8 (S,S,3), 'label', 'id'}.
-
-  Usable as `grain.MapDataset.source(...)`; picklable (reopens the ArrayRecord files).
-  Metadata is not in the items (batches stay numeric): use `Dataset.metadata(split)`.
-  """
-
-  def __init__(self, version_dir: str | os.PathLike, split: str):
-    self._version_dir = os.fspath(version_dir)
-    self._split = split_name(split)
-    self._open()
-
-  def _open(self) -> None:
-    builder = tfds.builder_from_directory(self._version_dir)
-    self._ds = builder.as_data_source(split=self._split)
-    self.image_size = int(builder.info.features["image"].shape[0])
-
-  def __getstate__(self):
-    return {"version_dir": self._version_dir, "split": self._split}
-
-  def __setstate__(self, state):
-    self._version_dir, self._split = state["version_dir"], state["split"]
-    self._open()
-
-  @property
-  def split(self) -> str:
-    return self._split
-
-  @property
-  def version_dir(self) -> str:
-    return self._version_dir
-
-  def __len__(self) -> int:
-    return len(self._ds)
-
-  @staticmethod
-  def _convert(ex: dict[str, Any]) -> dict[str, Any]:
-    return {"image": ex["image"], "label": int(ex["label"]), "id": int(ex["id"])}
-
-  def __getitem__(self, i: int) -> dict[str, Any]:
-    return self._convert(self._ds[int(i)])
-
-  def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]:
-    return [self._convert(ex) for ex in self._ds.__getitems__([int(i) for i in indices])]
-
-  def __repr__(self) -> str:
-    return f"FullResSource({self._version_dir!r}, split={self._split!r}, n={len(self)})"
-
-
 class FullResDataset:
   """Registry dataset over a FullResBuilder subclass (`builder_cls` set by subclasses)."""
 
@@ -534,8 +486,10 @@ class FullResDataset:
       self._meta_json = json.loads((self._version_dir / "metadata.json").read_text())
     return self._meta_json
 
-  def source(self, split: str) -> FullResSource:
-    return FullResSource(self._version_dir, split_name(split))
+  def source(self, split: str) -> TfdsSource:
+    """Random-access split (metadata is not in the items, so batches stay numeric: use
+    `metadata(split)`)."""
+    return TfdsSource(self._version_dir, split_name(split))
 
   def labels(self, split: str) -> np.ndarray:
     return np.asarray(self._stored()["examples"][split_name(split)]["label"], dtype=np.int64)
