@@ -77,12 +77,14 @@ def main(argv):
   gflops = flops * a / config.batch_size / 1e9
   name = (config.model.backbone if config.task == "classify" else
           f"vae[{config.model.backbone}]")
-  result = dict(task=config.task, model=name, image_size=config.image_size,
+  result = dict(task=config.task, model=name, dtype=config.get("dtype", "float32"),
+                image_size=config.image_size,
                 batch_size=config.batch_size, devices=jax.device_count(),
                 backend=jax.default_backend(), step_gflop=flops / 1e9,
                 resident_img_s=round(a, 2), end_to_end_img_s=round(e, 2),
                 pipeline_ratio=round(e / a, 3), achieved_gflop_s=round(gflops, 1))
   print(f"\n{name} @ {config.image_size}px, batch {config.batch_size}, "
+        f"{config.get('dtype', 'float32')}, "
         f"{jax.device_count()} {jax.default_backend()} device(s)")
   print(f"  (a) device-resident train step : {a:8.1f} images/s  (runs: "
         f"{', '.join(f'{x:.1f}' for x in resident)})")

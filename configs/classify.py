@@ -16,6 +16,7 @@ def get_config(arg: str | None = None) -> ConfigDict:
   c = ConfigDict()
   c.task = "classify"
   c.seed = 0
+  c.dtype = "float32"          # compute dtype: 'float32' or 'bfloat16' (mixed precision)
   c.data = config_lib.data()
   c.image_size = 64
   c.aug = config_lib.augmentation()

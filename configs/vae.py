@@ -19,6 +19,7 @@ def get_config(arg: str | None = None) -> ConfigDict:
   c = ConfigDict()
   c.task = "vae"
   c.seed = 0
+  c.dtype = "float32"          # compute dtype: 'float32' or 'bfloat16' (mixed precision)
   c.data = config_lib.data()
   c.image_size = 64            # model input resolution
   c.aug = config_lib.augmentation()

@@ -47,6 +47,7 @@ def create_models(config, num_classes: int):
   model_registry.check_image_size(config.model.backbone, dict(config.model.backbone_kwargs),
                                   config.image_size)
   backbone = model_registry.get_backbone(config.model.backbone,
+                                         dtype=jnp.dtype(config.get("dtype", "float32")),
                                          **dict(config.model.backbone_kwargs))
   head = classifier_lib.ClassifierHead(num_classes=num_classes, hidden=config.head.hidden,
                                        dropout=config.head.dropout)

@@ -141,7 +141,7 @@ def _write_images(exp: Experiment, state, step: int, row: dict, writer, workdir:
 def build(config) -> Experiment:
   """Model, optimiser, mesh, initial state, jitted steps and evaluators of a VAE config."""
   dataset = registry.get(config.data)
-  model = vae_lib.create_vae(config.model, config.image_size)
+  model = vae_lib.create_vae(config.model, config.image_size, config.get("dtype", "float32"))
   mesh_lib.check_batch_sizes(config)
   mesh = mesh_lib.make_mesh()
   spe, total_steps, warmup = optim.schedule_steps(config, len(dataset.source("train")))
@@ -193,7 +193,8 @@ def write_latent_map(exp: Experiment, state, workdir: str, split: str = "val") -
   `split`, one dot per image coloured by its class."""
   from derm_jax import stats
   from derm_jax.evaluators import common
-  model = vae_lib.create_vae(exp.config.model, exp.config.image_size)
+  model = vae_lib.create_vae(exp.config.model, exp.config.image_size,
+                           exp.config.get("dtype", "float32"))
   p_encode = jax.jit(functools.partial(encode_step, model=model,
                                        image_size=exp.config.image_size))
   out = common.collect(p_encode, state, exp.dataset.source(split),

@@ -9,6 +9,7 @@ optimiser state for it (see train_classifier.py). Change the head with `config.h
 from __future__ import annotations
 
 import flax.linen as nn
+import jax.numpy as jnp
 
 
 class ClassifierHead(nn.Module):
@@ -18,6 +19,8 @@ class ClassifierHead(nn.Module):
 
   @nn.compact
   def __call__(self, feats, train: bool):
+    # The head is small: it runs in float32 whatever the backbone's dtype (float32 logits).
+    feats = feats.astype(jnp.float32)
     x = feats.mean(axis=(1, 2)) if feats.ndim == 4 else feats
     x = nn.Dense(self.hidden, name="hidden")(x)
     x = nn.gelu(x)

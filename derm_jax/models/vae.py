@@ -26,15 +26,17 @@ class Encoder(nn.Module):
   backbone: str
   backbone_kwargs: dict[str, Any]
   latent_dim: int
+  dtype: Any = jnp.float32  # compute dtype of the backbone; the posterior is float32
 
   def setup(self):
     # Assigned in setup, so its parameters live under params['encoder']['backbone_net'].
-    self.backbone_net = registry.get_backbone(self.backbone, **self.backbone_kwargs)
-    self.posterior = nn.Dense(2 * self.latent_dim)
+    self.backbone_net = registry.get_backbone(self.backbone, dtype=self.dtype,
+                                              **self.backbone_kwargs)
+    self.posterior = nn.Dense(2 * self.latent_dim, dtype=jnp.float32)
 
   def __call__(self, x, train: bool):
     feats = self.backbone_net(x, train=train)
-    pooled = feats.mean(axis=(1, 2))
+    pooled = feats.astype(jnp.float32).mean(axis=(1, 2))
     stats = self.posterior(pooled)
     mean, logvar = jnp.split(stats, 2, axis=-1)
     return mean, logvar
@@ -44,21 +46,23 @@ class Decoder(nn.Module):
   image_size: int
   widths: Sequence[int]
   out_channels: int = 3
+  dtype: Any = jnp.float32  # convolutions; GroupNorm statistics and the output are float32
 
   @nn.compact
   def __call__(self, z):
     n_up = len(self.widths)
     start = self.image_size // 2**n_up
-    x = nn.Dense(start * start * self.widths[0], name="project")(z)
+    x = nn.Dense(start * start * self.widths[0], dtype=self.dtype, name="project")(z)
     x = nn.gelu(x.reshape(z.shape[0], start, start, self.widths[0]))
     for i, w in enumerate(self.widths):
       b, h, wd, c = x.shape
       x = jax.image.resize(x, (b, 2 * h, 2 * wd, c), method="nearest")
-      x = nn.Conv(w, (3, 3), name=f"up{i}_conv")(x)
-      x = nn.GroupNorm(num_groups=min(8, w), name=f"up{i}_norm")(x)
+      x = nn.Conv(w, (3, 3), dtype=self.dtype, name=f"up{i}_conv")(x)
+      x = nn.GroupNorm(num_groups=min(8, w), dtype=jnp.float32,
+                       name=f"up{i}_norm")(x).astype(self.dtype)
       x = nn.gelu(x)
-    x = nn.Conv(self.out_channels, (3, 3), name="out_conv")(x)
-    return nn.sigmoid(x)
+    x = nn.Conv(self.out_channels, (3, 3), dtype=self.dtype, name="out_conv")(x)
+    return nn.sigmoid(x.astype(jnp.float32))
 
 
 class VAE(nn.Module):
@@ -67,10 +71,12 @@ class VAE(nn.Module):
   latent_dim: int
   image_size: int
   decoder_widths: Sequence[int]
+  dtype: Any = jnp.float32  # compute dtype (parameters are float32 either way)
 
   def setup(self):
-    self.encoder = Encoder(self.backbone, dict(self.backbone_kwargs), self.latent_dim)
-    self.decoder = Decoder(self.image_size, tuple(self.decoder_widths))
+    self.encoder = Encoder(self.backbone, dict(self.backbone_kwargs), self.latent_dim,
+                           dtype=self.dtype)
+    self.decoder = Decoder(self.image_size, tuple(self.decoder_widths), dtype=self.dtype)
 
   def __call__(self, x, rng, train: bool):
     """Returns (reconstruction mean, posterior mean, posterior log-variance)."""
@@ -96,13 +102,16 @@ def check_image_size(image_size: int, backbone: str, backbone_kwargs: dict,
         f"(the decoder upsamples {len(decoder_widths)} times).")
 
 
-def create_vae(model_config, image_size: int) -> VAE:
+def create_vae(model_config, image_size: int, dtype: Any = "float32") -> VAE:
+  """The VAE of `config.model`; `dtype` ('float32' or 'bfloat16') is the compute dtype:
+  convolutions and matmuls in it, normalisation statistics, the posterior and the
+  reconstruction in float32, parameters float32."""
   check_image_size(image_size, model_config.backbone, dict(model_config.backbone_kwargs),
                    model_config.decoder_widths)
   return VAE(backbone=model_config.backbone,
              backbone_kwargs=dict(model_config.backbone_kwargs),
              latent_dim=model_config.latent_dim, image_size=image_size,
-             decoder_widths=tuple(model_config.decoder_widths))
+             decoder_widths=tuple(model_config.decoder_widths), dtype=jnp.dtype(dtype))
 
 
 def backbone_variables(vae_variables: dict) -> dict:
