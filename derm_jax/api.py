@@ -21,8 +21,7 @@ class Model:
   """A restored classifier run: `class_names`, `step`, `predict(images)`."""
 
   def __init__(self, workdir: str, step: int | None = None):
-    from derm_jax import train_classifier
-    from derm_jax import evaluation
+    from derm_jax import evaluation, train_classifier
     from derm_jax.train import loop
     self.workdir = os.path.abspath(os.path.expanduser(workdir))
     self.config = evaluation.load_run_config(self.workdir)

@@ -23,6 +23,7 @@ from jax.experimental import multihost_utils
 
 from derm_jax.models import vae as vae_lib
 
+
 def _leaf_paths(tree: Any, prefix: str = "") -> list[str]:
   if not isinstance(tree, dict):
     return [prefix]

@@ -76,6 +76,7 @@ def arm_dir(workdir: str, arm: str, seed: int) -> str:
 
 def run(config, workdir: str):
   import jax
+
   from derm_jax.train.workdir_lock import WorkdirLock
   is_main = jax.process_index() == 0
   with WorkdirLock(workdir, is_main=is_main):
@@ -83,8 +84,8 @@ def run(config, workdir: str):
 
 
 def _run_locked(config, workdir: str, is_main: bool):
-  from derm_jax import report, train_classifier, train_vae
-  from derm_jax import evaluation
+  from derm_jax import evaluation, report, train_classifier, train_vae
+  from derm_jax.evaluators import classification
   from derm_jax.train import outputs
   os.makedirs(workdir, exist_ok=True)
   if is_main:
@@ -105,7 +106,24 @@ def _run_locked(config, workdir: str, is_main: bool):
         logging.info("Outside set %s: arm %s, seed %d", name, arm, seed)
         evaluation.evaluate_checkpoint(run_dir, isic_images=images, isic_csv=csv_path,
                                        out=os.path.join(run_dir, "external", name))
+  for (arm, seed), test in results.items():
+    logging.info("Test split, arm %s, seed %d: %s", arm, seed,
+                 classification.summary_line(test))
   if is_main:
     path = report.write_report(workdir)
     logging.info("Report written to %s", path)
+    for line in _section(path, "## Conclusion"):
+      logging.info("%s", line)
   return results
+
+
+def _section(markdown_path: str, heading: str) -> list[str]:
+  """The non-empty lines of the section of a markdown file that starts with `heading`."""
+  lines, inside = [], False
+  with open(markdown_path) as f:
+    for line in f:
+      if line.startswith("## "):
+        inside = line.startswith(heading)
+      elif inside and line.strip():
+        lines.append(line.rstrip())
+  return lines

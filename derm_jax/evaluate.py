@@ -4,7 +4,7 @@ or predicts on images without ground truth.
   python -m derm_jax.evaluate --workdir=DIR [--step=N] --split=test
   python -m derm_jax.evaluate --workdir=DIR --isic_images=FOLDER --isic_csv=GROUND_TRUTH.csv
   python -m derm_jax.evaluate --workdir=DIR --isic_images=FOLDER      # predictions only
-  python -m derm_jax.evaluate --workdir=DIR --split=test --leak_free_ids=AUDIT/leak_free_test_ids.txt
+  python -m derm_jax.evaluate --workdir=DIR --leak_free_ids=AUDIT/leak_free_test_ids.txt
 The run's own config.json (in DIR) rebuilds the model; the checkpoint is the latest one
 unless --step is given. Writes into <out> (default DIR/eval/<split or set name>_step<N>):
   metrics.json      all metrics, the majority baseline, for ISIC data the rows skipped;

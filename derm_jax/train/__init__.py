@@ -1,1 +1,2 @@
-"""Training infrastructure shared by the VAE and classifier trainers (mesh, optimiser, checkpoints, logging)."""
+"""What every task's training shares: the loop, the Experiment, mesh, optimiser,
+checkpoints, outputs (TensorBoard, metrics.jsonl, progress) and the workdir lock."""

@@ -113,8 +113,6 @@ def step_flops(step_fn, state, batch) -> float | None:
 def train(exp: Experiment, workdir: str) -> tuple[Any, dict[str, Any]]:
   """Trains `exp` in `workdir`, resuming from its latest checkpoint; returns the final
   state and the last evaluation row."""
-  c = exp.config
-  spe, total = exp.steps_per_epoch, exp.total_steps
   train_iter = train_iterator(exp)
   lock = WorkdirLock(workdir, is_main=jax.process_index() == 0).acquire()
   try:
