@@ -57,4 +57,5 @@ def input_options() -> ConfigDict:
   c = ConfigDict()
   c.num_threads = 2        # Grain reader threads
   c.prefetch = 4           # batches prefetched
+  c.num_workers = 0        # Grain worker processes (decoding full-resolution JPEGs); 0 = none
   return c

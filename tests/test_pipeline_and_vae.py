@@ -129,3 +129,28 @@ def test_elbo_pieces_match_closed_forms():
   np.testing.assert_allclose(per["elbo"], -nll, rtol=1e-5)  # ELBO has no free bits / beta
   with pytest.raises(ValueError, match="config.loss.recon='bce'"):
     losses.reconstruction_nll(x, x_hat, "bce")
+
+
+def test_worker_processes_give_the_same_batches_and_resume(data_dir):
+  """config.input.num_workers > 0 (Grain worker processes) changes nothing in the stream,
+  and its iterator state restores to the same next batch."""
+  from absl import flags
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()
+  c = config_lib.data()
+  c.data_dir = data_dir
+  source = dermamnist.get_data_source(c, "train")
+  aug = config_lib.augmentation()
+  ds = input_pipeline.train_dataset(source, global_batch_size=8, image_size=32, aug=aug,
+                                    seed=0, process_index=0, process_count=1)
+  threads = input_pipeline.train_iterator(ds)
+  workers = input_pipeline.train_iterator(ds, num_workers=2)
+  for _ in range(3):
+    a, b = next(threads), next(workers)
+    np.testing.assert_array_equal(a["image"], b["image"])
+    np.testing.assert_array_equal(a["label"], b["label"])
+  state = workers.get_state()
+  expected = next(workers)
+  resumed = input_pipeline.train_iterator(ds, num_workers=2)
+  resumed.set_state(state)
+  np.testing.assert_array_equal(next(resumed)["image"], expected["image"])

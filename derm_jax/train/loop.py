@@ -81,7 +81,8 @@ def train_iterator(exp: Experiment):
   ds = input_pipeline.train_dataset(
       exp.dataset.source("train"), global_batch_size=c.batch_size, image_size=c.image_size,
       aug=c.aug, seed=c.seed, labels=exp.train_labels, balanced=exp.balanced_sampling)
-  return input_pipeline.train_iterator(ds, c.input.num_threads, c.input.prefetch)
+  return input_pipeline.train_iterator(ds, c.input.num_threads, c.input.prefetch,
+                                       c.input.get("num_workers", 0))
 
 
 def _eval_row(exp: Experiment, state, step: int, train_outputs: list[dict]) -> dict[str, Any]:
