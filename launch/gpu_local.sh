@@ -21,44 +21,11 @@
 #   DRY_RUN      1: print the command instead of running it.
 set -euo pipefail
 
-DRY_RUN="${DRY_RUN:-0}"
-die() { echo "gpu_local.sh: error: $*" >&2; exit 2; }
-log() { echo "gpu_local.sh: $*" >&2; }
-# One word, quoted so that it can be pasted back into a shell.
-q() {
-  if [[ $1 =~ ^[A-Za-z0-9_@%+=:,./-]+$ ]]; then printf '%s' "$1"
-  else printf "'%s'" "${1//\'/\'\\\'\'}"; fi
-}
-show() { local out="+" a; for a in "$@"; do out+=" $(q "$a")"; done; printf '%s\n' "$out"; }
-# Prints a command (stdout on a dry run, stderr otherwise) and runs it unless DRY_RUN=1.
-run() { if [[ "$DRY_RUN" == 1 ]]; then show "$@"; else show "$@" >&2; "$@"; fi; }
+LAUNCH_NAME=gpu_local.sh
+. "$(dirname "$0")/common.sh"
 
 # derm_jax.main flags: CONFIG / WORKDIR (or --config= / --workdir= among the trailing args).
-config_arg="" workdir_arg=""
-for a in "$@"; do
-  case "$a" in
-    --config=*) config_arg="${a#--config=}" ;;
-    --workdir=*) workdir_arg="${a#--workdir=}" ;;
-    --config|--workdir) die "write $a=VALUE as one argument" ;;
-  esac
-done
-main_args=()
-if [[ -n "${CONFIG:-}" ]]; then
-  [[ -z "$config_arg" || "$config_arg" == "$CONFIG" ]] \
-    || die "CONFIG=$CONFIG but --config=$config_arg"
-  [[ -n "$config_arg" ]] || main_args+=("--config=$CONFIG")
-elif [[ -z "$config_arg" ]]; then
-  die "set CONFIG (e.g. CONFIG=configs/vae.py:paper) or pass --config=..."
-fi
-if [[ -n "${WORKDIR:-}" ]]; then
-  [[ -z "$workdir_arg" || "$workdir_arg" == "$WORKDIR" ]] \
-    || die "WORKDIR=$WORKDIR but --workdir=$workdir_arg"
-  [[ -n "$workdir_arg" ]] || main_args+=("--workdir=$WORKDIR")
-elif [[ -z "$workdir_arg" ]]; then
-  die "set WORKDIR (the run directory) or pass --workdir=..."
-fi
-read -r -a extra_args <<< "${EXTRA_ARGS:-}"
-main_args+=(${extra_args[@]+"${extra_args[@]}"} "$@")
+parse_main_args "the run directory" "$@"
 
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python}"

@@ -38,45 +38,21 @@
 #SBATCH --exclusive
 set -euo pipefail
 
-DRY_RUN="${DRY_RUN:-0}"
-die() { echo "slurm_multinode.sh: error: $*" >&2; exit 2; }
-log() { echo "slurm_multinode.sh: $*" >&2; }
-# One word, quoted so that it can be pasted back into a shell.
-q() {
-  if [[ $1 =~ ^[A-Za-z0-9_@%+=:,./-]+$ ]]; then printf '%s' "$1"
-  else printf "'%s'" "${1//\'/\'\\\'\'}"; fi
-}
-show() { local out="+" a; for a in "$@"; do out+=" $(q "$a")"; done; printf '%s\n' "$out"; }
-# Prints a command (stdout on a dry run, stderr otherwise) and runs it unless DRY_RUN=1.
-run() { if [[ "$DRY_RUN" == 1 ]]; then show "$@"; else show "$@" >&2; "$@"; fi; }
+LAUNCH_NAME=slurm_multinode.sh
+# sbatch runs a copy of this script from its spool folder: then common.sh is found in the
+# checkout recorded at submission (DERM_JAX_REPO) or the submission directory.
+common=""
+for d in "$(dirname "$0")" ${DERM_JAX_REPO:+"$DERM_JAX_REPO/launch"} \
+         ${SLURM_SUBMIT_DIR:+"$SLURM_SUBMIT_DIR/launch"}; do
+  if [[ -f "$d/common.sh" ]]; then common="$d/common.sh"; break; fi
+done
+[[ -n "$common" ]] || { echo "slurm_multinode.sh: error: launch/common.sh not found next to \
+$0, in DERM_JAX_REPO or in SLURM_SUBMIT_DIR: submit from the repository root" >&2; exit 2; }
+. "$common"
 is_count() { [[ "$1" =~ ^[1-9][0-9]*$ ]]; }
 
 # derm_jax.main flags: CONFIG / WORKDIR (or --config= / --workdir= among the trailing args).
-config_arg="" workdir_arg=""
-for a in "$@"; do
-  case "$a" in
-    --config=*) config_arg="${a#--config=}" ;;
-    --workdir=*) workdir_arg="${a#--workdir=}" ;;
-    --config|--workdir) die "write $a=VALUE as one argument" ;;
-  esac
-done
-main_args=()
-if [[ -n "${CONFIG:-}" ]]; then
-  [[ -z "$config_arg" || "$config_arg" == "$CONFIG" ]] \
-    || die "CONFIG=$CONFIG but --config=$config_arg"
-  [[ -n "$config_arg" ]] || main_args+=("--config=$CONFIG")
-elif [[ -z "$config_arg" ]]; then
-  die "set CONFIG (e.g. CONFIG=configs/vae.py:paper) or pass --config=..."
-fi
-if [[ -n "${WORKDIR:-}" ]]; then
-  [[ -z "$workdir_arg" || "$workdir_arg" == "$WORKDIR" ]] \
-    || die "WORKDIR=$WORKDIR but --workdir=$workdir_arg"
-  [[ -n "$workdir_arg" ]] || main_args+=("--workdir=$WORKDIR")
-elif [[ -z "$workdir_arg" ]]; then
-  die "set WORKDIR (a directory on a filesystem all nodes share) or pass --workdir=..."
-fi
-read -r -a extra_args <<< "${EXTRA_ARGS:-}"
-main_args+=(${extra_args[@]+"${extra_args[@]}"} "$@")
+parse_main_args "a directory on a filesystem all nodes share" "$@"
 
 PYTHON="${PYTHON:-python}"
 GPUS_PER_NODE="${GPUS_PER_NODE:-8}"

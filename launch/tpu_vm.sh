@@ -41,19 +41,12 @@
 # Needs the gcloud CLI, authenticated, and a git checkout (uncommitted edits are not shipped).
 set -euo pipefail
 
-DRY_RUN="${DRY_RUN:-0}"
-die() { echo "tpu_vm.sh: error: $*" >&2; exit 2; }
-log() { echo "tpu_vm.sh: $*" >&2; }
-# One word, quoted so that it can be pasted back into a shell.
-q() {
-  if [[ $1 =~ ^[A-Za-z0-9_@%+=:,./-]+$ ]]; then printf '%s' "$1"
-  else printf "'%s'" "${1//\'/\'\\\'\'}"; fi
-}
-show() { local out="+" a; for a in "$@"; do out+=" $(q "$a")"; done; printf '%s\n' "$out"; }
-# Prints a command (stdout on a dry run, stderr otherwise) and runs it unless DRY_RUN=1.
-# fd 3 is the script's stdout, also from inside $(...).
+LAUNCH_NAME=tpu_vm.sh
+# Only this (local) side sources common.sh; the workers run plain commands.
+# fd 3 is the script's stdout, also from inside $(...): dry runs print there.
 exec 3>&1
-run() { if [[ "$DRY_RUN" == 1 ]]; then show "$@" >&3; else show "$@" >&2; "$@"; fi; }
+DRY_RUN_FD=3
+. "$(dirname "$0")/common.sh"
 
 : "${TPU_NAME:?set TPU_NAME (the TPU VM name)}" "${ZONE:?set ZONE (e.g. us-west4-a)}"
 ACCELERATOR_TYPE="${ACCELERATOR_TYPE:-${ACCELERATOR:-v5litepod-16}}"
@@ -75,29 +68,7 @@ MAX_RESTARTS="${MAX_RESTARTS:-$default_restarts}"
 [[ "$MAX_RESTARTS" =~ ^[0-9]+$ ]] || die "MAX_RESTARTS must be a number, not '$MAX_RESTARTS'"
 
 # derm_jax.main flags: CONFIG / WORKDIR (or --config= / --workdir= among the trailing args).
-config_arg="" workdir_arg=""
-for a in "$@"; do
-  case "$a" in
-    --config=*) config_arg="${a#--config=}" ;;
-    --workdir=*) workdir_arg="${a#--workdir=}" ;;
-    --config|--workdir) die "write $a=VALUE as one argument" ;;
-  esac
-done
-main_args=()
-if [[ -n "${CONFIG:-}" ]]; then
-  [[ -z "$config_arg" || "$config_arg" == "$CONFIG" ]] \
-    || die "CONFIG=$CONFIG but --config=$config_arg"
-  [[ -n "$config_arg" ]] || main_args+=("--config=$CONFIG")
-elif [[ -z "$config_arg" ]]; then
-  die "set CONFIG (e.g. CONFIG=configs/vae.py:paper) or pass --config=..."
-fi
-if [[ -n "${WORKDIR:-}" ]]; then
-  [[ -z "$workdir_arg" || "$workdir_arg" == "$WORKDIR" ]] \
-    || die "WORKDIR=$WORKDIR but --workdir=$workdir_arg"
-  [[ -n "$workdir_arg" ]] || main_args+=("--workdir=$WORKDIR")
-else
-  WORKDIR="$workdir_arg"
-fi
+parse_main_args "" "$@"
 [[ -n "$WORKDIR" ]] \
   || die "set WORKDIR (an absolute path shared by all hosts, e.g. a gcsfuse mount)"
 case "$WORKDIR" in
@@ -109,8 +80,6 @@ Mount the bucket on every worker (gcsfuse) or use a shared disk and pass that pa
   /*) ;;
   *) die "WORKDIR must be an absolute path on the workers, not '$WORKDIR'" ;;
 esac
-read -r -a extra_args <<< "${EXTRA_ARGS:-}"
-main_args+=(${extra_args[@]+"${extra_args[@]}"} "$@")
 
 REPO_DIR="$(cd "$(dirname "$0")/.." && pwd)"
 COMMIT="$(git -C "$REPO_DIR" rev-parse HEAD 2>/dev/null)" \

@@ -222,7 +222,7 @@ def test_tpu_ships_tracked_code_and_installs_once(repo, stubs):
     code = stubs.worker(w) / "derm_jax"
     shipped = sorted(str(f.relative_to(code)) for f in code.rglob("*") if f.is_file())
     assert shipped == sorted([".gitignore", "COMMIT", "configs/vae.py", "derm_jax/main.py",
-                              "launch/gpu_local.sh", "launch/slurm_multinode.sh",
+                              "launch/common.sh", "launch/gpu_local.sh", "launch/slurm_multinode.sh",
                               "launch/tpu_vm.sh", "pyproject.toml"])
     assert (code / "COMMIT").read_text().strip() == head
   pip = [c for c in stubs.calls("python") if "pip" in c["args"] and "-e" in c["args"]]
@@ -350,6 +350,37 @@ def test_slurm_job_runs_one_process_per_gpu(stubs, tmp_path):
   assert args[i + 1:] == ["--jax_distributed", "--config=configs/compare.py:paper",
                           "--workdir=/shared/runs/compare"]
   assert "16 processes" in p.stderr and "warning" not in p.stderr
+
+
+def test_slurm_job_copy_finds_common_sh_or_says_so(stubs, tmp_path):
+  # The spool copy has no common.sh beside it: it is found through DERM_JAX_REPO (recorded at
+  # submission), and without that or SLURM_SUBMIT_DIR the job stops with a clear error.
+  spool = tmp_path / "spool" / "slurm_script"
+  spool.parent.mkdir()
+  shutil.copy(SLURM, spool)
+  env = {**stubs.env, **SLURM_ENV, "SLURM_JOB_ID": "4242", "SLURM_JOB_NUM_NODES": "1",
+         "SLURM_CPUS_ON_NODE": "8", "GPUS_PER_NODE": "8", "DRY_RUN": "1"}
+  cmds = printed(run(spool, {**env, "DERM_JAX_REPO": str(REPO)}).stdout)
+  assert cmds[0][0] == "srun" and "--ntasks=8" in cmds[0]
+  p = run(spool, {**env, "SLURM_SUBMIT_DIR": str(tmp_path)}, check=False)
+  assert p.returncode == 2 and "launch/common.sh not found" in p.stderr and p.stdout == ""
+  assert stubs.calls() == []
+
+
+def test_launch_messages_and_quoting(stubs):
+  # Shared helpers: messages keep each script's name; dry-run quoting round-trips.
+  p = run(GPU, {**stubs.env, "CONFIG": "c", "WORKDIR": "/w", "DRY_RUN": "1"}, "--config",
+          check=False)
+  assert p.returncode == 2 and p.stderr.startswith("gpu_local.sh: error: write --config=VALUE")
+  p = run(SLURM, {**stubs.env, "CONFIG": "c", "DRY_RUN": "1"}, check=False)
+  assert p.stderr == ("slurm_multinode.sh: error: set WORKDIR (a directory on a filesystem all "
+                      "nodes share) or pass --workdir=...\n")
+  p = run(GPU, {**stubs.env, "CONFIG": "c", "DRY_RUN": "1"}, check=False)
+  assert p.stderr == "gpu_local.sh: error: set WORKDIR (the run directory) or pass --workdir=...\n"
+  odd = "--config.note=it's a \"b\" $x"
+  p = run(GPU, {**stubs.env, "CONFIG": "c", "WORKDIR": "/w", "DRY_RUN": "1",
+                "EXTRA_ARGS": "--a=1  --b=2"}, odd)
+  assert printed(p.stdout)[0][5:] == ["--config=c", "--workdir=/w", "--a=1", "--b=2", odd]
 
 
 def test_slurm_rejects_missing_settings(stubs):
