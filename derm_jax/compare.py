@@ -17,6 +17,7 @@ from absl import logging
 from ml_collections import ConfigDict
 
 _ARM_INIT = {"vae": "vae", "imagenet": "imagenet", "scratch": "scratch"}
+ARMS = tuple(_ARM_INIT)
 
 
 def _with_shared_settings(config, stage: ConfigDict) -> ConfigDict:

@@ -8,9 +8,8 @@ stages will be built (the shared data/image_size/aug/backbone at the top level m
 reported once, under their top-level names.
 
 `validate_workdir(workdir)` refuses a workdir that is an existing file or cannot be
-written. `workdir_has_run(workdir)` says whether it holds at least one checkpoint step, so
-that a workdir left without any checkpoint (e.g. a run that failed at once) never blocks a
-rerun with a corrected config.
+written. (Whether a workdir already holds a run is `derm_jax.train.outputs.workdir_has_run`:
+a workdir left without any checkpoint never blocks a rerun with a corrected config.)
 
 Not checked here: batch size divisibility by the device count (derm_jax/train/mesh.py)
 and the data files themselves (derm_jax/data raises DataError).
@@ -26,12 +25,12 @@ import tempfile
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from derm_jax import backbone_init, compare
 from derm_jax.errors import ConfigError
 
 TASKS = ("vae", "classify", "compare")
-INIT_SOURCES = ("vae", "imagenet", "scratch")
+DTYPES = ("float32", "bfloat16")
 RECON_KINDS = ("gaussian", "l1")
-COMPARE_ARMS = ("vae", "imagenet", "scratch")
 
 # Stage field -> top-level field of a compare config (the shared settings).
 _SHARED = {"data": "data", "image_size": "image_size", "aug": "aug",
@@ -133,6 +132,8 @@ def _check_common(k: _Checker, task: str) -> None:
     k.number("num_epochs", 0, low_open=True)
   k.integer("log_every_steps", 1)
   k.integer("keep_checkpoints", 1)
+  if k.has("dtype"):
+    k.choice("dtype", DTYPES)
   if k.has("eval_every_epochs"):
     k.number("eval_every_epochs", 0, low_open=True)
   if k.has("checkpoint_every_steps"):
@@ -226,7 +227,7 @@ def _check_vae(k: _Checker, size_ok: bool, backbone: str, kwargs: dict) -> None:
 def _check_classifier(k: _Checker, in_compare: bool = False) -> None:
   k.integer("head.hidden", 1, required=False)
   k.number("head.dropout", 0, high=1, high_open=True, required=False)
-  if k.has("init.source") and k.choice("init.source", INIT_SOURCES) and not in_compare:
+  if k.has("init.source") and k.choice("init.source", backbone_init.SOURCES) and not in_compare:
     if k.get("init.source") == "vae" and not k.get("init.vae_workdir"):
       k.add("init.vae_workdir", " is empty; init.source='vae' needs a VAE workdir")
 
@@ -252,11 +253,10 @@ def _check_compare(config, problems: list[str]) -> None:
     top.add("seeds", f"={seeds!r} must be a non-empty sequence of integers")
   arms = top.get("arms")
   if (not isinstance(arms, Sequence) or isinstance(arms, str) or not arms
-      or any(a not in COMPARE_ARMS for a in arms) or len(set(arms)) != len(arms)):
+      or any(a not in compare.ARMS for a in arms) or len(set(arms)) != len(arms)):
     top.add("arms", f"={arms!r} must be a non-empty list of distinct arms from "
-            f"{list(COMPARE_ARMS)}")
-    arms = [a for a in (arms if isinstance(arms, Sequence) else ()) if a in COMPARE_ARMS]
-  from derm_jax import compare
+            f"{list(compare.ARMS)}")
+    arms = [a for a in (arms if isinstance(arms, Sequence) else ()) if a in compare.ARMS]
   if "vae" in arms and not top.get("vae_workdir"):
     _check_common(_Checker(compare.vae_stage_config(config), _stage_name("vae"), problems),
                   "vae")
@@ -317,14 +317,3 @@ def validate_workdir(workdir: str) -> None:
     os.remove(name)
   except OSError as e:
     raise ConfigError(f"--workdir {path} cannot be written{what}: {e.strerror or e}.") from e
-
-
-def workdir_has_run(workdir: str) -> bool:
-  """Whether `workdir/checkpoints` holds at least one checkpoint step directory."""
-  ckpt_dir = os.path.join(os.path.abspath(os.path.expanduser(os.fspath(workdir))),
-                          "checkpoints")
-  try:
-    names = os.listdir(ckpt_dir)
-  except OSError:
-    return False
-  return any(n.isdigit() and os.path.isdir(os.path.join(ckpt_dir, n)) for n in names)

@@ -1,4 +1,4 @@
-"""validate_config / validate_workdir / workdir_has_run on the configs of configs/."""
+"""validate_config / validate_workdir (and outputs.workdir_has_run) on the configs of configs/."""
 
 import os
 import runpy
@@ -6,6 +6,7 @@ import runpy
 import pytest
 
 from derm_jax import validate
+from derm_jax.train import outputs
 from derm_jax.errors import ConfigError, DermJaxError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -158,10 +159,10 @@ def test_unwritable_workdir_refused_by_write_probe(tmp_path, monkeypatch):
 
 
 def test_workdir_has_run(tmp_path):
-  assert not validate.workdir_has_run(str(tmp_path / "missing"))
+  assert not outputs.workdir_has_run(str(tmp_path / "missing"))
   (tmp_path / "config.json").write_text("{}")
   (tmp_path / "checkpoints").mkdir()
   (tmp_path / "checkpoints" / "3.orbax-checkpoint-tmp-123").mkdir()
-  assert not validate.workdir_has_run(str(tmp_path))
+  assert not outputs.workdir_has_run(str(tmp_path))
   (tmp_path / "checkpoints" / "3").mkdir()
-  assert validate.workdir_has_run(str(tmp_path))
+  assert outputs.workdir_has_run(str(tmp_path))

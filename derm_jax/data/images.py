@@ -54,7 +54,7 @@ class ImageSource:
     if isinstance(x, (str, os.PathLike)):
       try:
         with Image.open(x) as im:
-          return isic.resize_like_dermamnist(im, self.image_size)
+          return isic.resize_like_dermamnist(im, self.image_size, name=str(x))
       except (OSError, ValueError, Image.DecompressionBombError) as e:
         raise DataError(f"{x}: unreadable image: {e}") from e
     arr = np.asarray(x)

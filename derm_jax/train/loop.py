@@ -128,9 +128,9 @@ def _train_locked(exp: Experiment, workdir: str, train_iter):
   ckpt, writer, is_main = outputs.open_run(workdir, c, c.keep_checkpoints)
   state = exp.state
   start = ckpt.latest_step()
-  if start is not None:
+  if start is not None:  # the newest intact step (damaged ones are skipped, with a warning)
+    start, state = ckpt.restore_latest(state, train_iter)
     logging.info("Resuming from checkpoint at step %d in %s", start, ckpt.directory)
-    state = ckpt.restore(start, state, train_iter)
     writer.truncate_after(start)
   else:
     start = 0

@@ -131,13 +131,22 @@ class MetricWriter:
       self._tb.close()
 
 
+def workdir_has_run(workdir: str) -> bool:
+  """Whether `workdir/checkpoints` holds at least one checkpoint step directory."""
+  try:
+    names = os.listdir(os.path.join(workdir, "checkpoints"))
+  except OSError:
+    return False
+  return any(n.isdigit() and os.path.isdir(os.path.join(workdir, "checkpoints", n))
+             for n in names)
+
+
 def open_run(workdir: str, config, keep_checkpoints: int):
   """Creates the workdir (config.json, checkpoint manager, writers) of a training run.
 
   Returns (checkpointer, writer, is_main); only process 0 writes logs and config.json."""
-  from derm_jax import validate
   is_main = jax.process_index() == 0
-  if validate.workdir_has_run(workdir):  # a workdir without a checkpoint never blocks a rerun
+  if workdir_has_run(workdir):  # a workdir without a checkpoint never blocks a rerun
     check_resume_config(workdir, config)
   os.makedirs(workdir, exist_ok=True)
   if is_main:
