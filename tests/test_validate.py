@@ -6,8 +6,8 @@ import runpy
 import pytest
 
 from derm_jax import validate
-from derm_jax.train import outputs
 from derm_jax.errors import ConfigError, DermJaxError
+from derm_jax.train import outputs
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
