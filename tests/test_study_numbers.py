@@ -212,10 +212,9 @@ def test_vae_eval_mode_reproduces_the_last_validation_row(study, data_dir):
     np.testing.assert_allclose(ev[k], last[k], rtol=1e-5, atol=1e-6, err_msg=k)
   # An untrained model (the same config's initial state) scores differently.
   from derm_jax import train_vae
-  from derm_jax.main import eval_config
-  from ml_collections import ConfigDict
-  config = eval_config(ConfigDict({"task": "vae", "data": {"data_dir": data_dir,
-                                                           "npz_path": ""}}), str(vae_dir))
+  from ml_collections import ConfigDict  # not derm_jax.main: its flags clash with evaluate's
+  config = ConfigDict(json.load(open(vae_dir / "config.json")))
+  config.data.data_dir = data_dir
   exp = train_vae.build(config)
   untrained = exp.make_evaluator(exp.dataset.source("val")).run(exp.state)
   assert not np.isclose(untrained["elbo"], last["val/elbo"], rtol=1e-3)
