@@ -24,6 +24,14 @@ _VERBOSE_LIBS = flags.DEFINE_bool(
 _DISTRIBUTED = flags.DEFINE_bool(
     "jax_distributed", False, "Call jax.distributed.initialize() first (multi-host GPU/TPU "
     "jobs; on Cloud TPU pods the coordinator is found automatically).")
+_COORDINATOR = flags.DEFINE_string(
+    "jax_coordinator", None, "With --jax_distributed: coordinator host:port (process 0 serves "
+    "it), e.g. localhost:12345 for a local multi-process run; default: detected.")
+_NUM_PROCESSES = flags.DEFINE_integer(
+    "jax_num_processes", None, "With --jax_distributed: number of processes; default: detected.")
+_PROCESS_ID = flags.DEFINE_integer(
+    "jax_process_id", None, "With --jax_distributed: this process's id (0..N-1); default: "
+    "detected.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -83,7 +91,12 @@ def main(argv):
   console.quiet_libraries(not _VERBOSE_LIBS.value)
   if _DISTRIBUTED.value:
     import jax
-    jax.distributed.initialize()
+    # Cross-process collectives on the CPU backend (no effect on GPU/TPU): gloo ships with
+    # jaxlib; without an implementation a CPU multi-process run cannot all-reduce.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
+                               num_processes=_NUM_PROCESSES.value,
+                               process_id=_PROCESS_ID.value)
   workdir = os.path.abspath(os.path.expanduser(_WORKDIR.value))
   try:
     run(_CONFIG.value, workdir, _MODE.value, _STEP.value)
