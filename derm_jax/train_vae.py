@@ -48,12 +48,15 @@ def _apply(model, state_params, batch_stats, x, rng, train: bool):
   variables = {"params": state_params}
   if batch_stats:
     variables["batch_stats"] = batch_stats
+  if not train:
+    x_hat, mean, logvar = model.apply(variables, x, rng, train=False)
+    return x_hat, mean, logvar, batch_stats
   rngs = {"dropout": jax.random.fold_in(rng, 1)}
-  if train and batch_stats:
+  if batch_stats:
     (x_hat, mean, logvar), updates = model.apply(variables, x, rng, train=True, rngs=rngs,
                                                  mutable=["batch_stats"])
     return x_hat, mean, logvar, updates["batch_stats"]
-  x_hat, mean, logvar = model.apply(variables, x, rng, train=train, rngs=rngs)
+  x_hat, mean, logvar = model.apply(variables, x, rng, train=True, rngs=rngs)
   return x_hat, mean, logvar, batch_stats
 
 
@@ -84,7 +87,10 @@ def train_step(state: TrainState, batch, *, model, tx, loss_config, base_rng, im
 def eval_step(state: TrainState, batch, *, model, loss_config, rng, image_size: int):
   """Per-image ELBO, reconstruction NLL, KL and MSE (the evaluator averages them)."""
   x = device_augment.model_images(batch["image"], image_size=image_size)
-  x_hat, mean, logvar, _ = _apply(model, state.params, state.batch_stats, x, rng, train=False)
+  # One key per image (from its position in the split): the posterior sample, and so the
+  # ELBO estimate, of an image is the same whatever the eval batch size or process count.
+  keys = jax.vmap(lambda i: jax.random.fold_in(rng, i))(batch["index"])
+  x_hat, mean, logvar, _ = _apply(model, state.params, state.batch_stats, x, keys, train=False)
   _, per_image = losses.vae_loss(x, x_hat, mean, logvar, state.step, loss_config,
                                  mask=batch["mask"])
   return per_image

@@ -83,13 +83,6 @@ def _check_two(res):
     assert rc == 0, err[-4000:]
 
 
-# derm_jax/data/input_pipeline.py shards the dataset by process *before* the seeded shuffle
-# (train_dataset, `_process_shard(ds, ...).seed(seed).shuffle()`), so 2 processes see a
-# different global batch than 1 process: losses differ by ~8% from step 1.
-_SAME_BATCH_BUG = ("input_pipeline.train_dataset shards by process before shuffling: the "
-                   "2-process global batch differs from the 1-process one")
-
-
 def _files(d):
   return sorted(os.path.relpath(os.path.join(r, f), d) for r, _, fs in os.walk(d)
                 for f in fs if "checkpoints" not in r and "tensorboard" not in r)
@@ -108,9 +101,6 @@ def test_two_processes_match_one(data_dir, tmp_path, config, extra):
   # Only process 0 writes: the same files as the 1-process run, no duplicates.
   assert _files(two) == _files(one)
   assert "Written" not in res[1][1], res[1][1][-2000:]
-  try:
-    _assert_close_rows(_rows(one), _rows(two))
-    _assert_close_params(one, two)
-  except AssertionError:
-    pytest.xfail(_SAME_BATCH_BUG)
-  pytest.fail("2 processes now match 1: remove the xfail (" + _SAME_BATCH_BUG + ")")
+  # Each process takes its slice of the same global batches: the training is the same.
+  _assert_close_rows(_rows(one), _rows(two))
+  _assert_close_params(one, two)

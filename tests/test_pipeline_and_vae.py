@@ -3,7 +3,6 @@
 import math
 import re
 
-import grain
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -22,9 +21,15 @@ def train_source(data_dir):
   return dermamnist.get_data_source(cfg, "train")
 
 
+def _host_aug():
+  aug = config_lib.augmentation()
+  aug.on_device = False  # augmented and resized here, on the host
+  return aug
+
+
 def _batches(source, n, seed=0, **kw):
   ds = input_pipeline.train_dataset(source, global_batch_size=32, image_size=48,
-                                    aug=config_lib.augmentation(), seed=seed, **kw)
+                                    aug=_host_aug(), seed=seed, **kw)
   it = input_pipeline.train_iterator(ds)
   return it, [next(it) for _ in range(n)]
 
@@ -53,14 +58,26 @@ def test_iterator_state_resumes_exactly(train_source):
   np.testing.assert_array_equal(expected["label"], got["label"])
 
 
-def test_epochs_cover_the_split_and_processes_get_disjoint_shards(train_source):
-  n = len(train_source)
-  ids = []
-  for p in range(2):
-    shard = input_pipeline._process_shard(grain.MapDataset.source(train_source), p, 2)
-    ids.append({int(shard[i]["id"]) for i in range(len(shard))})
-  assert not ids[0] & ids[1]
-  assert len(ids[0]) + len(ids[1]) == (n // 2) * 2
+@pytest.mark.parametrize("on_device", [True, False])
+def test_processes_split_each_global_batch_the_same_for_any_process_count(train_source,
+                                                                          on_device):
+  """With 2 processes each takes half of every global batch, and together they see exactly
+  the 1-process batches (host augmentation included): training does not depend on the
+  number of processes."""
+  aug = config_lib.augmentation() if on_device else _host_aug()
+
+  def stream(index, count, n):
+    ds = input_pipeline.train_dataset(train_source, global_batch_size=32, image_size=32,
+                                      aug=aug, seed=0, process_index=index,
+                                      process_count=count)
+    return [ds[i] for i in range(n)]
+
+  one = stream(0, 1, 4)
+  halves = [stream(p, 2, 4) for p in range(2)]
+  for b in range(4):
+    for k in ("image", "label"):
+      np.testing.assert_array_equal(
+          np.concatenate([halves[0][b][k], halves[1][b][k]]), one[b][k])
   with pytest.raises(ValueError, match="not divisible"):
     input_pipeline.train_dataset(train_source, global_batch_size=33, image_size=32,
                                  aug=config_lib.augmentation(), seed=0, process_index=0,

@@ -1,10 +1,12 @@
 """Grain input pipelines: sharded, seeded, resumable training batches and padded eval batches.
 
-Training: source -> this process's shard -> seeded global shuffle (reshuffled every
-epoch) -> repeat forever -> per-example augmentation (`augment.train_transform`, seeded
-by the element index) -> batches of `batch_size // process_count`. The whole pipeline is
-a `grain.MapDataset`, so an iterator's state is a single index: it is saved with every
-checkpoint and a resumed run sees exactly the batches an uninterrupted run would.
+Training: source -> seeded global shuffle (reshuffled every epoch) -> repeat forever ->
+per-example host augmentation (`augment.train_transform`, seeded by the element's position
+in the global stream; or, by default, none: uint8 images go to the device, which augments)
+-> this process's slice of each global batch -> batches of `batch_size // process_count`.
+The whole pipeline is a `grain.MapDataset`, so an iterator's state is a single index: it
+is saved with every checkpoint and a resumed run sees exactly the batches an uninterrupted
+run would.
 
 Evaluation: every example exactly once, in order, the last batch padded and marked with
 `mask == 0` so metrics ignore the padding.
@@ -22,12 +24,21 @@ import numpy as np
 from derm_jax.data import augment
 
 
-def _process_shard(ds: grain.MapDataset, index: int, count: int) -> grain.MapDataset:
-  """Equal-sized contiguous-stride shard of `ds` for process `index` of `count`."""
-  n = (len(ds) // count) * count
-  if n == 0:
-    raise ValueError(f"Dataset of {len(ds)} examples cannot be sharded over {count} processes.")
-  return ds[:n][index::count]
+def _process_slice(ds: grain.MapDataset, index: int, count: int,
+                   local_batch: int) -> grain.MapDataset:
+  """This process's part of each global batch of the (global, endless) stream `ds`: global
+  batch b is stream positions [b*G, (b+1)*G), G = count * local_batch, and process `index`
+  takes [b*G + index*local_batch, b*G + (index+1)*local_batch). So the global batches, and
+  the training, are the same whatever the number of processes."""
+  if count == 1:
+    return ds
+  global_batch = count * local_batch
+
+  def pick(k):
+    b, j = divmod(int(k), local_batch)
+    return ds[b * global_batch + index * local_batch + j]
+
+  return grain.MapDataset.range(len(ds) // count).map(pick)
 
 
 def balanced_indices(labels: np.ndarray, seed: int, epoch: int) -> np.ndarray:
@@ -78,15 +89,14 @@ def train_dataset(source, *, global_batch_size: int, image_size: int, aug, seed:
   if len(source) // process_count < local_batch:
     raise ValueError(f"Training split has {len(source)} examples, fewer than one batch of "
                      f"{local_batch} per process.")
+  # One global stream, the same on every process (and for any number of processes):
+  # shuffled (reshuffled every epoch) or class-balanced, then augmented per element.
   if balanced:
     if labels is None:
       raise ValueError("Balanced sampling needs the labels of the training split.")
-    ds = grain.MapDataset.source(_BalancedSource(source, labels, seed))
-    ds = _process_shard(ds, process_index, process_count).seed(seed)
+    ds = grain.MapDataset.source(_BalancedSource(source, labels, seed)).seed(seed)
   else:
-    ds = grain.MapDataset.source(source)
-    ds = _process_shard(ds, process_index, process_count).seed(seed).shuffle()
-  ds = ds.repeat(None)
+    ds = grain.MapDataset.source(source).seed(seed).shuffle().repeat(None)
   if aug.get("on_device", False):
     # uint8 at the stored resolution; the train step augments and resizes on the device.
     ds = ds.map(lambda ex: {"image": np.asarray(ex["image"], np.uint8),
@@ -94,6 +104,7 @@ def train_dataset(source, *, global_batch_size: int, image_size: int, aug, seed:
   else:
     ds = ds.random_map(
         lambda ex, rng: augment.train_transform(ex, rng, image_size=image_size, aug=aug))
+  ds = _process_slice(ds, process_index, process_count, local_batch)
   return ds.batch(local_batch, drop_remainder=True)
 
 

@@ -79,9 +79,16 @@ class VAE(nn.Module):
     self.decoder = Decoder(self.image_size, tuple(self.decoder_widths), dtype=self.dtype)
 
   def __call__(self, x, rng, train: bool):
-    """Returns (reconstruction mean, posterior mean, posterior log-variance)."""
+    """Returns (reconstruction mean, posterior mean, posterior log-variance).
+
+    `rng`: one key for the batch, or one key per example (shape (B,)), so that an example's
+    posterior sample does not depend on the batch it is in (evaluation uses this)."""
     mean, logvar = self.encoder(x, train)
-    z = mean + jnp.exp(0.5 * logvar) * jax.random.normal(rng, mean.shape, mean.dtype)
+    if jnp.ndim(rng):
+      eps = jax.vmap(lambda k: jax.random.normal(k, mean.shape[1:], mean.dtype))(rng)
+    else:
+      eps = jax.random.normal(rng, mean.shape, mean.dtype)
+    z = mean + jnp.exp(0.5 * logvar) * eps
     return self.decoder(z), mean, logvar
 
   def encode(self, x, train: bool = False):
