@@ -22,6 +22,7 @@ import sys
 
 from absl import app, flags
 
+from derm_jax import console
 from derm_jax.errors import DermJaxError
 from derm_jax.evaluation import evaluate_checkpoint, load_run_config
 
@@ -45,6 +46,7 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   if not _WORKDIR.value:
     raise app.UsageError("--workdir is required.")
+  console.quiet_libraries()
   try:
     evaluate(_WORKDIR.value, _STEP.value, _SPLIT.value, _ISIC_IMAGES.value, _ISIC_CSV.value,
              _OUT.value, _LEAK_FREE.value)
