@@ -74,19 +74,8 @@ def depthwise_conv_shifted_autodiff(x, kernel, strides=(1, 1), padding: Padding 
   ph = _explicit_padding(x.shape[1], kh, sh, padding, 0)
   pw = _explicit_padding(x.shape[2], kw, sw, padding, 1)
   xp = jnp.pad(x, ((0, 0), ph, pw, (0, 0)))
-  hp, wp = xp.shape[1], xp.shape[2]
-  ho = (hp - kh) // sh + 1
-  wo = (wp - kw) // sw + 1
-  out = None
-  for i in range(kh):
-    for j in range(kw):
-      patch = lax.slice(
-          xp, (0, i, j, 0),
-          (xp.shape[0], i + (ho - 1) * sh + 1, j + (wo - 1) * sw + 1, xp.shape[3]),
-          (1, sh, sw, 1))
-      term = patch * kernel[i, j, 0]
-      out = term if out is None else out + term
-  return out
+  out_hw = ((xp.shape[1] - kh) // sh + 1, (xp.shape[2] - kw) // sw + 1)
+  return _shifted_sum(xp, kernel[:, :, 0], strides, out_hw, jnp.result_type(x, kernel))
 
 
 def _forward(x, kernel, strides, pads):
