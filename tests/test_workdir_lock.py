@@ -44,11 +44,10 @@ def test_second_run_refused_while_first_lives_then_taken_over_after_kill9(tmp_pa
   finally:
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-  with caplog.at_level(logging.WARNING):
-    with WorkdirLock(str(tmp_path)) as lock:
-      assert lock.held
-      record = json.loads((tmp_path / LOCK_NAME).read_text())
-      assert record["pid"] == os.getpid()
+  with caplog.at_level(logging.WARNING), WorkdirLock(str(tmp_path)) as lock:
+    assert lock.held
+    record = json.loads((tmp_path / LOCK_NAME).read_text())
+    assert record["pid"] == os.getpid()
   assert f"pid {proc.pid}" in caplog.text
   assert (tmp_path / LOCK_NAME).read_text() == ""  # clean release empties the file
 
@@ -60,9 +59,8 @@ def test_clean_release_and_reacquire_without_warning(tmp_path, caplog):
     pass
   assert lock.held
   lock.release()
-  with caplog.at_level(logging.WARNING):
-    with WorkdirLock(str(tmp_path / "new")):
-      pass
+  with caplog.at_level(logging.WARNING), WorkdirLock(str(tmp_path / "new")):
+    pass
   assert "taking over" not in caplog.text
   proc = start_holder(tmp_path / "new")  # and another process can take it now
   proc.kill()

@@ -44,7 +44,7 @@ from PIL import Image
 from tensorflow_datasets.core import utils as tfds_utils
 
 from derm_jax.data.errors import DataError
-from derm_jax.data.tfds_source import TfdsSource
+from derm_jax.data.tfds_source import TfdsSource, resolve_split
 
 CLASS_NAMES = ("akiec", "bcc", "bkl", "df", "mel", "nv", "vasc")
 NUM_CLASSES = 7
@@ -489,11 +489,7 @@ def prepare(data_config: Any) -> DermaMNIST:
 
 
 def _tfds_split(split: str) -> str:
-  s = SPLIT_ALIASES.get(str(split).lower())
-  if s is None:
-    raise DataError(f"unknown split {split!r}; valid splits: 'train', 'val' (or "
-                    "'validation'), 'test'.")
-  return s
+  return resolve_split(split, SPLIT_ALIASES)
 
 
 def get_data_source(data_config: Any, split: str) -> TfdsSource:

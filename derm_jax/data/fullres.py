@@ -41,8 +41,8 @@ from tensorflow_datasets.core import utils as tfds_utils
 from derm_jax.data import splits as splits_lib
 from derm_jax.data.dermamnist import file_digest
 from derm_jax.data.errors import DataError
-from derm_jax.data.isic import resize_like_dermamnist
-from derm_jax.data.tfds_source import TfdsSource
+from derm_jax.data.isic import read_csv_rows, resize_like_dermamnist
+from derm_jax.data.tfds_source import TfdsSource, resolve_split
 
 SPLITS = ("train", "val", "test")
 SPLIT_ALIASES = {"train": "train", "val": "val", "validation": "val", "test": "test"}
@@ -91,16 +91,7 @@ def read_csv(path: str, required: Sequence[str]) -> list[tuple[int, dict[str, st
   Raises DataError naming the file (and line) for a missing or unreadable file, missing
   required columns, a row with the wrong number of fields, or no data rows.
   """
-  import csv
-  if not os.path.isfile(path):
-    raise DataError(f"{path}: file not found.")
-  try:
-    with open(path, newline="", encoding="utf-8-sig") as f:
-      reader = csv.reader(f)
-      rows = [(reader.line_num, row) for row in reader]
-  except (OSError, UnicodeDecodeError, csv.Error) as e:
-    raise DataError(f"{path}: cannot be read as a CSV file ({e}).") from e
-  rows = [(n, r) for n, r in rows if any(cell.strip() for cell in r)]
+  rows = read_csv_rows(path)
   if not rows:
     raise DataError(f"{path}: empty file (no header).")
   header = [c.strip() for c in rows[0][1]]
@@ -455,11 +446,7 @@ def prepare(builder_cls: type[FullResBuilder], data_config: Any) -> FullResBuild
 
 
 def split_name(split: str) -> str:
-  s = SPLIT_ALIASES.get(str(split).lower())
-  if s is None:
-    raise DataError(f"unknown split {split!r}; valid splits: 'train', 'val' (or "
-                    "'validation'), 'test'.")
-  return s
+  return resolve_split(split, SPLIT_ALIASES)
 
 
 class FullResDataset:

@@ -112,6 +112,20 @@ def _one_hot_value(csv_path: str, line: int, image_id: str, col: str, raw: str |
   return value == 1.0
 
 
+def read_csv_rows(path: str, what: str = "file") -> list[tuple[int, list[str]]]:
+  """(line number, cells) of every non-blank row of a CSV file, header included; DataError
+  naming the file if it is missing or unreadable (`what` names the kind of file)."""
+  if not os.path.isfile(path):
+    raise DataError(f"{path}: {what} not found.")
+  try:
+    with open(path, newline="", encoding="utf-8-sig") as f:
+      reader = csv.reader(f)
+      rows = [(reader.line_num, row) for row in reader]
+  except (OSError, UnicodeDecodeError, csv.Error) as e:
+    raise DataError(f"{path}: cannot be read as a CSV file ({e}).") from e
+  return [(n, r) for n, r in rows if any(cell.strip() for cell in r)]  # drop blank lines
+
+
 def read_ground_truth(csv_path: str | os.PathLike) -> IsicGroundTruth:
   """Parses an ISIC 2018 Task 3 or ISIC 2019 one-hot ground-truth CSV.
 
@@ -121,15 +135,7 @@ def read_ground_truth(csv_path: str | os.PathLike) -> IsicGroundTruth:
   with several labels, and a file without rows.
   """
   csv_path = os.fspath(csv_path)
-  if not os.path.isfile(csv_path):
-    raise DataError(f"{csv_path}: ground-truth CSV not found.")
-  try:
-    with open(csv_path, newline="", encoding="utf-8-sig") as f:
-      reader = csv.reader(f)
-      rows = [(reader.line_num, row) for row in reader]
-  except (OSError, UnicodeDecodeError, csv.Error) as e:
-    raise DataError(f"{csv_path}: cannot be read as a CSV file ({e}).") from e
-  rows = [(n, r) for n, r in rows if any(cell.strip() for cell in r)]  # drop blank lines
+  rows = read_csv_rows(csv_path, "ground-truth CSV")
   if not rows:
     raise DataError(f"{csv_path}: empty file (no header).")
   header = [c.strip() for c in rows[0][1]]

@@ -13,6 +13,17 @@ from typing import Any
 
 import tensorflow_datasets as tfds
 
+from derm_jax.data.errors import DataError
+
+
+def resolve_split(split: str, aliases: dict[str, str]) -> str:
+  """The builder's name for `split` ('train', 'val' / 'validation', 'test'), or DataError."""
+  s = aliases.get(str(split).lower())
+  if s is None:
+    raise DataError(f"unknown split {split!r}; valid splits: 'train', 'val' (or "
+                    "'validation'), 'test'.")
+  return s
+
 
 class TfdsSource:
   """Random-access split of a prepared builder directory (reopened after pickling)."""
