@@ -56,6 +56,7 @@ def optimizer(lr: float, weight_decay: float) -> ConfigDict:
 def input_options() -> ConfigDict:
   c = ConfigDict()
   c.num_threads = 2        # Grain reader threads
-  c.prefetch = 4           # batches prefetched
+  c.prefetch = 4           # batches prefetched on the host
+  c.device_prefetch = 2    # batches already copied to the accelerator(s) ahead of the step
   c.num_workers = 0        # Grain worker processes (decoding full-resolution JPEGs); 0 = none
   return c

@@ -1,10 +1,12 @@
-"""Orbax checkpoints of the whole training state plus the Grain iterator state, verified.
+"""Orbax checkpoints of the whole training state, verified.
 
-Layout: `<workdir>/checkpoints/<step>/{state,data,derm_jax_manifest.json}`. Orbax writes
+Layout: `<workdir>/checkpoints/<step>/{state,derm_jax_manifest.json}` (steps written by
+earlier versions also hold `data/`, a Grain iterator state that is no longer read: the
+input pipeline's position is the step itself, see `data/input_pipeline.py`). Orbax writes
 each step into a temporary directory and renames it when complete, so a run killed at any
 moment (even `kill -9` mid-write) leaves only complete checkpoints; stale temporaries are
 cleaned on the next start. `restore` puts arrays straight into the shardings of the given
-abstract target, so a checkpoint moves between device counts and meshes.
+abstract target, so a checkpoint moves between device counts, meshes and process counts.
 
 Integrity: once a step is finalised (checked at the next `save`, `wait` or `close`),
 process 0 writes `derm_jax_manifest.json` into its directory (atomically: tmp file +
@@ -37,7 +39,6 @@ import shlex
 import time
 from collections.abc import Callable
 
-import grain
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
@@ -311,41 +312,37 @@ class Checkpointer:
   def all_steps(self) -> list[int]:
     return sorted(self._mngr.all_steps())
 
-  def save(self, step: int, state, data_iterator=None, force: bool = False) -> bool:
+  def save(self, step: int, state, force: bool = False) -> bool:
     self._mngr.wait_until_finished()
     self._write_manifests()
     self._set_aside_damaged(step)
-    items = {"state": ocp.args.StandardSave(state)}
-    if data_iterator is not None:
-      items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
-    return self._mngr.save(step, args=ocp.args.Composite(**items), force=force)
+    return self._mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state)),
+                           force=force)
 
-  def restore(self, step: int | None, target_state, data_iterator=None):
-    """Restores `state` (into target's shapes/shardings) and, if given, the iterator in place.
+  def restore(self, step: int | None, target_state):
+    """Restores `state` into the target's shapes and shardings.
 
     `step=None`: the newest step that verifies and restores (damaged steps are skipped with
     a warning). An explicit damaged or missing step raises CheckpointError."""
     _, state = _restore_checked(self.directory, self.all_steps(), step, self.check,
-                                self._restore_fn(target_state, data_iterator), self._warned)
+                                self._restore_fn(target_state), self._warned)
     return state
 
-  def restore_latest(self, target_state, data_iterator=None) -> tuple[int, object]:
+  def restore_latest(self, target_state) -> tuple[int, object]:
     """(step, state) of the newest step that verifies and restores, for resuming a run.
 
     Like `restore(None, ...)` but also says which step it used: damaged steps, and
     unverified ones that Orbax cannot read, are skipped with a warning naming them.
     Raises CheckpointNotFoundError if there is no checkpoint at all."""
     return _restore_checked(self.directory, self.all_steps(), None, self.check,
-                            self._restore_fn(target_state, data_iterator), self._warned)
+                            self._restore_fn(target_state), self._warned)
 
-  def _restore_fn(self, target_state, data_iterator):
+  def _restore_fn(self, target_state):
     target = abstract_like(target_state)
 
     def restore_fn(s):
-      items = {"state": ocp.args.StandardRestore(target)}
-      if data_iterator is not None:
-        items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
-      return self._mngr.restore(s, args=ocp.args.Composite(**items))["state"]
+      args = ocp.args.Composite(state=ocp.args.StandardRestore(target))
+      return self._mngr.restore(s, args=args)["state"]
 
     return restore_fn
 

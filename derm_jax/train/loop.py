@@ -75,12 +75,19 @@ class _Window:
     return out
 
 
-def train_iterator(exp: Experiment):
-  """The checkpointable Grain iterator of the experiment's training stream."""
+def _train_dataset(exp: Experiment, start_step: int = 0):
   c = exp.config
-  ds = input_pipeline.train_dataset(
+  return input_pipeline.train_dataset(
       exp.dataset.source("train"), global_batch_size=c.batch_size, image_size=c.image_size,
-      aug=c.aug, seed=c.seed, labels=exp.train_labels, balanced=exp.balanced_sampling)
+      aug=c.aug, seed=c.seed, labels=exp.train_labels, balanced=exp.balanced_sampling,
+      start_batch=start_step)
+
+
+def train_iterator(exp: Experiment, start_step: int = 0):
+  """The Grain iterator of the experiment's training stream, from the batch that step
+  `start_step + 1` trains on (the stream's position is the step: see input_pipeline)."""
+  c = exp.config
+  ds = _train_dataset(exp, start_step)
   return input_pipeline.train_iterator(ds, c.input.num_threads, c.input.prefetch,
                                        c.input.get("num_workers", 0))
 
@@ -114,22 +121,22 @@ def step_flops(step_fn, state, batch) -> float | None:
 def train(exp: Experiment, workdir: str) -> tuple[Any, dict[str, Any]]:
   """Trains `exp` in `workdir`, resuming from its latest checkpoint; returns the final
   state and the last evaluation row."""
-  train_iter = train_iterator(exp)
+  _train_dataset(exp)  # fail on bad data settings before touching the workdir
   lock = WorkdirLock(workdir, is_main=jax.process_index() == 0).acquire()
   try:
-    return _train_locked(exp, workdir, train_iter)
+    return _train_locked(exp, workdir)
   finally:
     lock.release()
 
 
-def _train_locked(exp: Experiment, workdir: str, train_iter):
+def _train_locked(exp: Experiment, workdir: str):
   c = exp.config
   spe, total = exp.steps_per_epoch, exp.total_steps
   ckpt, writer, is_main = outputs.open_run(workdir, c, c.keep_checkpoints)
   state = exp.state
   start = ckpt.latest_step()
   if start is not None:  # the newest intact step (damaged ones are skipped, with a warning)
-    start, state = ckpt.restore_latest(state, train_iter)
+    start, state = ckpt.restore_latest(state)
     logging.info("Resuming from checkpoint at step %d in %s", start, ckpt.directory)
     writer.truncate_after(start)
   else:
@@ -144,12 +151,14 @@ def _train_locked(exp: Experiment, workdir: str, train_iter):
   if profile and (len(profile) != 2 or not 0 < profile[0] < profile[1]):
     raise ValueError(f"config.profile_steps={profile}: expected (first, last) steps, "
                      "0 < first < last.")
+  batches = mesh_lib.prefetch_to_device(train_iterator(exp, start), exp.mesh,
+                                        c.input.get("device_prefetch", 2))
   progress = None
   window = _Window(start + 1)
   last_eval: dict[str, Any] = {}
   try:
     for step in range(start + 1, total + 1):
-      batch = mesh_lib.shard_batch(next(train_iter), exp.mesh)
+      batch = next(batches)
       if progress is None:
         progress = outputs.Progress(total, start, c.batch_size, c.log_every_steps,
                                     flops_per_step=step_flops(exp.train_step, state, batch))
@@ -187,7 +196,7 @@ def _train_locked(exp: Experiment, workdir: str, train_iter):
         last_eval = row
       if itstime(step, ckpt_every, total):
         window.fetch()  # never checkpoint a state that followed a non-finite step
-        ckpt.save(step, state, train_iter)
+        ckpt.save(step, state)
       progress.exclude(time.monotonic() - t_other - log_time)
   finally:  # also on errors: finish pending saves, keep the last good checkpoint
     ckpt.close()
