@@ -21,9 +21,9 @@ class Model:
   """A restored classifier run: `class_names`, `step`, `predict(images)`."""
 
   def __init__(self, workdir: str, step: int | None = None):
-    from derm_jax import evaluation, train_classifier
+    from derm_jax import evaluation, fileio, train_classifier
     from derm_jax.train import loop
-    self.workdir = os.path.abspath(os.path.expanduser(workdir))
+    self.workdir = fileio.normalize(workdir)
     self.config = evaluation.load_run_config(self.workdir)
     self._exp = train_classifier.build(self.config, self.workdir, load_backbone=False)
     self._state = loop.restore(self._exp, self.workdir, step)
@@ -54,6 +54,6 @@ class Model:
 
 
 def load(workdir: str, step: int | None = None) -> Model:
-  """The classifier of `workdir` (a classify run, or an arm of a study) at its latest
-  checkpoint, or at `step`."""
+  """The classifier of `workdir` (a classify run, or an arm of a study; a local folder or a
+  gs:// URL) at its latest checkpoint, or at `step`."""
   return Model(workdir, step)

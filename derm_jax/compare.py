@@ -11,10 +11,11 @@ same data, splits, augmentation, backbone, head, optimiser, schedule, epochs and
 from __future__ import annotations
 
 import copy
-import os
 
 from absl import logging
 from ml_collections import ConfigDict
+
+from derm_jax import fileio
 
 _ARM_INIT = {"vae": "vae", "imagenet": "imagenet", "scratch": "scratch"}
 ARMS = tuple(_ARM_INIT)
@@ -72,7 +73,7 @@ def external_sets(config) -> list[tuple[str, str, str]]:
 
 def arm_dir(workdir: str, arm: str, seed: int) -> str:
   """Where one arm's run for one seed lives inside a study's workdir."""
-  return os.path.join(workdir, "arms", arm, f"seed_{seed}")
+  return fileio.join(workdir, "arms", arm, f"seed_{seed}")
 
 
 def run(config, workdir: str):
@@ -88,12 +89,12 @@ def _run_locked(config, workdir: str, is_main: bool):
   from derm_jax import evaluation, report, train_classifier, train_vae
   from derm_jax.evaluators import classification
   from derm_jax.train import outputs
-  os.makedirs(workdir, exist_ok=True)
+  fileio.makedirs(workdir)
   if is_main:
     outputs.write_config(workdir, config)
   vae_workdir = config.vae_workdir
   if "vae" in config.arms and not vae_workdir:
-    vae_workdir = os.path.join(workdir, "vae")
+    vae_workdir = fileio.join(workdir, "vae")
     logging.info("Stage 1: VAE pretraining in %s", vae_workdir)
     train_vae.train_and_evaluate(vae_stage_config(config), vae_workdir)
   results = {}
@@ -106,7 +107,7 @@ def _run_locked(config, workdir: str, is_main: bool):
       for name, images, csv_path in external_sets(config):
         logging.info("Outside set %s: arm %s, seed %d", name, arm, seed)
         evaluation.evaluate_checkpoint(run_dir, isic_images=images, isic_csv=csv_path,
-                                       out=os.path.join(run_dir, "external", name))
+                                       out=fileio.join(run_dir, "external", name))
   for (arm, seed), test in results.items():
     logging.info("Test split, arm %s, seed %d: %s", arm, seed,
                  classification.summary_line(test))
@@ -121,7 +122,7 @@ def _run_locked(config, workdir: str, is_main: bool):
 def _section(markdown_path: str, heading: str) -> list[str]:
   """The non-empty lines of the section of a markdown file that starts with `heading`."""
   lines, inside = [], False
-  with open(markdown_path) as f:
+  with fileio.open(markdown_path) as f:
     for line in f:
       if line.startswith("## "):
         inside = line.startswith(heading)

@@ -14,12 +14,14 @@ import os
 from absl import logging
 from ml_collections import ConfigDict
 
+from derm_jax import fileio
+
 
 def load_run_config(workdir: str) -> ConfigDict:
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
+  path = fileio.join(workdir, "config.json")
+  if not fileio.exists(path):
     raise FileNotFoundError(f"{path} not found: {workdir!r} is not a derm_jax run directory.")
-  with open(path) as f:
+  with fileio.open(path) as f:
     cfg = ConfigDict(json.load(f))
   if cfg.get("task") != "classify":
     raise ValueError(f"{workdir!r} holds a {cfg.get('task')!r} run, not a classifier.")
@@ -72,7 +74,7 @@ def evaluate_checkpoint(workdir: str, step: int | None = None, split: str = "tes
                          if isic_csv else {"num_images": len(source)})}
   else:
     result["data"] = {"split": split, **exp.dataset.describe()}
-  out = out or os.path.join(workdir, "eval", f"{name}_step{result['step']}")
+  out = out or fileio.join(workdir, "eval", f"{name}_step{result['step']}")
   preds = evaluator.predictions
   if jax.process_index() != 0:
     return result
@@ -81,7 +83,7 @@ def evaluate_checkpoint(workdir: str, step: int | None = None, split: str = "tes
   if isic_images:
     fmt = source.ground_truth.format if isic_csv else "2018"
     predictions_lib.write_isic_submission_csv(
-        os.path.join(out, "submission.csv"), [image_ids[i] for i in preds.index], preds.probs,
+        fileio.join(out, "submission.csv"), [image_ids[i] for i in preds.index], preds.probs,
         exp.meta.class_names, fmt=fmt)
   if "accuracy" in result:
     logging.info("%s: %s -> %s", name, classification.summary_line(result), out)

@@ -3,15 +3,18 @@
 The config file decides what runs (`config.task`: 'vae', 'classify' or 'compare');
 `--mode=eval` restores a checkpoint (`--step`, default the latest) instead of training.
 Override any config field with `--config.some.field=value`; an unknown field is an error.
+--workdir may be a local folder or a cloud-storage URL such as `gs://bucket/run` (see
+`derm_jax.fileio`; a URL is never turned into a local path).
 """
 
 from __future__ import annotations
 
-import os
 import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+from derm_jax import fileio
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
                                           lock_config=True)
@@ -41,10 +44,10 @@ def eval_config(cli_config, workdir: str):
   import json
 
   from ml_collections import ConfigDict
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
+  path = fileio.join(workdir, "config.json")
+  if not fileio.exists(path):
     raise FileNotFoundError(f"{path} not found: {workdir!r} is not a derm_jax run directory.")
-  with open(path) as f:
+  with fileio.open(path) as f:
     config = ConfigDict(json.load(f))
   if config.get("task") != cli_config.get("task"):
     raise ValueError(f"{workdir!r} holds a {config.get('task')!r} run, but --config is a "
@@ -63,7 +66,10 @@ def run(config, workdir: str, mode: str = "train", step: int | None = None):
     config = eval_config(config, workdir)
   validate.validate_config(config)
   if mode == "train":
-    validate.validate_workdir(workdir)
+    if fileio.is_remote(workdir):
+      _validate_remote_workdir(workdir)
+    else:
+      validate.validate_workdir(workdir)
     preflight.check(config, workdir)
   if task == "vae":
     from derm_jax import train_vae
@@ -82,6 +88,20 @@ def run(config, workdir: str, mode: str = "train", step: int | None = None):
   raise ValueError(f"Unknown config.task={task!r}; expected 'vae', 'classify' or 'compare'.")
 
 
+def _validate_remote_workdir(workdir: str) -> None:
+  """A cloud workdir: refused if it names an existing object (a file, not a folder). Write
+  access is found out by the first write (there is no cheap portable probe)."""
+  from derm_jax.errors import ConfigError
+  if fileio.exists(workdir) and not fileio.isdir(workdir):
+    raise ConfigError(f"--workdir {workdir} is an existing file, not a directory; choose "
+                      "another workdir.")
+
+
+def workdir_from_flag(value: str) -> str:
+  """--workdir made absolute (`~` expanded) when local; a URL (gs://...) is kept as is."""
+  return fileio.normalize(value)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -97,7 +117,7 @@ def main(argv):
     jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
                                num_processes=_NUM_PROCESSES.value,
                                process_id=_PROCESS_ID.value)
-  workdir = os.path.abspath(os.path.expanduser(_WORKDIR.value))
+  workdir = workdir_from_flag(_WORKDIR.value)
   try:
     run(_CONFIG.value, workdir, _MODE.value, _STEP.value)
   except (DermJaxError, ValueError, FileNotFoundError, FloatingPointError, KeyError) as e:

@@ -12,7 +12,7 @@
   * `save_interval_groups`: estimates with interval bars, grouped (e.g. per evaluation set).
 Figures are meant to be read without the code: plain-language titles and axis labels,
 class codes explained (`CLASS_DESCRIPTIONS`). No display is ever opened; every function
-creates the parent folder of `path`.
+creates the parent folder of `path`, which may be a `gs://` URL (`derm_jax.fileio`).
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from PIL import Image
 
+from derm_jax import fileio
 from derm_jax.data import registry
 
 __all__ = [
@@ -84,10 +85,20 @@ def _metric_label(key: str) -> str:
 
 def _ensure_parent(path: str | os.PathLike) -> str:
   path = os.fspath(path)
-  parent = os.path.dirname(path)
+  parent = fileio.dirname(path)
   if parent:
-    os.makedirs(parent, exist_ok=True)
+    fileio.makedirs(parent)
   return path
+
+
+def _savefig(fig: Any, path: str, **kwargs: Any) -> None:
+  """fig.savefig to a local path, or to a URL (in the format its extension names, PNG if
+  none)."""
+  if not fileio.is_remote(path):
+    fig.savefig(path, **kwargs)
+    return
+  fmt = os.path.splitext(path)[1].lstrip(".").lower() or "png"
+  fileio.save_with(path, lambda buf: fig.savefig(buf, format=fmt, **kwargs))
 
 
 def save_confusion_matrix(
@@ -145,7 +156,7 @@ def save_confusion_matrix(
   fig.tight_layout()
   if caption:
     fig.text(0.02, 0.0, _wrap(caption, int(12 * (size + 1.5))), fontsize=10, va="top", ha="left")
-  fig.savefig(path, dpi=100, bbox_inches="tight", pad_inches=0.2)
+  _savefig(fig, path, dpi=100, bbox_inches="tight", pad_inches=0.2)
   plt.close(fig)
   return path
 
@@ -270,7 +281,7 @@ def save_curves(
     ax.set_title(title)
     ax.set_ylabel(ylabel or (keys[0].split("/")[-1].replace("_", " ") if keys else ""))
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
+  _savefig(fig, path, dpi=100)
   plt.close(fig)
   return path
 
@@ -337,7 +348,7 @@ def save_image_grid(
   if row_labels is not None or title:
     image = _annotate_grid(image, [str(t) for t in row_labels or []], title, h, pad, pad_value)
   path = _ensure_parent(path)
-  image.save(path, format="PNG")
+  fileio.save_with(path, lambda target: image.save(target, format="PNG"))
   return path
 
 
@@ -422,7 +433,7 @@ def save_latent_map(
       fontsize=9, loc="center left", bbox_to_anchor=(1.01, 0.5), markerscale=2, title="class"
     )
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
+  _savefig(fig, path, dpi=100)
   plt.close(fig)
   return path
 
@@ -482,7 +493,7 @@ def save_reliability_diagram(
   axc.set_xlabel("confidence (predicted probability of the predicted class)")
   axc.set_ylabel("images")
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
+  _savefig(fig, path, dpi=100)
   plt.close(fig)
   return path
 
@@ -550,6 +561,6 @@ def save_interval_groups(
   if ax.get_legend_handles_labels()[0]:
     ax.legend(fontsize=9)
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
+  _savefig(fig, path, dpi=100)
   plt.close(fig)
   return path

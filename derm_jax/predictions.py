@@ -12,7 +12,8 @@ Prediction CSV (`write_predictions_csv` / `read_predictions_csv`), one row per i
     with Python's shortest round-trip float repr (so reading returns the exact values);
   * pred: argmax of the probabilities (ties -> the lowest index), an integer index.
 The class names are recovered from the p_<class> header. Files are written atomically
-(a temporary file in the same folder, then os.replace), so a reader never sees half a file.
+(`fileio.atomic_write_text`: a temporary file in the same folder then os.replace, or one
+object upload for a `gs://` path), so a reader never sees half a file.
 
 ISIC challenge submission CSV (`write_isic_submission_csv`): the official column order of
 the ISIC 2018 task 3 or ISIC 2019 challenge, mapped from the DermaMNIST class codes.
@@ -25,11 +26,12 @@ import dataclasses
 import io
 import math
 import os
-import tempfile
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+
+from derm_jax import fileio
 
 __all__ = [
   "ISIC_2018_COLUMNS",
@@ -95,22 +97,6 @@ class Predictions:
 
   def __len__(self) -> int:
     return len(self.image_ids)
-
-
-def _atomic_write_text(path: str | os.PathLike, text: str) -> str:
-  path = os.fspath(path)
-  parent = os.path.dirname(os.path.abspath(path))
-  os.makedirs(parent, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=parent, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
-  try:
-    with os.fdopen(fd, "w", newline="") as f:
-      f.write(text)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
-  return path
 
 
 def _check_class_names(class_names: Sequence[str]) -> tuple[str, ...]:
@@ -187,7 +173,7 @@ def write_predictions_csv(
         int(preds[r]),
       ]
     )
-  return _atomic_write_text(path, buf.getvalue())
+  return fileio.atomic_write_text(path, buf.getvalue())
 
 
 def read_predictions_csv(path: str | os.PathLike) -> Predictions:
@@ -199,9 +185,9 @@ def read_predictions_csv(path: str | os.PathLike) -> Predictions:
   some rows only.
   """
   path = os.fspath(path)
-  if not os.path.isfile(path):
+  if not fileio.isfile(path):
     raise PredictionsError(f"missing predictions file: {path}")
-  with open(path, newline="") as f:
+  with fileio.open(path, newline="") as f:
     rows = list(csv.reader(f))
   if not rows:
     raise PredictionsError(f"{path}:1: empty file (expected a header line)")
@@ -325,4 +311,4 @@ def write_isic_submission_csv(
   index = [names.index(code) if code in names else None for _, code in columns]
   for r, image_id in enumerate(ids):
     w.writerow([image_id, *[("0.0" if j is None else repr(float(probs[r, j]))) for j in index]])
-  return _atomic_write_text(path, buf.getvalue())
+  return fileio.atomic_write_text(path, buf.getvalue())

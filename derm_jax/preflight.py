@@ -7,11 +7,9 @@ prepared here too (validated before anything is written to the workdir).
 
 from __future__ import annotations
 
-import os
-
 from absl import logging
 
-from derm_jax import backbone_init
+from derm_jax import backbone_init, fileio
 from derm_jax.data import registry
 
 
@@ -24,7 +22,7 @@ def check(config, workdir: str) -> None:
     backbone_init.check_source(config, workdir)
   elif task == "compare":
     from derm_jax import compare
-    vae_workdir = config.vae_workdir or os.path.join(workdir, "vae")
+    vae_workdir = config.vae_workdir or fileio.join(workdir, "vae")
     for arm in config.arms:
       arm_cfg = compare.arm_config(config, arm, config.seeds[0], vae_workdir)
       if arm == "vae" and not config.vae_workdir:

@@ -49,7 +49,7 @@ from typing import Any
 
 import numpy as np
 
-from derm_jax import plots, stats
+from derm_jax import fileio, plots, stats
 from derm_jax.metrics import overfitting_gap
 from derm_jax.predictions import Predictions, PredictionsError, read_predictions_csv
 
@@ -156,20 +156,20 @@ class ArmRuns:
 
 
 def _read_json(path: str) -> Any:
-  if not os.path.isfile(path):
+  if not fileio.isfile(path):
     raise ReportError(f"missing file: {path}")
   try:
-    with open(path) as f:
+    with fileio.open(path) as f:
       return json.load(f)
   except (OSError, ValueError) as e:
     raise ReportError(f"cannot read JSON file {path}: {e}") from e
 
 
 def _read_jsonl(path: str) -> list[dict[str, Any]]:
-  if not os.path.isfile(path):
+  if not fileio.isfile(path):
     raise ReportError(f"missing file: {path}")
   rows = []
-  with open(path) as f:
+  with fileio.open(path) as f:
     for i, line in enumerate(f, 1):
       line = line.strip()
       if not line:
@@ -217,8 +217,8 @@ def _normalize_history(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def _load_eval(metrics: dict[str, Any], pred_path: str) -> EvalSet:
   """An EvalSet with the predictions at `pred_path` when they exist, are valid and match "
   "`metrics`."""
-  if not os.path.isfile(pred_path):
-    return EvalSet(metrics, None, f"no {os.path.basename(pred_path)}")
+  if not fileio.isfile(pred_path):
+    return EvalSet(metrics, None, f"no {fileio.basename(pred_path)}")
   try:
     p = read_predictions_csv(pred_path)
   except PredictionsError as e:
@@ -243,43 +243,44 @@ def load_compare_dir(workdir: str) -> dict[str, ArmRuns]:
   Predictions files are optional: a missing or malformed one leaves that run without
   intervals (EvalSet.note says why) rather than failing the report.
   """
-  arms_dir = os.path.join(workdir, "arms")
-  if not os.path.isdir(arms_dir):
+  arms_dir = fileio.join(workdir, "arms")
+  if not fileio.isdir(arms_dir):
     raise ReportError(f"missing directory: {arms_dir} (expected DIR/arms/<arm>/seed_<s>/)")
-  arm_names = sorted(d for d in os.listdir(arms_dir) if os.path.isdir(os.path.join(arms_dir, d)))
+  arm_names = sorted(d for d in fileio.listdir(arms_dir)
+                     if fileio.isdir(fileio.join(arms_dir, d)))
   if not arm_names:
     raise ReportError(f"no arm directories in {arms_dir}")
   # Conventional order: self-supervised arm first, then ImageNet, then the rest.
   arm_names.sort(key=lambda a: ({"self_supervised": 0, "imagenet": 1}.get(_paper_arm(a), 2), a))
   arms: dict[str, ArmRuns] = {}
   for arm in arm_names:
-    arm_dir = os.path.join(arms_dir, arm)
+    arm_dir = fileio.join(arms_dir, arm)
     seeds = []
-    for d in os.listdir(arm_dir):
+    for d in fileio.listdir(arm_dir):
       m = re.fullmatch(r"seed_(\d+)", d)
-      if m and os.path.isdir(os.path.join(arm_dir, d)):
-        seeds.append((int(m.group(1)), os.path.join(arm_dir, d)))
+      if m and fileio.isdir(fileio.join(arm_dir, d)):
+        seeds.append((int(m.group(1)), fileio.join(arm_dir, d)))
     if not seeds:
       raise ReportError(f"no seed_<s> directories in {arm_dir}")
     runs = []
     for seed, seed_dir in sorted(seeds):
-      config = _read_json(os.path.join(seed_dir, "config.json"))
-      history = _normalize_history(_read_jsonl(os.path.join(seed_dir, "metrics.jsonl")))
-      test = _read_json(os.path.join(seed_dir, "test_metrics.json"))
+      config = _read_json(fileio.join(seed_dir, "config.json"))
+      history = _normalize_history(_read_jsonl(fileio.join(seed_dir, "metrics.jsonl")))
+      test = _read_json(fileio.join(seed_dir, "test_metrics.json"))
       if not isinstance(config, dict) or not isinstance(test, dict):
         raise ReportError(f"expected JSON objects in {seed_dir}/config.json and test_metrics.json")
-      evals = {TEST_SET: _load_eval(test, os.path.join(seed_dir, "test_predictions.csv"))}
-      ext_dir = os.path.join(seed_dir, "external")
-      if os.path.isdir(ext_dir):
-        for name in sorted(os.listdir(ext_dir)):
-          set_dir = os.path.join(ext_dir, name)
-          if not os.path.isdir(set_dir):
+      evals = {TEST_SET: _load_eval(test, fileio.join(seed_dir, "test_predictions.csv"))}
+      ext_dir = fileio.join(seed_dir, "external")
+      if fileio.isdir(ext_dir):
+        for name in sorted(fileio.listdir(ext_dir)):
+          set_dir = fileio.join(ext_dir, name)
+          if not fileio.isdir(set_dir):
             continue
-          m = _read_json(os.path.join(set_dir, "metrics.json"))
+          m = _read_json(fileio.join(set_dir, "metrics.json"))
           if not isinstance(m, dict):
             raise ReportError(f"expected a JSON object in {set_dir}/metrics.json")
           key = name if name != TEST_SET else f"{name} (external)"
-          evals[key] = _load_eval(m, os.path.join(set_dir, "predictions.csv"))
+          evals[key] = _load_eval(m, fileio.join(set_dir, "predictions.csv"))
       runs.append(
         SeedRun(seed=seed, path=seed_dir, config=config, history=history, test=test, evals=evals)
       )
@@ -1417,17 +1418,17 @@ def write_report(workdir: str, n_boot: int = 2000, seed: int = 0, figures: bool 
   """
   workdir = os.fspath(workdir)
   arms = load_compare_dir(workdir)
-  top_path = os.path.join(workdir, "config.json")
-  top = _read_json(top_path) if os.path.isfile(top_path) else {}
+  top_path = fileio.join(workdir, "config.json")
+  top = _read_json(top_path) if fileio.isfile(top_path) else {}
   top = top if isinstance(top, dict) else {}
   summary = summarize(arms)
   n_seeds = {a: len(arm.runs) for a, arm in arms.items()}
   analysis = analyse_sets(arms, n_boot=n_boot, seed=seed)
   test_sa = analysis[TEST_SET]
   arm_names = list(arms)
-  fig_dir = os.path.join(workdir, "figures")
+  fig_dir = fileio.join(workdir, "figures")
   if figures:
-    os.makedirs(fig_dir, exist_ok=True)
+    fileio.makedirs(fig_dir)
 
   # --- figures
 
@@ -1440,7 +1441,7 @@ def write_report(workdir: str, n_boot: int = 2000, seed: int = 0, figures: bool 
     plots.save_curves,
     runs,
     ["train/loss", "val/loss"],
-    os.path.join(fig_dir, "loss.png"),
+    fileio.join(fig_dir, "loss.png"),
     "Loss per epoch (solid: training, dashed: validation)",
     ylabel="cross-entropy loss",
   )
@@ -1448,7 +1449,7 @@ def write_report(workdir: str, n_boot: int = 2000, seed: int = 0, figures: bool 
     plots.save_curves,
     runs,
     ["train/accuracy", "val/accuracy"],
-    os.path.join(fig_dir, "accuracy.png"),
+    fileio.join(fig_dir, "accuracy.png"),
     "Accuracy per epoch (solid: training, dashed: validation)",
     ylabel="accuracy",
   )
@@ -1456,7 +1457,7 @@ def write_report(workdir: str, n_boot: int = 2000, seed: int = 0, figures: bool 
     plots.save_curves,
     runs,
     ["gap/accuracy", "gap/loss"],
-    os.path.join(fig_dir, "gap.png"),
+    fileio.join(fig_dir, "gap.png"),
     "Overfitting gap per epoch (above 0 = the model does better on training than on "
     "validation data)",
     separate_panels=True,
@@ -1486,7 +1487,7 @@ def write_report(workdir: str, n_boot: int = 2000, seed: int = 0, figures: bool 
       plots.save_confusion_matrix,
       total,
       names,
-      os.path.join(fig_dir, fname),
+      fileio.join(fig_dir, fname),
       f"{a}: test confusion matrix (counts summed over {len(cms)} seed(s))",
     )
     confusion_files[a] = (fname, len(cms))
@@ -1499,7 +1500,7 @@ def write_report(workdir: str, n_boot: int = 2000, seed: int = 0, figures: bool 
       bins.confidence,
       bins.accuracy,
       bins.count,
-      os.path.join(fig_dir, fname),
+      fileio.join(fig_dir, fname),
       f"{a}: calibration on the test split ({k} seed(s) pooled)",
       edges=bins.edges,
       ece=bins.ece,
@@ -1530,7 +1531,7 @@ def write_report(workdir: str, n_boot: int = 2000, seed: int = 0, figures: bool 
       plots.save_interval_groups,
       [sa.short_label for sa in sets],
       series,
-      os.path.join(fig_dir, "shift_balanced_accuracy.png"),
+      fileio.join(fig_dir, "shift_balanced_accuracy.png"),
       "Balanced accuracy in distribution and on shifted data\n"
       "(points: mean over seeds; bars: 95% bootstrap interval)",
       "balanced accuracy (mean recall over classes)",
@@ -1541,7 +1542,7 @@ def write_report(workdir: str, n_boot: int = 2000, seed: int = 0, figures: bool 
   # --- header and warnings
   L: list[str] = ["# Self-supervised VAE vs ImageNet transfer: comparison report", ""]
   L.append(
-    f"Workdir: `{os.path.abspath(workdir)}`. Paper: Matas et al. 2025, arXiv:2505.16773 "
+    f"Workdir: `{fileio.abspath(workdir)}`. Paper: Matas et al. 2025, arXiv:2505.16773 "
     "(only its abstract's numbers are known)."
   )
   L.append("")
@@ -1834,7 +1835,7 @@ def write_report(workdir: str, n_boot: int = 2000, seed: int = 0, figures: bool 
         "always predicting the majority class):"
       )
       L += ["", "![shift](figures/shift_balanced_accuracy.png)", ""]
-  if os.path.isfile(os.path.join(workdir, "vae", "latent_pca.png")):
+  if fileio.isfile(fileio.join(workdir, "vae", "latent_pca.png")):
     L.append(
       "VAE latent space: a 2-D PCA of the VAE's latent means, coloured by class (written by the "
       "VAE run):"
@@ -1844,12 +1845,8 @@ def write_report(workdir: str, n_boot: int = 2000, seed: int = 0, figures: bool 
   # --- (e) conclusion
   L += _conclusion(summary, n_seeds, test_sa)
 
-  path = os.path.join(workdir, "report.md")
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    f.write("\n".join(L).rstrip() + "\n")
-  os.replace(tmp, path)
-  return path
+  return fileio.atomic_write_text(fileio.join(workdir, "report.md"),
+                                  "\n".join(L).rstrip() + "\n")
 
 
 def _config_differences(arms: dict[str, ArmRuns], limit: int = 40) -> list[list[str]]:

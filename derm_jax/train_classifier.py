@@ -12,7 +12,7 @@ derm_jax/evaluators/classification.py.
 from __future__ import annotations
 
 import functools
-import os
+import io
 from typing import Any
 
 import flax.struct
@@ -22,7 +22,7 @@ import numpy as np
 import optax
 from absl import logging
 
-from derm_jax import backbone_init
+from derm_jax import backbone_init, fileio
 from derm_jax.data import device_augment, registry
 from derm_jax.evaluators import classification
 from derm_jax.models import classifier as classifier_lib
@@ -223,7 +223,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   if config.balanced_sampling:
     logging.info("Balanced sampling: train metrics (and so the overfitting gap) are measured "
                  "on the class-balanced stream, validation on the natural distribution.")
-  os.makedirs(workdir, exist_ok=True)
+  fileio.makedirs(workdir)
   exp = build(config, workdir)
   logging.info("Classifier: backbone %s (%s, %s), %d epochs x %d steps, batch %d.",
                config.model.backbone, config.init.source,
@@ -253,7 +253,8 @@ def _test_to_tensorboard(config, workdir: str, test: dict[str, Any]) -> None:
   writer = outputs.MetricWriter(workdir)
   try:
     writer.write_scalars(test["step"], {k: v for k, v in headline.items() if v is not None})
-    with Image.open(os.path.join(workdir, "confusion_test.png")) as im:
+    png = fileio.read_bytes(fileio.join(workdir, "confusion_test.png"))
+    with Image.open(io.BytesIO(png)) as im:
       writer.write_image(test["step"], "test/confusion_matrix",
                          np.asarray(im.convert("RGB"), np.float32) / 255.0)
     writer.write_hparams(config, headline)
@@ -271,7 +272,7 @@ def evaluate(config, workdir: str, step: int | None = None) -> dict[str, Any]:
     s = results[split]["step"]
     if jax.process_index() == 0:
       classification.write_outputs(results[split], preds, exp.meta,
-                                   os.path.join(workdir, "eval"),
+                                   fileio.join(workdir, "eval"),
                                    metrics_name=f"{split}_step{s}.json",
                                    confusion_name=f"confusion_{split}_step{s}.png",
                                    predictions_name=f"{split}_step{s}_predictions.csv",

@@ -9,7 +9,6 @@ Read top to bottom: state -> train step -> eval step -> image grids -> build -> 
 
 import functools
 import json
-import os
 from typing import Any
 
 import flax
@@ -20,7 +19,7 @@ import numpy as np
 import optax
 from absl import logging
 
-from derm_jax import losses, plots
+from derm_jax import fileio, losses, plots
 from derm_jax.data import device_augment, input_pipeline, registry
 from derm_jax.evaluators import vae as vae_evaluator
 from derm_jax.models import vae as vae_lib
@@ -129,15 +128,15 @@ def _write_images(exp: Experiment, state, step: int, row: dict, writer, workdir:
   if jax.process_index() != 0:
     return
   x, recon, samples = np.asarray(x), np.asarray(recon), np.asarray(samples)
-  img_dir = os.path.join(workdir, "images")
-  os.makedirs(img_dir, exist_ok=True)
+  img_dir = fileio.join(workdir, "images")
+  fileio.makedirs(img_dir)
   elbo = row.get("val/elbo")
   when = f"step {step}" + (f", validation ELBO {elbo:,.0f} nats/image" if elbo else "")
   for name, rows, labels, title in (
       ("recon", [x, recon], ["input", "reconstruction"], f"Reconstructions, {when}"),
       ("samples", [samples], ["prior sample"], f"Samples from the prior, {when}")):
-    for path in (os.path.join(img_dir, f"{name}_{step:07d}.png"),
-                 os.path.join(workdir, f"{name}.png")):
+    for path in (fileio.join(img_dir, f"{name}_{step:07d}.png"),
+                 fileio.join(workdir, f"{name}.png")):
       plots.save_image_grid(rows, path, row_labels=labels, title=title)
   writer.write_image(step, "recon", np.concatenate([np.concatenate(list(x), 1),
                                                     np.concatenate(list(recon), 1)], 0))
@@ -205,7 +204,7 @@ def write_latent_map(exp: Experiment, state, workdir: str, split: str = "val") -
                                        image_size=exp.config.image_size))
   out = common.collect(p_encode, state, exp.dataset.source(split),
                        batch_size=exp.config.eval_batch_size, mesh=exp.mesh)
-  path = os.path.join(workdir, "latent_pca.png")
+  path = fileio.join(workdir, "latent_pca.png")
   if jax.process_index() == 0:
     xy, var = stats.pca_2d(out["mean"], return_variance=True)
     plots.save_latent_map(xy, out["label"], list(exp.meta.class_names), path,
@@ -236,6 +235,6 @@ def evaluate(config, workdir: str, step: int | None = None,
   logging.info("Eval of %s at step %d: %s", workdir, results["step"],
                ", ".join(f"{k}={v:.4f}" for k, v in results.items() if k != "step"))
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, f"eval_step{results['step']}.json"), "w") as f:
+    with fileio.open(fileio.join(workdir, f"eval_step{results['step']}.json"), "w") as f:
       json.dump(results, f, indent=2)
   return results

@@ -24,9 +24,12 @@
 #                     v5p-* v2-alpha-tpuv5, v6e-* v2-alpha-tpuv6e, else tpu-ubuntu2204-base.
 #   CONFIG            --config for derm_jax.main, e.g. configs/vae.py:paper (relative to
 #                     the repository root).
-#   WORKDIR           --workdir: an absolute path that every host of the slice sees and that
-#                     outlives the VM (a shared persistent disk / Filestore / gcsfuse mount).
-#                     gs:// URLs are refused: derm_jax.main and its writers use local file I/O.
+#   WORKDIR           --workdir: a place that every host of the slice sees and that outlives
+#                     the VM: a gs://bucket/path URL (checkpoints, logs, figures and the lock
+#                     are written there through etils.epath, like Orbax; the workers get the
+#                     [gcs] extra: gcsfs, google-cloud-storage; the lock on a bucket is
+#                     advisory, see derm_jax/train/workdir_lock.py), or an absolute path on a
+#                     shared persistent disk / Filestore / gcsfuse mount.
 #   EXTRA_ARGS        more derm_jax.main flags, split on whitespace (trailing args are passed
 #                     too, verbatim).
 #   SPOT              1: create a Spot slice (queued resource, --spot) and recreate + resume
@@ -70,15 +73,13 @@ MAX_RESTARTS="${MAX_RESTARTS:-$default_restarts}"
 # derm_jax.main flags: CONFIG / WORKDIR (or --config= / --workdir= among the trailing args).
 parse_main_args "" "$@"
 [[ -n "$WORKDIR" ]] \
-  || die "set WORKDIR (an absolute path shared by all hosts, e.g. a gcsfuse mount)"
+  || die "set WORKDIR (a gs:// URL or an absolute path shared by all hosts)"
 case "$WORKDIR" in
-  gs://*) die "WORKDIR=$WORKDIR: derm_jax.main makes --workdir a local path (os.path.abspath) and \
-writes logs with local file I/O, so a gs:// URL would end up as a local folder on each worker. \
-Mount the bucket on every worker (gcsfuse) or use a shared disk and pass that path." ;;
+  gs://?*) ;;
   /home/*/derm_jax|/home/*/derm_jax/*|/home/*/derm_jax_venv*)
     die "WORKDIR=$WORKDIR is inside the code folder that every launch replaces" ;;
   /*) ;;
-  *) die "WORKDIR must be an absolute path on the workers, not '$WORKDIR'" ;;
+  *) die "WORKDIR must be a gs:// URL or an absolute path on the workers, not '$WORKDIR'" ;;
 esac
 
 REPO_DIR="$(cd "$(dirname "$0")/.." && pwd)"
@@ -185,7 +186,7 @@ rm -rf ~/derm_jax; mv ~/derm_jax.new ~/derm_jax; cd ~/derm_jax; echo $COMMIT > C
 if test -f $marker; then echo derm_jax: environment up to date; else \
 sudo apt-get -qq -o DPkg::Lock::Timeout=300 update; \
 sudo apt-get -qq -o DPkg::Lock::Timeout=300 install -y python3-venv; python3 -m venv $venv; \
-$venv/bin/python -m pip install -q --upgrade pip; $venv/bin/python -m pip install -q -e '.[tpu]'; \
+$venv/bin/python -m pip install -q --upgrade pip; $venv/bin/python -m pip install -q -e '.[tpu,gcs]'; \
 touch $marker; fi"
 }
 

@@ -280,7 +280,7 @@ def test_tpu_code_failure_is_not_retried(repo, stubs):
     ("ZONE", {}, "ZONE"),
     ("CONFIG", {}, "CONFIG"),
     ("WORKDIR", {}, "WORKDIR"),
-    (None, {"WORKDIR": "gs://bucket/run"}, "gs://"),
+    (None, {"WORKDIR": "gs://"}, "gs:// URL or an absolute path"),
     (None, {"WORKDIR": "runs/vae"}, "absolute"),
     (None, {"WORKDIR": "/home/me/derm_jax/runs/vae"}, "replaces"),
     (None, {"SPOT": "yes"}, "SPOT"),
@@ -291,6 +291,18 @@ def test_tpu_rejects_bad_settings(repo, stubs, drop, extra, message):
   p = run(repo / "launch" / "tpu_vm.sh", env, check=False)
   assert p.returncode != 0 and message in p.stderr and p.stdout == ""
   assert stubs.calls() == []
+
+
+def test_tpu_passes_a_gs_workdir_through(repo, stubs):
+  """A gs:// workdir is accepted and reaches derm_jax.main verbatim (no local path made of
+  it); the workers get the [gcs] extra that etils.epath and tensorboardX need for it."""
+  env = {**stubs.env, **TPU_ENV, "WORKDIR": "gs://bucket/runs/vae", "DRY_RUN": "1"}
+  p = run(repo / "launch" / "tpu_vm.sh", env)
+  assert stubs.calls() == []
+  ssh = [c for c in printed(p.stdout) if c[3:5] == ["tpu-vm", "ssh"]]
+  setup, train = map(remote_command, ssh)
+  assert "'.[tpu,gcs]'" in setup
+  assert "--workdir=gs://bucket/runs/vae" in shlex.split(train)
 
 
 # --- SLURM ----------------------------------------------------------------------------------

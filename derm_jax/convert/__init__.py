@@ -117,7 +117,7 @@ def convert(arch: str, src: str | os.PathLike | None, out: str | os.PathLike, *,
   src_path = default_source(arch) if src is None else pathlib.Path(src).expanduser()
   if not src_path.exists():
     raise pth.PthFileNotFoundError(f"{src_path}: source weights file not found")
-  out_path = pathlib.Path(out).expanduser().absolute()
+  out_path = store.output_path(out)  # a local folder or a gs:// URL
   store.check_output_dir(out_path, overwrite)  # fail before the (slow) conversion
 
   sd = read_state_dict(src_path)

@@ -11,6 +11,13 @@ Layout of a converted directory:
 `save_pretrained` writes into a temporary sibling directory and renames it into place only
 when everything is written, so an interrupted or failed save never leaves a half-written
 `<dir>`. `load_pretrained(dir) -> (arch, variables)` reads it back as numpy arrays.
+
+`<dir>` may be a cloud-storage URL (`gs://...`, through etils.epath like Orbax itself; see
+`derm_jax.fileio`). Object stores have no atomic directory rename, so there the checkpoint
+is written in place and `meta.json` last: a save that fails midway is removed, and one that
+is killed midway leaves a folder without `meta.json`, which every reader refuses as
+incomplete. With `overwrite`, the old contents of a URL are deleted before the new ones are
+written (an interrupted overwrite loses them).
 """
 
 from __future__ import annotations
@@ -25,17 +32,26 @@ from typing import Any
 import numpy as np
 
 import derm_jax
+from derm_jax import fileio
 
 FORMAT = "derm_jax.pretrained/1"
 META_FILE = "meta.json"
 CHECKPOINT_DIR = "checkpoint"
 
 __all__ = ["PretrainedError", "check_output_dir", "load_meta", "load_pretrained",
-           "save_pretrained"]
+           "output_path", "save_pretrained"]
 
 
 class PretrainedError(ValueError):
   """A converted-weights directory is missing, incomplete or cannot be written."""
+
+
+def output_path(path: str | os.PathLike) -> pathlib.Path:
+  """`path` as an absolute pathlib.Path (`~` expanded), or an etils.epath.Path for a URL
+  (same methods: exists, is_dir, iterdir, `/`, read_text, ...)."""
+  if fileio.is_remote(path):
+    return fileio.epath(fileio.abspath(path))
+  return pathlib.Path(path).expanduser().absolute()
 
 
 def check_output_dir(out: pathlib.Path, overwrite: bool) -> None:
@@ -66,7 +82,7 @@ def save_pretrained(out_dir: str | os.PathLike, arch: str, variables: dict[str, 
   import jax
   import orbax.checkpoint as ocp
 
-  out = pathlib.Path(out_dir).expanduser().absolute()
+  out = output_path(out_dir)
   check_output_dir(out, overwrite)
   if not isinstance(variables, dict) or "params" not in variables:
     raise PretrainedError(f"variables for {arch!r} must be a dict with a 'params' entry, got "
@@ -78,6 +94,8 @@ def save_pretrained(out_dir: str | os.PathLike, arch: str, variables: dict[str, 
   except TypeError as e:
     raise PretrainedError(f"meta for {arch!r} is not JSON-serialisable: {e}") from e
   host = jax.tree_util.tree_map(lambda a: np.asarray(a), variables)
+  if fileio.is_remote(out):
+    return _save_in_place(out, host, meta_text)
 
   out.parent.mkdir(parents=True, exist_ok=True)
   tmp = _fresh_sibling(out, "tmp")
@@ -106,9 +124,29 @@ def save_pretrained(out_dir: str | os.PathLike, arch: str, variables: dict[str, 
   return out
 
 
+def _save_in_place(out, host: dict[str, Any], meta_text: str):
+  """save_pretrained into a URL: checkpoint first, meta.json last (see the module docstring)."""
+  import orbax.checkpoint as ocp
+
+  if out.exists():
+    out.rmtree()
+  try:
+    checkpointer = ocp.StandardCheckpointer()
+    try:
+      checkpointer.save(out / CHECKPOINT_DIR, host)
+      checkpointer.wait_until_finished()
+    finally:
+      checkpointer.close()
+    (out / META_FILE).write_text(meta_text + "\n")
+  except BaseException:
+    out.rmtree(missing_ok=True)
+    raise
+  return out
+
+
 def load_meta(path: str | os.PathLike) -> dict[str, Any]:
   """Reads and validates `<path>/meta.json` of a converted-weights directory."""
-  root = pathlib.Path(path).expanduser().absolute()
+  root = output_path(path)
   if not root.exists():
     raise PretrainedError(f"{root}: no such directory (convert weights first: "
                           "python -m derm_jax.convert --arch=... --out=DIR)")
@@ -133,7 +171,7 @@ def load_pretrained(path: str | os.PathLike) -> tuple[str, dict[str, Any]]:
   import orbax.checkpoint as ocp
 
   meta = load_meta(path)
-  ckpt = pathlib.Path(path).expanduser().absolute() / CHECKPOINT_DIR
+  ckpt = output_path(path) / CHECKPOINT_DIR
   if not ckpt.is_dir():
     raise PretrainedError(f"{ckpt}: checkpoint directory missing (incomplete conversion?)")
   checkpointer = ocp.StandardCheckpointer()

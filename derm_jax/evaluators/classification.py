@@ -11,7 +11,6 @@ per-example prediction. Metrics come from `derm_jax.metrics` (checked against sk
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Any, Callable
 
 import numpy as np
@@ -92,18 +91,16 @@ def write_outputs(result: dict[str, Any], preds: Predictions, meta, out_dir: str
   CSV rows."""
   import json
 
-  from derm_jax import plots, predictions
-  os.makedirs(out_dir, exist_ok=True)
+  from derm_jax import fileio, plots, predictions
+  fileio.makedirs(out_dir)
   ids = preds.ids if image_ids is None else [image_ids[i] for i in preds.index]
-  predictions.write_predictions_csv(os.path.join(out_dir, predictions_name), ids,
+  predictions.write_predictions_csv(fileio.join(out_dir, predictions_name), ids,
                                     preds.labels, preds.probs, meta.class_names)
-  tmp = os.path.join(out_dir, metrics_name + ".tmp")
-  with open(tmp, "w") as f:
-    json.dump(metrics_lib.to_jsonable(result), f, indent=2)
-  os.replace(tmp, os.path.join(out_dir, metrics_name))
+  fileio.atomic_write_text(fileio.join(out_dir, metrics_name),
+                           json.dumps(metrics_lib.to_jsonable(result), indent=2))
   if "confusion_matrix" in result:
     plots.save_confusion_matrix(np.asarray(result["confusion_matrix"]), list(meta.class_names),
-                                os.path.join(out_dir, confusion_name), title=title)
+                                fileio.join(out_dir, confusion_name), title=title)
 
 
 def add_subgroups(result: dict[str, Any], preds: Predictions, dataset, split: str,

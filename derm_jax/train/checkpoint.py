@@ -27,6 +27,11 @@ rename) with the size and sha256 of every file of the step. Every restore path (
 A damaged step that is newer than the step training resumed from would make Orbax skip
 every later save (it only saves steps after its newest one), so `save` first moves such
 steps aside to `<step>.damaged` (logged; delete them when no longer needed).
+
+The directory may be a `gs://` URL (all file access goes through `derm_jax.fileio`): the
+manifest is then one object upload (published whole, so still never half a manifest), and
+moving a damaged step aside copies its objects and deletes the originals (not atomic: a
+kill in between leaves both, and the copy is set aside again at the next save).
 """
 
 from __future__ import annotations
@@ -34,7 +39,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import shlex
 import time
 from collections.abc import Callable
@@ -44,10 +48,11 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
+from derm_jax import fileio
 from derm_jax.errors import CheckpointError
 
 MANIFEST_NAME = "derm_jax_manifest.json"
-_MANIFEST_TMP = "." + MANIFEST_NAME + ".tmp"
+_MANIFEST_TMP = "." + MANIFEST_NAME + ".tmp"  # the temporary name of earlier versions
 MANIFEST_FORMAT = 1
 INTACT, UNVERIFIED, DAMAGED = "intact", "unverified", "damaged"
 
@@ -81,7 +86,7 @@ def abstract_like(tree):
 
 def _sha256(path: str) -> str:
   h = hashlib.sha256()
-  with open(path, "rb") as f:
+  with fileio.open(path, "rb") as f:
     for block in iter(lambda: f.read(1 << 20), b""):
       h.update(block)
   return h.hexdigest()
@@ -89,44 +94,33 @@ def _sha256(path: str) -> str:
 
 def _step_files(step_path: str) -> list[str]:
   """Paths (relative, '/'-separated, sorted) of the step's files, manifest excluded."""
-  out = []
-  for root, dirs, files in os.walk(step_path):
-    dirs.sort()
-    for name in files:
-      rel = os.path.relpath(os.path.join(root, name), step_path).replace(os.sep, "/")
-      if rel not in (MANIFEST_NAME, _MANIFEST_TMP):
-        out.append(rel)
-  return sorted(out)
+  return [rel for rel in fileio.list_files(step_path)
+          if rel not in (MANIFEST_NAME, _MANIFEST_TMP)
+          and not fileio.is_atomic_tmp(rel, MANIFEST_NAME)]
 
 
 def write_manifest(step_path: str) -> str:
   """Writes `<step_path>/derm_jax_manifest.json` (size + sha256 of every file); its path."""
   files = {}
   for rel in _step_files(step_path):
-    full = os.path.join(step_path, rel)
-    files[rel] = {"size": os.path.getsize(full), "sha256": _sha256(full)}
+    full = fileio.join(step_path, rel)
+    files[rel] = {"size": fileio.getsize(full), "sha256": _sha256(full)}
   record = {"format": MANIFEST_FORMAT, "written": time.time(), "files": files}
-  tmp = os.path.join(step_path, _MANIFEST_TMP)
-  with open(tmp, "w") as f:
-    json.dump(record, f, indent=1, sort_keys=True)
-    f.flush()
-    os.fsync(f.fileno())
-  final = os.path.join(step_path, MANIFEST_NAME)
-  os.replace(tmp, final)
-  return final
+  return fileio.atomic_write_text(fileio.join(step_path, MANIFEST_NAME),
+                                  json.dumps(record, indent=1, sort_keys=True))
 
 
 def check_step(directory: str, step: int) -> StepCheck:
   """Checks step `step` of checkpoint `directory` against its manifest (hashes every file)."""
-  path = os.path.join(os.path.abspath(directory), str(step))
+  path = fileio.join(fileio.abspath(directory), str(step))
   damaged = lambda problem: StepCheck(step, path, DAMAGED, problem)  # noqa: E731
-  if not os.path.isdir(path):
+  if not fileio.isdir(path):
     return damaged(f"step directory {path} is missing")
-  manifest = os.path.join(path, MANIFEST_NAME)
-  if not os.path.exists(manifest):
+  manifest = fileio.join(path, MANIFEST_NAME)
+  if not fileio.exists(manifest):
     return StepCheck(step, path, UNVERIFIED)
   try:
-    with open(manifest) as f:
+    with fileio.open(manifest) as f:
       record = json.load(f)
     files = record["files"]
     if not isinstance(files, dict):
@@ -134,9 +128,9 @@ def check_step(directory: str, step: int) -> StepCheck:
   except (OSError, ValueError, KeyError, TypeError) as e:
     return damaged(f"manifest {manifest} is unreadable ({e})")
   for rel, want in sorted(files.items()):
-    full = os.path.join(path, rel)
+    full = fileio.join(path, rel)
     try:
-      size = os.path.getsize(full)
+      size = fileio.getsize(full)
     except OSError:
       return damaged(f"file {full} is missing")
     if size != want.get("size"):
@@ -216,9 +210,9 @@ def _restore_one(c: StepCheck, restore_fn, raise_unverified: bool):
 
 
 def _check_directory(directory: str) -> None:
-  if not os.path.exists(directory):
+  if not fileio.exists(directory):
     raise CheckpointNotFoundError(f"No checkpoint directory {directory}")
-  if not os.path.isdir(directory):
+  if not fileio.isdir(directory):
     raise CheckpointError(f"checkpoint directory {directory} is not a directory")
 
 
@@ -233,10 +227,10 @@ class Checkpointer:
 
   def __init__(self, directory: str, max_to_keep: int = 3, async_save: bool = True,
                read_only: bool = False):
-    self.directory = os.path.abspath(directory)
+    self.directory = fileio.abspath(directory)
     if read_only:
       _check_directory(self.directory)
-    elif os.path.exists(self.directory) and not os.path.isdir(self.directory):
+    elif fileio.exists(self.directory) and not fileio.isdir(self.directory):
       raise CheckpointError(f"checkpoint directory {self.directory} is not a directory")
     options = ocp.CheckpointManagerOptions(
         max_to_keep=max_to_keep, create=not read_only, read_only=read_only,
@@ -272,8 +266,8 @@ class Checkpointer:
     if not self._writer:
       return
     for s in self.all_steps():
-      path = os.path.join(self.directory, str(s))
-      if os.path.isdir(path) and not os.path.exists(os.path.join(path, MANIFEST_NAME)):
+      path = fileio.join(self.directory, str(s))
+      if fileio.isdir(path) and not fileio.exists(fileio.join(path, MANIFEST_NAME)):
         try:
           write_manifest(path)
         except FileNotFoundError:  # removed meanwhile (max_to_keep)
@@ -287,13 +281,13 @@ class Checkpointer:
       return
     if self._writer:
       for s in bad:
-        src = os.path.join(self.directory, str(s))
+        src = fileio.join(self.directory, str(s))
         dst = src + ".damaged"
         n = 1
-        while os.path.exists(dst):
+        while fileio.exists(dst):
           n += 1
           dst = f"{src}.damaged{n}"
-        os.rename(src, dst)
+        fileio.rename(src, dst)
         logging.warning("Moved damaged checkpoint step %d aside to %s (delete it with "
                         "`rm -r %s`).", s, dst, shlex.quote(dst))
     if jax.process_count() > 1:
@@ -361,7 +355,7 @@ def restore_state_tree(directory: str, step: int | None = None) -> tuple[int, di
   run's checkpoint, without the model that wrote it and whatever mesh it was saved from.
   Used to take a pretrained VAE's encoder. The step is verified first (see the module
   docstring); `step=None` takes the newest usable step."""
-  directory = os.path.abspath(directory)
+  directory = fileio.abspath(directory)
   _check_directory(directory)
   mngr = ocp.CheckpointManager(directory,
                                options=ocp.CheckpointManagerOptions(read_only=True),

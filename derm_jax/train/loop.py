@@ -14,7 +14,6 @@ estimate), which is what the overfitting gap compares with validation.
 
 from __future__ import annotations
 
-import os
 import time
 from typing import Any
 
@@ -22,6 +21,7 @@ import jax
 import numpy as np
 from absl import logging
 
+from derm_jax import fileio
 from derm_jax import metrics as metrics_lib
 from derm_jax.data import input_pipeline
 from derm_jax.evaluators import common
@@ -163,14 +163,14 @@ def _train_locked(exp: Experiment, workdir: str):
         progress = outputs.Progress(total, start, c.batch_size, c.log_every_steps,
                                     flops_per_step=step_flops(exp.train_step, state, batch))
       if profile and step == profile[0]:
-        jax.profiler.start_trace(os.path.join(workdir, "profile"))
+        jax.profiler.start_trace(fileio.join(workdir, "profile"))
       state, out = exp.train_step(state, batch)
       window.add(out)
       if profile and step == profile[1]:
         jax.block_until_ready(state)
         jax.profiler.stop_trace()
         logging.info("Profile of steps %d-%d written to %s (TensorBoard's profile tab, or "
-                     "Perfetto).", profile[0], profile[1], os.path.join(workdir, "profile"))
+                     "Perfetto).", profile[0], profile[1], fileio.join(workdir, "profile"))
       if step == start + 1:
         progress.restart_clock(step)
       t_other = time.monotonic()
@@ -209,8 +209,8 @@ def _train_locked(exp: Experiment, workdir: str):
 def restore(exp: Experiment, workdir: str, step: int | None = None):
   """The state of a run's checkpoint (latest or `step`), without its optimiser state."""
   from derm_jax.train import checkpoint
-  ckpt_dir = os.path.join(workdir, "checkpoints")
-  if not os.path.isdir(ckpt_dir):
+  ckpt_dir = fileio.join(workdir, "checkpoints")
+  if not fileio.isdir(ckpt_dir):
     raise FileNotFoundError(f"No checkpoints directory in workdir {workdir!r}.")
   return checkpoint.restore_for_inference(ckpt_dir, exp.state, step,
                                           mesh_lib.replicated(exp.mesh))

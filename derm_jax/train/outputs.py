@@ -3,20 +3,31 @@
 rate and ETA.
 
 clu.metric_writers would pull in TensorFlow (see NOTES.md), so this module writes the
-same three things directly.
+same three things directly. Every file goes through `derm_jax.fileio`, so the workdir may
+be a local folder or a `gs://` URL.
+
+TensorBoard on a cloud workdir: tensorboardX writes its event files itself, local files
+with `open`, and `gs://` / `s3://` URLs with its own writers (google-cloud-storage /
+boto3); it has no writer for other schemes. Those writers keep the whole event file in
+memory and upload all of it again at every flush (every 120 s and at the end), so event
+files of long runs with many images cost upload time. A `gs://` or `s3://` workdir without
+that client library installed is refused when the run opens (`TensorBoardUnavailable`,
+naming the package) rather than training without the events; a workdir of another scheme
+gets no events, with a warning (metrics.jsonl holds every logged number either way).
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
 import time
 
 import jax
 import numpy as np
 from absl import logging
 
+from derm_jax import fileio
+from derm_jax.errors import ConfigError
 from derm_jax.metrics import to_jsonable
 from derm_jax.train import checkpoint
 
@@ -38,10 +49,10 @@ def _flatten(d: dict, prefix: str = "") -> dict:
 def check_resume_config(workdir: str, config) -> None:
   """A run resumes only under the settings it started with: anything else would silently
   mix two experiments in one workdir."""
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
+  path = fileio.join(workdir, "config.json")
+  if not fileio.exists(path):
     return
-  with open(path) as f:
+  with fileio.open(path) as f:
     old = _flatten(json.load(f))
   new = _flatten(json.loads(config.to_json_best_effort()))
   diff = sorted(k for k in old.keys() | new.keys()
@@ -55,10 +66,49 @@ def check_resume_config(workdir: str, config) -> None:
 
 def write_config(workdir: str, config) -> None:
   """Writes config.json atomically (a kill never leaves half a file)."""
-  path = os.path.join(workdir, "config.json")
-  with open(path + ".tmp", "w") as f:
-    f.write(config.to_json_best_effort(indent=2))
-  os.replace(path + ".tmp", path)
+  fileio.atomic_write_text(fileio.join(workdir, "config.json"),
+                           config.to_json_best_effort(indent=2))
+
+
+class TensorBoardUnavailable(ConfigError):
+  """tensorboardX cannot write event files into this (cloud) workdir; says what to install."""
+
+
+# The package tensorboardX's own writer for each URL scheme needs (see the module docstring).
+_TB_CLIENTS = {"gs": ("google.cloud.storage", "google-cloud-storage"), "s3": ("boto3", "boto3")}
+
+
+def tensorboard_supported(logdir: str, warn: bool = False) -> bool:
+  """Whether tensorboardX can write event files into `logdir` (local, gs://, s3://).
+
+  Raises TensorBoardUnavailable for a gs:// / s3:// URL whose client library is missing;
+  False (with a warning if `warn`) for other URL schemes."""
+  kind = fileio.scheme(logdir)
+  if not kind:
+    return True
+  if kind not in _TB_CLIENTS:
+    if warn:
+      logging.warning("No TensorBoard events for %s: tensorboardX writes only to local "
+                      "folders, gs:// and s3://. metrics.jsonl has every logged number.",
+                      logdir)
+    return False
+  module, package = _TB_CLIENTS[kind]
+  try:
+    __import__(module)
+  except ImportError as e:
+    raise TensorBoardUnavailable(
+        f"TensorBoard events for the workdir {logdir} need {package} (tensorboardX writes "
+        f"{kind}:// event files itself): pip install {package}, or use a local "
+        "workdir.") from e
+  return True
+
+
+def _summary_writer(logdir: str):
+  """tensorboardX's SummaryWriter for `logdir`, or None where it cannot write there."""
+  if not tensorboard_supported(logdir, warn=True):
+    return None
+  from tensorboardX import SummaryWriter
+  return SummaryWriter(logdir=logdir)
 
 
 class MetricWriter:
@@ -67,18 +117,15 @@ class MetricWriter:
   def __init__(self, workdir: str, enabled: bool = True):
     self.workdir = workdir
     self.enabled = enabled
-    self._tb = None
-    if enabled:
-      from tensorboardX import SummaryWriter
-      self._tb = SummaryWriter(logdir=os.path.join(workdir, "tensorboard"))
-    self.jsonl_path = os.path.join(workdir, "metrics.jsonl")
+    self._tb = _summary_writer(fileio.join(workdir, "tensorboard")) if enabled else None
+    self.jsonl_path = fileio.join(workdir, "metrics.jsonl")
 
   def truncate_after(self, step: int) -> None:
     """Drops metrics.jsonl rows written after `step` (left by a run killed before its next
     checkpoint), so a resumed run's file has each eval once."""
-    if not (self.enabled and os.path.exists(self.jsonl_path)):
+    if not (self.enabled and fileio.exists(self.jsonl_path)):
       return
-    with open(self.jsonl_path) as f:
+    with fileio.open(self.jsonl_path) as f:
       rows = [line for line in f if line.strip()]
     keep = []
     for r in rows:
@@ -88,33 +135,32 @@ class MetricWriter:
       except json.JSONDecodeError:  # a line cut short by a kill mid-write
         logging.warning("Dropping a truncated line of %s", self.jsonl_path)
     if len(keep) != len(rows):
-      with open(self.jsonl_path, "w") as f:
+      with fileio.open(self.jsonl_path, "w") as f:
         f.writelines(keep)
 
   def write_scalars(self, step: int, scalars: dict, jsonl: bool = False, **extra) -> None:
     if not self.enabled:
       return
     clean = {k: float(v) for k, v in scalars.items()}
-    for k, v in clean.items():
-      self._tb.add_scalar(k, v, step)
+    if self._tb is not None:
+      for k, v in clean.items():
+        self._tb.add_scalar(k, v, step)
     if jsonl:
-      with open(self.jsonl_path, "a") as f:
-        f.write(json.dumps({"step": int(step), **extra, **clean}) + "\n")
+      fileio.append_text(self.jsonl_path, json.dumps({"step": int(step), **extra, **clean}) + "\n")
 
   def write_row(self, row: dict) -> None:
     """Appends one row (JSON-safe: NaN and numpy types converted) to metrics.jsonl."""
     if self.enabled:
-      with open(self.jsonl_path, "a") as f:
-        f.write(json.dumps(to_jsonable(row)) + "\n")
+      fileio.append_text(self.jsonl_path, json.dumps(to_jsonable(row)) + "\n")
 
   def write_image(self, step: int, tag: str, image: np.ndarray) -> None:
     """image: (H, W, 3) float in [0, 1]."""
-    if self.enabled:
+    if self._tb is not None:
       self._tb.add_image(tag, np.clip(image, 0, 1), step, dataformats="HWC")
 
   def write_hparams(self, config, metrics: dict) -> None:
     """The run's config (flattened) as TensorBoard hyperparameters, beside `metrics`."""
-    if not self.enabled:
+    if self._tb is None:
       return
     flat = _flatten(json.loads(config.to_json_best_effort()))
     hparams = {k: (v if isinstance(v, (int, float, str, bool)) else str(v))
@@ -134,10 +180,10 @@ class MetricWriter:
 def workdir_has_run(workdir: str) -> bool:
   """Whether `workdir/checkpoints` holds at least one checkpoint step directory."""
   try:
-    names = os.listdir(os.path.join(workdir, "checkpoints"))
+    names = fileio.listdir(fileio.join(workdir, "checkpoints"))
   except OSError:
     return False
-  return any(n.isdigit() and os.path.isdir(os.path.join(workdir, "checkpoints", n))
+  return any(n.isdigit() and fileio.isdir(fileio.join(workdir, "checkpoints", n))
              for n in names)
 
 
@@ -148,10 +194,12 @@ def open_run(workdir: str, config, keep_checkpoints: int):
   is_main = jax.process_index() == 0
   if workdir_has_run(workdir):  # a workdir without a checkpoint never blocks a rerun
     check_resume_config(workdir, config)
-  os.makedirs(workdir, exist_ok=True)
+  if is_main:  # a cloud workdir TensorBoard cannot write to fails before anything is written
+    tensorboard_supported(fileio.join(workdir, "tensorboard"))
+  fileio.makedirs(workdir)
   if is_main:
     write_config(workdir, config)
-  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"),
+  ckpt = checkpoint.Checkpointer(fileio.join(workdir, "checkpoints"),
                                  max_to_keep=keep_checkpoints)
   return ckpt, MetricWriter(workdir, enabled=is_main), is_main
 
@@ -160,10 +208,11 @@ def write_parameter_overview(workdir: str, params) -> None:
   """The table of parameter shapes and counts, written to DIR/parameters.txt (not the log)."""
   from clu import parameter_overview
   table = parameter_overview.get_parameter_overview(params)
-  with open(os.path.join(workdir, "parameters.txt"), "w") as f:
+  path = fileio.join(workdir, "parameters.txt")
+  with fileio.open(path, "w") as f:
     f.write(table + "\n")
   n = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
-  logging.info("%s parameters (table in %s)", f"{n:,}", os.path.join(workdir, "parameters.txt"))
+  logging.info("%s parameters (table in %s)", f"{n:,}", path)
 
 
 def _fmt_duration(seconds: float) -> str:

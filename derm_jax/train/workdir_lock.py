@@ -15,6 +15,18 @@ multi-process runs only process 0 takes the lock (`is_main`); the other processe
 nothing. On a filesystem without flock support the recorded pid decides instead: a live
 pid on this host, or any pid on another host, holds the workdir. Re-entrant within one
 process: acquiring a workdir this process already holds just counts.
+
+A workdir on cloud storage (`gs://...`, through `derm_jax.fileio`) has no flock and no
+atomic create-if-absent through etils.epath, so there the lock is advisory and NOT atomic:
+the recorded holder decides, as on a local filesystem without flock (a live pid on this
+host, or any holder on another host, keeps the workdir busy; a dead pid on this host is
+taken over with a warning). To take it, a run writes its record (with a random token),
+waits `REMOTE_SETTLE_S` seconds and reads it back: if another run wrote in between, the
+later writer keeps the lock and the other one fails with `WorkdirBusyError`. Two runs can
+still both believe they hold the lock if one of them stalls for longer than that between
+reading the free lock and writing its record. A run killed with `kill -9` leaves its
+record behind; from another host, delete the lock object (the error message names it). A
+clean release empties the object, as locally.
 """
 
 from __future__ import annotations
@@ -27,14 +39,19 @@ import os
 import socket
 import sys
 import threading
+import time
+import uuid
 
 from absl import logging
 
+from derm_jax import fileio
 from derm_jax.errors import WorkdirBusyError
 
 LOCK_NAME = ".lock"
+REMOTE_SETTLE_S = 2.0  # cloud workdirs: wait between writing the record and reading it back
 
-_held: dict[str, tuple[int, int]] = {}  # realpath of lock file -> (fd, count)
+_held: dict[str, tuple[int, int]] = {}  # realpath of lock file -> (fd, count); URL -> (-1, n)
+_remote_tokens: dict[str, str] = {}  # URL of a lock object this process holds -> its token
 _held_guard = threading.Lock()
 
 
@@ -51,6 +68,19 @@ def _read_record(fd: int) -> dict | None:
     text = os.read(fd, 65536).decode("utf-8", "replace").strip()
   except OSError:
     return None
+  return _parse_record(text)
+
+
+def _read_remote_record(path: str) -> dict | None:
+  """The holder record in a lock object on cloud storage (None: missing or empty)."""
+  try:
+    text = fileio.read_bytes(path)[:65536].decode("utf-8", "replace").strip()
+  except FileNotFoundError:
+    return None
+  return _parse_record(text)
+
+
+def _parse_record(text: str) -> dict | None:
   if not text:
     return None
   try:
@@ -79,13 +109,24 @@ def _pid_alive(pid: int) -> bool:
   return True
 
 
+def _recorded_holder_alive(record: dict | None) -> bool:
+  """Without flock: whether a holder record stands for a run that may still be alive (a
+  live pid of another process on this host, or any pid on another host)."""
+  if not record or "raw" in record:
+    return False
+  same_host = record.get("host") == socket.gethostname()
+  pid = record.get("pid")
+  return not same_host or (isinstance(pid, int) and pid != os.getpid() and _pid_alive(pid))
+
+
 class WorkdirLock:
   """Exclusive lock on a workdir for one run (context manager, or acquire()/release())."""
 
   def __init__(self, workdir: str, is_main: bool = True):
-    self.workdir = os.path.abspath(workdir)
-    self.path = os.path.join(self.workdir, LOCK_NAME)
+    self.workdir = fileio.abspath(workdir)
+    self.path = fileio.join(self.workdir, LOCK_NAME)
     self.is_main = bool(is_main)
+    self.remote = fileio.is_remote(self.workdir)
     self._key: str | None = None
 
   @property
@@ -96,6 +137,8 @@ class WorkdirLock:
     """Takes the lock or raises WorkdirBusyError naming the live holder. Returns self."""
     if not self.is_main or self._key is not None:
       return self
+    if self.remote:
+      return self._acquire_remote()
     os.makedirs(self.workdir, exist_ok=True)
     key = os.path.realpath(self.path)
     with _held_guard:
@@ -133,11 +176,36 @@ class WorkdirLock:
         raise
     # No flock on this filesystem: the recorded holder decides.
     record = _read_record(fd)
-    if record and "raw" not in record:
-      same_host = record.get("host") == socket.gethostname()
-      pid = record.get("pid")
-      if not same_host or (isinstance(pid, int) and pid != os.getpid() and _pid_alive(pid)):
-        self._raise_busy(record, no_flock=True)
+    if _recorded_holder_alive(record):
+      self._raise_busy(record, no_flock=True)
+
+  def _acquire_remote(self) -> WorkdirLock:
+    """Cloud storage: the advisory, non-atomic protocol of the module docstring."""
+    key = self.path
+    with _held_guard:
+      if key in _held:
+        fd, count = _held[key]
+        _held[key] = (fd, count + 1)
+        self._key = key
+        return self
+      previous = _read_remote_record(self.path)
+      if _recorded_holder_alive(previous):
+        self._raise_busy(previous, no_flock=True)
+      if previous is not None:
+        logging.warning("Workdir %s: taking over the lock left by a run that is gone "
+                        "(%s).", self.workdir, describe_holder(previous))
+      token = uuid.uuid4().hex
+      fileio.makedirs(self.workdir)
+      fileio.atomic_write_text(self.path, json.dumps({**_holder_record(), "token": token})
+                               + "\n")
+      time.sleep(REMOTE_SETTLE_S)
+      now = _read_remote_record(self.path)
+      if not now or now.get("token") != token:
+        self._raise_busy(now, no_flock=True)
+      _held[key] = (-1, 1)
+      _remote_tokens[key] = token
+      self._key = key
+    return self
 
   def _raise_busy(self, record: dict | None, no_flock: bool = False) -> None:
     hint = (f" If that run is gone, delete {self.path}." if no_flock else "")
@@ -157,6 +225,15 @@ class WorkdirLock:
         _held[key] = (fd, count - 1)
         return
       del _held[key]
+      if fd < 0:  # cloud storage: empty the object if the record is still ours
+        token = _remote_tokens.pop(key, None)
+        try:
+          if (_read_remote_record(self.path) or {}).get("token") == token:
+            fileio.atomic_write_text(self.path, "")
+        except OSError as e:
+          logging.warning("Workdir %s: could not release the lock %s (%s).", self.workdir,
+                          self.path, e)
+        return
       try:
         os.ftruncate(fd, 0)
       except OSError:
