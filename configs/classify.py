@@ -48,6 +48,7 @@ def get_config(arg: str | None = None) -> ConfigDict:
   c.eval_every_epochs = 1.0     # train/val metrics and the overfitting gap
   c.checkpoint_every_steps = 0  # 0 = every epoch
   c.profile_steps = ()          # (first, last): jax.profiler trace of those steps in DIR/profile
+  c.stop_after_step = 0         # > 0: checkpoint and exit after this step (a job chunk); rerun resumes
   c.keep_checkpoints = 2
   if arg not in (None, ""):
     raise ValueError(f"Unknown configs/classify.py preset {arg!r}.")

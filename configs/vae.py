@@ -49,6 +49,7 @@ def get_config(arg: str | None = None) -> ConfigDict:
   c.eval_every_epochs = 1.0
   c.checkpoint_every_steps = 0  # 0 = every epoch
   c.profile_steps = ()          # (first, last): jax.profiler trace of those steps in DIR/profile
+  c.stop_after_step = 0         # > 0: checkpoint and exit after this step (a job chunk); rerun resumes
   c.keep_checkpoints = 3
   c.num_image_samples = 8
 

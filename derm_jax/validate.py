@@ -138,6 +138,7 @@ def _check_common(k: _Checker, task: str) -> None:
     k.number("eval_every_epochs", 0, low_open=True)
   if k.has("checkpoint_every_steps"):
     k.integer("checkpoint_every_steps", 0)
+  k.integer("stop_after_step", 0, required=False)
   # optimiser
   k.number("optimizer.lr", 0, low_open=True)
   if k.has("optimizer.backbone_lr"):

@@ -27,6 +27,31 @@ def data_dir(tmp_path_factory):
 
 
 TINY_VAE = os.path.join(REPO, "tests", "configs", "tiny_vae.py")
+TINY_COMPARE = os.path.join(REPO, "tests", "configs", "tiny_compare.py")
+
+
+def recipe_aug():
+  """configs/compare.py:recipe's augmentation block and the same as --config overrides."""
+  sys.path.insert(0, os.path.join(REPO, "configs"))
+  import compare
+  aug = compare.get_config("recipe").aug
+  assert aug.random_resized_crop  # what the study fixture exercises
+  return aug, [f"--config.aug.{k}={tuple(v) if isinstance(v, (list, tuple)) else v}"
+               for k, v in aug.items()]
+
+
+@pytest.fixture(scope="session")
+def study(data_dir, tmp_path_factory):
+  """ONE tiny study for the whole session (VAE -> arms -> report, with the outside ISIC
+  sample scored and the :recipe augmentation): arms vae and imagenet (vae and scratch
+  without the ImageNet weights packages). Tests read it; they write elsewhere."""
+  workdir = tmp_path_factory.mktemp("study") / "study"
+  second = "scratch" if imagenet_weights_missing() else "imagenet"
+  r = run_main([f"--config={TINY_COMPARE}", f"--config.data.data_dir={data_dir}",
+                f"--config.arms=('vae','{second}')", *recipe_aug()[1],
+                f"--workdir={workdir}"])
+  assert r.returncode == 0, r.stderr[-4000:]
+  return workdir
 
 
 def tiny_vae_config(data_dir):

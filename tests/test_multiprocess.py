@@ -1,7 +1,8 @@
 """Multi-process training on the CPU: two processes on localhost (`--jax_distributed` with a
-local coordinator, 2 virtual CPU devices each, gloo collectives) against one process with 4
-devices on the same global batch: same losses and parameters, only process 0 writes, and
-checkpoints move between 1- and 2-process runs in both directions."""
+local coordinator, 2 virtual CPU devices each, gloo collectives) against one process with
+one device (no sharding at all) on the same global batch, for the VAE and the classifier:
+same metrics and parameters, only process 0 writes, and checkpoints move between 1- and 2-process runs in
+both directions (`config.stop_after_step` ends the first run as a preempted job would)."""
 
 import json
 import os
@@ -10,7 +11,6 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
 from conftest import REPO, TINY_VAE, run_main
 
 TINY_CLASSIFY = os.path.join(REPO, "tests", "configs", "tiny_classify.py")
@@ -45,12 +45,13 @@ def _run_two(args, timeout=600):
 
 
 def _run_one(args):
-  return run_main(args, env_extra={"XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+  """One process, one device: the unsharded reference."""
+  return run_main(args, env_extra={"XLA_FLAGS": "--xla_force_host_platform_device_count=1",
                                    "JAX_PLATFORMS": "cpu"})
 
 
 def _rows(workdir):
-  return [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
+  return [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
 
 
 def _params(workdir, step=None):
@@ -67,15 +68,19 @@ def _assert_close_rows(a, b):
         np.testing.assert_allclose(rb[k], ra[k], rtol=2e-4, atol=1e-6, err_msg=k)
 
 
-def _assert_close_params(w1, w2):
+def _assert_close_trees(t1, t2):
   import jax
+  l1, l2 = jax.tree.leaves(t1), jax.tree.leaves(t2)
+  assert len(l1) == len(l2) > 0
+  for a, b in zip(l1, l2):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-3, atol=1e-5)
+
+
+def _assert_close_params(w1, w2):
   s1, t1 = _params(w1)
   s2, t2 = _params(w2)
   assert s1 == s2
-  l1, l2 = jax.tree.leaves(t1["params"]), jax.tree.leaves(t2["params"])
-  assert len(l1) == len(l2)
-  for a, b in zip(l1, l2):
-    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-3, atol=1e-5)
+  _assert_close_trees(t1["params"], t2["params"])
 
 
 def _check_two(res):
@@ -88,19 +93,64 @@ def _files(d):
                 for f in fs if "checkpoints" not in r and "tensorboard" not in r)
 
 
-@pytest.mark.parametrize("config,extra", [
-    (TINY_VAE, ["--config.total_steps=4", "--config.eval_every_epochs=1000"]),
-])
-def test_two_processes_match_one(data_dir, tmp_path, config, extra):
-  args = [f"--config={config}", f"--config.data.data_dir={data_dir}", *extra]
-  one, two = str(tmp_path / "one"), str(tmp_path / "two")
-  r1 = _run_one([*args, f"--workdir={one}"])
-  assert r1.returncode == 0, r1.stderr[-4000:]
-  res = _run_two([*args, f"--workdir={two}"])
+def _val(rows):
+  return [{k: v for k, v in r.items() if not k.startswith(("train/", "gap/"))} for r in rows]
+
+
+def test_vae_two_processes_match_one_and_checkpoints_move_between_process_counts(data_dir,
+                                                                                 tmp_path):
+  """1 process x 1 device, uninterrupted, against runs stopped after step 2 and resumed
+  with the other process count (2 -> 1 and 1 -> 2): same parameters at steps 2 and 4, same
+  validation metrics; only process 0 writes."""
+  args = [f"--config={TINY_VAE}", f"--config.data.data_dir={data_dir}",
+          "--config.total_steps=4", "--config.eval_every_epochs=1000",
+          "--config.checkpoint_every_steps=2", "--config.keep_checkpoints=3"]
+  stop = "--config.stop_after_step=2"
+  one, a, b = (str(tmp_path / n) for n in ("one", "a", "b"))
+  r = _run_one([*args, f"--workdir={one}"])
+  assert r.returncode == 0, r.stderr[-4000:]
+
+  res = _run_two([*args, stop, f"--workdir={a}"])  # 2 processes, stopped after step 2
   _check_two(res)  # cross-process gloo collectives work
-  # Only process 0 writes: the same files as the 1-process run, no duplicates.
+  assert "Written" not in res[1][1] and "stop_after_step" in res[0][1], res[1][1][-2000:]
+  s1, t1 = _params(one, 2)
+  s2, t2 = _params(a, 2)
+  assert s1 == s2 == 2
+  _assert_close_trees(t1["params"], t2["params"])
+  r = _run_one([*args, f"--workdir={a}"])  # ... resumed by 1 process
+  assert r.returncode == 0, r.stderr[-4000:]
+  assert "Resuming from checkpoint at step 2" in r.stderr
+
+  r = _run_one([*args, stop, f"--workdir={b}"])  # 1 process, stopped after step 2 ...
+  assert r.returncode == 0, r.stderr[-4000:]
+  res = _run_two([*args, f"--workdir={b}"])  # ... resumed by 2 processes
+  _check_two(res)
+  assert "Resuming from checkpoint at step 2" in res[0][1]
+  assert "Written" not in res[1][1], res[1][1][-2000:]
+  assert _files(b) == _files(one)  # process 1 wrote nothing of its own
+
+  for w in (a, b):
+    _assert_close_rows(_val(_rows(one)), _val(_rows(w)))
+    _assert_close_params(one, w)
+
+
+def test_classifier_two_processes_match_one(data_dir, tmp_path):
+  """The classifier (ImageNet-free: scratch init) trained by 2 processes x 2 devices equals
+  1 process x 1 device: validation rows, test metrics and parameters; process 0 writes."""
+  args = [f"--config={TINY_CLASSIFY}", f"--config.data.data_dir={data_dir}",
+          "--config.init.source=scratch", "--config.batch_size=48",
+          "--config.eval_batch_size=96", "--config.total_steps=3"]
+  one, two = str(tmp_path / "one"), str(tmp_path / "two")
+  r = _run_one([*args, f"--workdir={one}"])
+  assert r.returncode == 0, r.stderr[-4000:]
+  res = _run_two([*args, f"--workdir={two}"])
+  _check_two(res)
   assert _files(two) == _files(one)
   assert "Written" not in res[1][1], res[1][1][-2000:]
-  # Each process takes its slice of the same global batches: the training is the same.
   _assert_close_rows(_rows(one), _rows(two))
+  t1 = json.load(open(os.path.join(one, "test_metrics.json")))
+  t2 = json.load(open(os.path.join(two, "test_metrics.json")))
+  for k in ("accuracy", "balanced_accuracy", "macro_auc", "loss"):
+    np.testing.assert_allclose(t2[k], t1[k], rtol=2e-4, atol=1e-6, err_msg=k)
+  assert t1["confusion_matrix"] == t2["confusion_matrix"]
   _assert_close_params(one, two)

@@ -1,4 +1,5 @@
-"""What the study's numbers rest on, checked on ONE tiny study run (module fixture):
+"""What the study's numbers rest on, checked on ONE tiny study run (the session fixture
+`study` of conftest.py, shared with tests/test_classifier.py):
 
 - the VAE arm's backbone starts from the pretrained VAE's encoder, bit for bit (frozen and
   fine-tuned), and the ImageNet arm's from the converted ImageNet weights;
@@ -18,35 +19,11 @@ import sys
 import jax
 import numpy as np
 import pytest
-from conftest import REPO, imagenet_weights_missing, run_main
+from conftest import REPO, recipe_aug, run_main
 
-TINY_COMPARE = os.path.join(REPO, "tests", "configs", "tiny_compare.py")
 TINY_CLASSIFY = os.path.join(REPO, "tests", "configs", "tiny_classify.py")
 TINY_VAE = os.path.join(REPO, "tests", "configs", "tiny_vae.py")
 METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc", "loss")
-
-
-def _recipe_aug():
-  """configs/compare.py:recipe's augmentation block, as --config overrides."""
-  sys.path.insert(0, os.path.join(REPO, "configs"))
-  import compare
-  aug = compare.get_config("recipe").aug
-  assert aug.random_resized_crop  # what this module exercises
-  return aug, [f"--config.aug.{k}={tuple(v) if isinstance(v, (list, tuple)) else v}"
-               for k, v in aug.items()]
-
-
-@pytest.fixture(scope="module")
-def study(data_dir, tmp_path_factory):
-  """The tiny study (VAE -> arms -> report) with the :recipe augmentation. Arms: vae and
-  imagenet (vae and scratch without the ImageNet weights packages)."""
-  workdir = tmp_path_factory.mktemp("study") / "study"
-  second = "scratch" if imagenet_weights_missing() else "imagenet"
-  r = run_main([f"--config={TINY_COMPARE}", f"--config.data.data_dir={data_dir}",
-                f"--config.arms=('vae','{second}')", *_recipe_aug()[1],
-                f"--workdir={workdir}"])
-  assert r.returncode == 0, r.stderr[-4000:]
-  return workdir
 
 
 def _arm(study, arm):
@@ -228,7 +205,7 @@ def test_vae_eval_mode_reproduces_the_last_validation_row(study, data_dir):
 def test_recipe_augmentation_runs_end_to_end(study):
   """Catches: the :recipe preset's random resized crop failing (or being dropped from the
   stages) in a real run; its losses must stay finite and the classifier's fall."""
-  aug, _ = _recipe_aug()
+  aug, _ = recipe_aug()
   for stage in (study / "vae", _arm(study, "vae")):
     cfg = json.load(open(stage / "config.json"))
     for k, v in aug.items():

@@ -33,7 +33,7 @@ def test_vae_learns_on_real_data_and_writes_outputs(data_dir, tmp_path):
   c.num_epochs = 4
   workdir = str(tmp_path / "run")
   train_vae.train_and_evaluate(c, workdir)
-  rows = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
+  rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
   assert len(rows) == 4
   # The validation ELBO (higher is better) improves substantially over training.
   assert rows[-1]["val/elbo"] > rows[0]["val/elbo"] + 100, rows
@@ -79,32 +79,6 @@ def test_kill_and_resume_equals_uninterrupted_run(data_dir, tmp_path):
   s2, p2 = _final_params(killed)
   assert s1 == s2 == 24
   _assert_trees_equal(p1, p2)
-
-
-def _losses(workdir):
-  rows = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
-  return rows
-
-
-def test_eight_devices_match_one(data_dir, tmp_path):
-  args = [f"--config={TINY_VAE}", f"--config.data.data_dir={data_dir}",
-          "--config.total_steps=6", "--config.eval_every_epochs=1000"]
-  one, eight = str(tmp_path / "one"), str(tmp_path / "eight")
-  r1 = run_main([*args, f"--workdir={one}"],
-                env_extra={"XLA_FLAGS": "--xla_force_host_platform_device_count=1"})
-  r8 = run_main([*args, f"--workdir={eight}"],
-                env_extra={"XLA_FLAGS": "--xla_force_host_platform_device_count=8"})
-  assert r1.returncode == 0, r1.stderr[-3000:]
-  assert r8.returncode == 0, r8.stderr[-3000:]
-  assert "on 8 devices" in r8.stderr and "on 1 devices" in r1.stderr
-  m1, m8 = _losses(one)[-1], _losses(eight)[-1]
-  for k in ("val/elbo", "val/recon", "val/kl"):
-    np.testing.assert_allclose(m8[k], m1[k], rtol=2e-4, err_msg=k)
-  _, p1 = _final_params(one)
-  _, p8 = _final_params(eight)
-  import jax
-  for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p8)):
-    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-3, atol=1e-5)
 
 
 def test_eval_mode_reports_val_and_test(data_dir, tmp_path):

@@ -31,6 +31,15 @@ from derm_jax.train.experiment import Experiment
 from derm_jax.train.workdir_lock import WorkdirLock
 
 
+class StoppedAfterStep(SystemExit):
+  """Raised once the run has checkpointed `config.stop_after_step` (exit status 0): the job
+  ends as a preempted one would, and the same command resumes it."""
+
+  def __init__(self, step: int):
+    super().__init__(0)
+    self.step = step
+
+
 def epoch_of(step: int, steps_per_epoch: int) -> float | int:
   """The epoch reached after `step` steps: an int at epoch ends, else 3 decimals."""
   e = step / steps_per_epoch
@@ -151,6 +160,7 @@ def _train_locked(exp: Experiment, workdir: str):
   if profile and (len(profile) != 2 or not 0 < profile[0] < profile[1]):
     raise ValueError(f"config.profile_steps={profile}: expected (first, last) steps, "
                      "0 < first < last.")
+  stop_after = c.get("stop_after_step", 0) or 0
   batches = mesh_lib.prefetch_to_device(train_iterator(exp, start), exp.mesh,
                                         c.input.get("device_prefetch", 2))
   progress = None
@@ -194,9 +204,14 @@ def _train_locked(exp: Experiment, workdir: str):
           exp.after_eval(exp, state, step, row, writer, workdir)
         writer.flush()
         last_eval = row
-      if itstime(step, ckpt_every, total):
+      stop = step == stop_after and step < total
+      if itstime(step, ckpt_every, total) or stop:
         window.fetch()  # never checkpoint a state that followed a non-finite step
         ckpt.save(step, state)
+      if stop:
+        logging.info("Stopping after step %d of %d (config.stop_after_step); the same command "
+                     "resumes the run.", step, total)
+        raise StoppedAfterStep(step)
       progress.exclude(time.monotonic() - t_other - log_time)
   finally:  # also on errors: finish pending saves, keep the last good checkpoint
     ckpt.close()

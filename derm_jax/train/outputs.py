@@ -33,6 +33,7 @@ from derm_jax.train import checkpoint
 
 # Fields that may change between a run and its resumption (they do not change the numbers).
 _RESUME_SAFE = ("log_every_steps", "input.", "eval_batch_size", "data.data_dir", "profile_steps",
+                "stop_after_step",
                 "data.npz_path", "keep_checkpoints", "num_image_samples")
 
 
