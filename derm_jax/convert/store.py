@@ -80,7 +80,6 @@ def save_pretrained(out_dir: str | os.PathLike, arch: str, variables: dict[str, 
   non-empty `out_dir` is an error unless `overwrite`. Returns the absolute output path.
   """
   import jax
-  import orbax.checkpoint as ocp
 
   out = output_path(out_dir)
   check_output_dir(out, overwrite)
@@ -101,13 +100,7 @@ def save_pretrained(out_dir: str | os.PathLike, arch: str, variables: dict[str, 
   tmp = _fresh_sibling(out, "tmp")
   old: pathlib.Path | None = None
   try:
-    checkpointer = ocp.StandardCheckpointer()
-    try:
-      checkpointer.save(tmp / CHECKPOINT_DIR, host)
-      checkpointer.wait_until_finished()
-    finally:
-      checkpointer.close()
-    (tmp / META_FILE).write_text(meta_text + "\n")
+    _write(tmp, host, meta_text)
     if out.exists():
       old = _fresh_sibling(out, "old")
       os.rename(out, old / "previous")
@@ -124,20 +117,25 @@ def save_pretrained(out_dir: str | os.PathLike, arch: str, variables: dict[str, 
   return out
 
 
-def _save_in_place(out, host: dict[str, Any], meta_text: str):
-  """save_pretrained into a URL: checkpoint first, meta.json last (see the module docstring)."""
+def _write(directory, host: dict[str, Any], meta_text: str) -> None:
+  """The Orbax checkpoint of `host` into `directory`, then meta.json (written last)."""
   import orbax.checkpoint as ocp
 
+  checkpointer = ocp.StandardCheckpointer()
+  try:
+    checkpointer.save(directory / CHECKPOINT_DIR, host)
+    checkpointer.wait_until_finished()
+  finally:
+    checkpointer.close()
+  (directory / META_FILE).write_text(meta_text + "\n")
+
+
+def _save_in_place(out, host: dict[str, Any], meta_text: str):
+  """save_pretrained into a URL: checkpoint first, meta.json last (see the module docstring)."""
   if out.exists():
     out.rmtree()
   try:
-    checkpointer = ocp.StandardCheckpointer()
-    try:
-      checkpointer.save(out / CHECKPOINT_DIR, host)
-      checkpointer.wait_until_finished()
-    finally:
-      checkpointer.close()
-    (out / META_FILE).write_text(meta_text + "\n")
+    _write(out, host, meta_text)
   except BaseException:
     out.rmtree(missing_ok=True)
     raise
