@@ -97,11 +97,6 @@ def _validate_remote_workdir(workdir: str) -> None:
                       "another workdir.")
 
 
-def workdir_from_flag(value: str) -> str:
-  """--workdir made absolute (`~` expanded) when local; a URL (gs://...) is kept as is."""
-  return fileio.normalize(value)
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -117,7 +112,7 @@ def main(argv):
     jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
                                num_processes=_NUM_PROCESSES.value,
                                process_id=_PROCESS_ID.value)
-  workdir = workdir_from_flag(_WORKDIR.value)
+  workdir = fileio.normalize(_WORKDIR.value)  # a URL (gs://...) is kept as is
   try:
     run(_CONFIG.value, workdir, _MODE.value, _STEP.value)
   except (DermJaxError, ValueError, FileNotFoundError, FloatingPointError, KeyError) as e:
