@@ -105,7 +105,7 @@ def test_vae_shapes_and_encoder_parameters():
   rng = jax.random.key(0)
   x = jax.random.uniform(rng, (3, 64, 64, 3))
   variables = jax.jit(lambda r: model.init({"params": r}, x, r, train=False))(rng)
-  x_hat, mean, logvar = model.apply(variables, x, rng, train=False)
+  x_hat, mean, logvar = jax.jit(lambda v: model.apply(v, x, rng, train=False))(variables)
   assert x_hat.shape == x.shape and mean.shape == logvar.shape == (3, 12)
   assert float(x_hat.min()) >= 0 and float(x_hat.max()) <= 1
   assert "backbone_net" in variables["params"]["encoder"]

@@ -26,7 +26,7 @@ def test_parameters_are_float32_and_identical_for_both_dtypes(name, size):
     m = registry.get_backbone(name, dtype=jnp.dtype(dt))
     v = jax.jit(lambda x, m=m: m.init(jax.random.key(0), x, train=False))(x)
     trees[dt] = v
-    outs[dt] = m.apply(v, x, train=False)
+    outs[dt] = jax.jit(lambda v, x, m=m: m.apply(v, x, train=False))(v, x)
   assert _tree_signature(trees["float32"]) == _tree_signature(trees["bfloat16"])
   assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(trees["bfloat16"]))
   assert outs["bfloat16"].dtype == jnp.bfloat16  # the feature map runs in bf16
@@ -40,11 +40,14 @@ def test_vae_and_head_outputs_are_float32_in_bfloat16():
   c = tiny_vae_config("")
   x = jnp.asarray(np.random.default_rng(0).random((2, 32, 32, 3)), jnp.float32)
   models = {dt: vae.create_vae(c.model, 32, dt) for dt in ("float32", "bfloat16")}
-  v = models["float32"].init(jax.random.key(0), x, jax.random.key(1), train=False)
-  v16 = models["bfloat16"].init(jax.random.key(0), x, jax.random.key(1), train=False)
+  init = {dt: jax.jit(lambda x, m=m: m.init(jax.random.key(0), x, jax.random.key(1),
+                                              train=False)) for dt, m in models.items()}
+  apply = {dt: jax.jit(lambda v, x, m=m: m.apply(v, x, jax.random.key(1), train=False))
+           for dt, m in models.items()}
+  v, v16 = init["float32"](x), init["bfloat16"](x)
   assert _tree_signature(v) == _tree_signature(v16)
-  out32 = models["float32"].apply(v, x, jax.random.key(1), train=False)
-  out16 = models["bfloat16"].apply(v, x, jax.random.key(1), train=False)
+  out32 = apply["float32"](v, x)
+  out16 = apply["bfloat16"](v, x)  # fp32 parameters into the bf16 model
   for a, b in zip(out32, out16):  # reconstruction, posterior mean, log-variance
     assert a.dtype == b.dtype == jnp.float32
     np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=0.1)
