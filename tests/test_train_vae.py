@@ -152,9 +152,13 @@ def test_non_finite_loss_stops_naming_the_step_and_keeps_last_checkpoint(data_di
 def test_paper_preset_builds_compiles_and_steps(data_dir, tmp_path):
   r = run_main(["--config=configs/vae.py:paper", f"--workdir={tmp_path / 'paper'}",
                 "--config.data.source=embedded", f"--config.data.data_dir={data_dir}",
-                "--config.batch_size=2", "--config.eval_batch_size=2", "--config.total_steps=2",
+                "--config.batch_size=2", "--config.eval_batch_size=2", "--config.total_steps=3",
                 "--config.log_every_steps=1", "--config.eval_every_epochs=1000",
-                "--config.num_image_samples=2"])
+                "--config.num_image_samples=2", "--config.stop_after_step=2"])
+  # Two train steps and a checkpoint of the 224 px ConvNeXt-Tiny VAE; stopping after step 2
+  # skips the end-of-run evaluation of the whole validation split at 224 px (the eval step
+  # is the default VAE's, tested above).
   assert r.returncode == 0, r.stderr[-3000:]
   assert "convnext_tiny" in open(tmp_path / "paper" / "config.json").read()
-  assert "step 2/2" in r.stderr
+  assert "step 2/3" in r.stderr and "stop_after_step" in r.stderr
+  assert (tmp_path / "paper" / "checkpoints" / "2").is_dir()
