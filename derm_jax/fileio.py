@@ -71,9 +71,7 @@ def abspath(path: PathLike) -> str:
 def normalize(path: PathLike) -> str:
   """A workdir as given on the command line, made absolute: `~` expanded and the current
   folder prepended for a local path; a URL is returned as it is (no trailing '/')."""
-  if is_remote(path):
-    return _url(path)
-  return os.path.abspath(os.path.expanduser(os.fspath(path)))
+  return abspath(path if is_remote(path) else os.path.expanduser(os.fspath(path)))
 
 
 def join(path: PathLike, *parts: str) -> str:

@@ -6,6 +6,7 @@ both directions (`config.stop_after_step` ends the first run as a preempted job 
 
 import json
 import os
+import pathlib
 import shutil
 import socket
 import subprocess
@@ -153,8 +154,7 @@ def test_classifier_two_processes_match_one(data_dir, tmp_path):
   assert _files(two) == _files(one)
   assert "Written" not in res[1][1], res[1][1][-2000:]
   _assert_close_rows(_rows(one), _rows(two))
-  t1 = json.load(open(os.path.join(one, "test_metrics.json")))
-  t2 = json.load(open(os.path.join(two, "test_metrics.json")))
+  t1, t2 = (json.loads(pathlib.Path(w, "test_metrics.json").read_text()) for w in (one, two))
   for k in ("accuracy", "balanced_accuracy", "macro_auc", "loss"):
     np.testing.assert_allclose(t2[k], t1[k], rtol=2e-4, atol=1e-6, err_msg=k)
   assert t1["confusion_matrix"] == t2["confusion_matrix"]

@@ -27,10 +27,10 @@ def _host_aug():
   return aug
 
 
-def _batches(source, n, seed=0, **kw):
+def _batches(source, n, seed=0, start=0, **kw):
   ds = input_pipeline.train_dataset(source, global_batch_size=32, image_size=48,
                                     aug=_host_aug(), seed=seed, **kw)
-  it = input_pipeline.train_iterator(ds)
+  it = input_pipeline.train_iterator(input_pipeline.from_step(ds, start))
   return it, [next(it) for _ in range(n)]
 
 
@@ -51,7 +51,7 @@ def test_stream_started_at_a_step_continues_the_uninterrupted_stream(train_sourc
   """A resumed run starts the stream at its step (no iterator state): batch s of a stream
   started at 0 is batch 0 of one started at s."""
   _, full = _batches(train_source, 7)
-  _, resumed = _batches(train_source, 2, start_batch=5)
+  _, resumed = _batches(train_source, 2, start=5)
   for a, b in zip(full[5:], resumed):
     np.testing.assert_array_equal(a["image"], b["image"])
     np.testing.assert_array_equal(a["label"], b["label"])
@@ -166,5 +166,5 @@ def test_worker_processes_give_the_same_batches_and_resume(data_dir):
     np.testing.assert_array_equal(a["image"], b["image"])
     np.testing.assert_array_equal(a["label"], b["label"])
   expected = next(workers)  # batch 3
-  resumed = input_pipeline.train_iterator(ds[3:], num_workers=2)
+  resumed = input_pipeline.train_iterator(input_pipeline.from_step(ds, 3), num_workers=2)
   np.testing.assert_array_equal(next(resumed)["image"], expected["image"])

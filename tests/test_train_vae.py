@@ -159,6 +159,6 @@ def test_paper_preset_builds_compiles_and_steps(data_dir, tmp_path):
   # skips the end-of-run evaluation of the whole validation split at 224 px (the eval step
   # is the default VAE's, tested above).
   assert r.returncode == 0, r.stderr[-3000:]
-  assert "convnext_tiny" in open(tmp_path / "paper" / "config.json").read()
+  assert "convnext_tiny" in (tmp_path / "paper" / "config.json").read_text()
   assert "step 2/3" in r.stderr and "stop_after_step" in r.stderr
   assert (tmp_path / "paper" / "checkpoints" / "2").is_dir()

@@ -6,7 +6,7 @@ in the global stream; or, by default, none: uint8 images go to the device, which
 -> this process's slice of each global batch -> batches of `batch_size // process_count`.
 The whole pipeline is a `grain.MapDataset` indexed by global batch, so where a run is in
 its data is the number of steps it has taken: a run resumed at step s starts the stream at
-batch s (`start_batch`) and sees exactly the batches an uninterrupted run would, whatever
+batch s (`from_step`) and sees exactly the batches an uninterrupted run would, whatever
 the number of processes or Grain workers before and after (no iterator state is saved).
 
 Evaluation: every example exactly once, in order, the last batch padded and marked with
@@ -78,10 +78,10 @@ class _BalancedSource:
 
 def train_dataset(source, *, global_batch_size: int, image_size: int, aug, seed: int,
                   labels: Sequence[int] | None = None, balanced: bool = False,
-                  process_index: int | None = None, process_count: int | None = None,
-                  start_batch: int = 0) -> grain.MapDataset:
-  """Infinite, shuffled, augmented, batched training dataset for this process, from global
-  batch `start_batch` on (the step a resumed run starts after)."""
+                  process_index: int | None = None,
+                  process_count: int | None = None) -> grain.MapDataset:
+  """Infinite, shuffled, augmented, batched training dataset for this process; element s is
+  global batch s, the one step s + 1 trains on."""
   process_index = jax.process_index() if process_index is None else process_index
   process_count = jax.process_count() if process_count is None else process_count
   if global_batch_size % process_count:
@@ -107,8 +107,12 @@ def train_dataset(source, *, global_batch_size: int, image_size: int, aug, seed:
     ds = ds.random_map(
         lambda ex, rng: augment.train_transform(ex, rng, image_size=image_size, aug=aug))
   ds = _process_slice(ds, process_index, process_count, local_batch)
-  ds = ds.batch(local_batch, drop_remainder=True)
-  return ds[start_batch:] if start_batch else ds
+  return ds.batch(local_batch, drop_remainder=True)
+
+
+def from_step(ds: grain.MapDataset, step: int) -> grain.MapDataset:
+  """The training stream `ds` of `train_dataset` as a run resumed after `step` reads it."""
+  return ds[step:] if step else ds
 
 
 def train_iterator(ds: grain.MapDataset, num_threads: int = 2, prefetch: int = 4,

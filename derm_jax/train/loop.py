@@ -84,19 +84,18 @@ class _Window:
     return out
 
 
-def _train_dataset(exp: Experiment, start_step: int = 0):
+def train_dataset(exp: Experiment):
+  """The experiment's training stream (a Grain MapDataset indexed by global batch)."""
   c = exp.config
   return input_pipeline.train_dataset(
       exp.dataset.source("train"), global_batch_size=c.batch_size, image_size=c.image_size,
-      aug=c.aug, seed=c.seed, labels=exp.train_labels, balanced=exp.balanced_sampling,
-      start_batch=start_step)
+      aug=c.aug, seed=c.seed, labels=exp.train_labels, balanced=exp.balanced_sampling)
 
 
-def train_iterator(exp: Experiment, start_step: int = 0):
-  """The Grain iterator of the experiment's training stream, from the batch that step
-  `start_step + 1` trains on (the stream's position is the step: see input_pipeline)."""
+def train_iterator(exp: Experiment, ds=None):
+  """The Grain iterator over `ds` (default: the experiment's stream from step 0)."""
   c = exp.config
-  ds = _train_dataset(exp, start_step)
+  ds = train_dataset(exp) if ds is None else ds
   return input_pipeline.train_iterator(ds, c.input.num_threads, c.input.prefetch,
                                        c.input.get("num_workers", 0))
 
@@ -130,15 +129,15 @@ def step_flops(step_fn, state, batch) -> float | None:
 def train(exp: Experiment, workdir: str) -> tuple[Any, dict[str, Any]]:
   """Trains `exp` in `workdir`, resuming from its latest checkpoint; returns the final
   state and the last evaluation row."""
-  _train_dataset(exp)  # fail on bad data settings before touching the workdir
+  ds = train_dataset(exp)  # fails on bad data settings before the workdir is touched
   lock = WorkdirLock(workdir, is_main=jax.process_index() == 0).acquire()
   try:
-    return _train_locked(exp, workdir)
+    return _train_locked(exp, workdir, ds)
   finally:
     lock.release()
 
 
-def _train_locked(exp: Experiment, workdir: str):
+def _train_locked(exp: Experiment, workdir: str, ds):
   c = exp.config
   spe, total = exp.steps_per_epoch, exp.total_steps
   ckpt, writer, is_main = outputs.open_run(workdir, c, c.keep_checkpoints)
@@ -161,8 +160,8 @@ def _train_locked(exp: Experiment, workdir: str):
     raise ValueError(f"config.profile_steps={profile}: expected (first, last) steps, "
                      "0 < first < last.")
   stop_after = c.get("stop_after_step", 0) or 0
-  batches = mesh_lib.prefetch_to_device(train_iterator(exp, start), exp.mesh,
-                                        c.input.get("device_prefetch", 2))
+  resumed = train_iterator(exp, input_pipeline.from_step(ds, start))
+  batches = mesh_lib.prefetch_to_device(resumed, exp.mesh, c.input.get("device_prefetch", 2))
   progress = None
   window = _Window(start + 1)
   last_eval: dict[str, Any] = {}

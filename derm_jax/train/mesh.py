@@ -54,15 +54,10 @@ def prefetch_to_device(batches: Iterable[dict], mesh: Mesh, depth: int = 2) -> I
   """Yields `shard_batch(b)` for each host batch, keeping `depth` batches already transferred
   (the copies are asynchronous), so the accelerator never waits for the host-to-device copy
   of the next batch. `depth=0` transfers each batch when it is asked for."""
-  it = iter(batches)
-  if depth <= 0:
-    for b in it:
-      yield shard_batch(b, mesh)
-    return
   queue = collections.deque()
-  for b in it:
+  for b in batches:
     queue.append(shard_batch(b, mesh))
-    if len(queue) > depth:
+    if len(queue) > max(depth, 0):
       yield queue.popleft()
   while queue:
     yield queue.popleft()
