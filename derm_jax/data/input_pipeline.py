@@ -1,9 +1,12 @@
 """Grain input pipelines: sharded, seeded, resumable training batches and padded eval batches.
 
-Training: source -> seeded global shuffle (reshuffled every epoch) -> repeat forever ->
-per-example host augmentation (`augment.train_transform`, seeded by the element's position
-in the global stream; or, by default, none: uint8 images go to the device, which augments)
--> this process's slice of each global batch -> batches of `batch_size // process_count`.
+Training: the source's indices -> seeded global shuffle (reshuffled every epoch) or
+class-balanced draws -> repeat forever -> this process's slice of each global batch ->
+batches of `batch_size // process_count` indices -> one read per batch (a NumPy gather
+when the split is held in memory, `memory_source.py`): uint8 images at the stored
+resolution, which the device augments and resizes (`aug.on_device`, the default). With
+`aug.on_device=False` each example is read and augmented on the host instead
+(`augment.train_transform`, seeded by the element's position in the global stream).
 The whole pipeline is a `grain.MapDataset` indexed by global batch, so where a run is in
 its data is the number of steps it has taken: a run resumed at step s starts the stream at
 batch s (`from_step`) and sees exactly the batches an uninterrupted run would, whatever
@@ -22,7 +25,7 @@ import grain
 import jax
 import numpy as np
 
-from derm_jax.data import augment
+from derm_jax.data import augment, memory_source
 
 
 def _process_slice(ds: grain.MapDataset, index: int, count: int,
@@ -51,29 +54,52 @@ def balanced_indices(labels: np.ndarray, seed: int, epoch: int) -> np.ndarray:
   return rng.choice(len(labels), size=len(labels), replace=True, p=weights / weights.sum())
 
 
-class _BalancedSource:
-  """Random-access, practically endless view: index i of epoch i // n is a class-balanced draw.
+class _BalancedIndices:
+  """Random-access, practically endless stream of indices: position i of epoch i // n is a
+  class-balanced draw.
 
   Its length is `n * max_epochs` (not `n`) because Grain reads a repeated dataset modulo
   its length, which would lose the epoch number that seeds each epoch's draw.
   """
 
-  def __init__(self, source, labels: np.ndarray, seed: int, max_epochs: int = 1_000_000):
-    self._source, self._labels, self._seed = source, np.asarray(labels), seed
+  def __init__(self, labels: np.ndarray, seed: int, max_epochs: int = 1_000_000):
+    self._labels, self._seed = np.asarray(labels), seed
     self._max_epochs = max_epochs
     self._cache: dict[int, np.ndarray] = {}
 
   def __len__(self):
     return len(self._labels) * self._max_epochs
 
-  def __getitem__(self, i: int):
+  def __getitem__(self, i: int) -> int:
     n = len(self._labels)
     epoch, j = divmod(int(i), n)
     idx = self._cache.get(epoch)
     if idx is None:
       idx = balanced_indices(self._labels, self._seed, epoch)
       self._cache = {epoch: idx}
-    return self._source[int(idx[j])]
+    return int(idx[j])
+
+
+class _ReadExample:
+  """index -> the source's example (picklable, for Grain worker processes)."""
+
+  def __init__(self, source):
+    self.source = source
+
+  def __call__(self, i) -> dict:
+    return self.source[int(i)]
+
+
+class _ReadBatch:
+  """A batch of indices -> {'image': uint8 (B,S,S,3), 'label': int32 (B,)}."""
+
+  def __init__(self, source):
+    self.source = source
+
+  def __call__(self, indices) -> dict:
+    if hasattr(self.source, "read_batch"):
+      return self.source.read_batch(indices)
+    return memory_source.stack_examples(memory_source.read_examples(self.source, indices))
 
 
 def train_dataset(source, *, global_batch_size: int, image_size: int, aug, seed: int,
@@ -96,16 +122,16 @@ def train_dataset(source, *, global_batch_size: int, image_size: int, aug, seed:
   if balanced:
     if labels is None:
       raise ValueError("Balanced sampling needs the labels of the training split.")
-    ds = grain.MapDataset.source(_BalancedSource(source, labels, seed)).seed(seed)
+    ds = grain.MapDataset.source(_BalancedIndices(labels, seed)).seed(seed)
   else:
-    ds = grain.MapDataset.source(source).seed(seed).shuffle().repeat(None)
+    ds = grain.MapDataset.range(len(source)).seed(seed).shuffle().repeat(None)
   if aug.get("on_device", False):
-    # uint8 at the stored resolution; the train step augments and resizes on the device.
-    ds = ds.map(lambda ex: {"image": np.asarray(ex["image"], np.uint8),
-                            "label": np.int32(ex["label"])})
-  else:
-    ds = ds.random_map(
-        lambda ex, rng: augment.train_transform(ex, rng, image_size=image_size, aug=aug))
+    # uint8 at the stored resolution, one read per batch; the train step augments and
+    # resizes on the device.
+    ds = _process_slice(ds, process_index, process_count, local_batch)
+    return ds.batch(local_batch, drop_remainder=True).map(_ReadBatch(source))
+  ds = ds.map(_ReadExample(source)).random_map(
+      lambda ex, rng: augment.train_transform(ex, rng, image_size=image_size, aug=aug))
   ds = _process_slice(ds, process_index, process_count, local_batch)
   return ds.batch(local_batch, drop_remainder=True)
 

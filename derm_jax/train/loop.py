@@ -23,7 +23,7 @@ from absl import logging
 
 from derm_jax import fileio
 from derm_jax import metrics as metrics_lib
-from derm_jax.data import input_pipeline
+from derm_jax.data import input_pipeline, memory_source
 from derm_jax.evaluators import common
 from derm_jax.train import mesh as mesh_lib
 from derm_jax.train import outputs
@@ -87,8 +87,12 @@ class _Window:
 def train_dataset(exp: Experiment):
   """The experiment's training stream (a Grain MapDataset indexed by global batch)."""
   c = exp.config
+  source = exp.dataset.source("train")
+  # Decoded once into host memory where it fits (input.cache_mb): batches become gathers.
+  source = memory_source.InMemorySource.load(
+      source, c.input.get("cache_mb", 0), c.input.num_threads) or source
   return input_pipeline.train_dataset(
-      exp.dataset.source("train"), global_batch_size=c.batch_size, image_size=c.image_size,
+      source, global_batch_size=c.batch_size, image_size=c.image_size,
       aug=c.aug, seed=c.seed, labels=exp.train_labels, balanced=exp.balanced_sampling)
 
 
