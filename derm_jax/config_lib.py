@@ -59,5 +59,7 @@ def input_options() -> ConfigDict:
   c.prefetch = 4           # batches prefetched on the host
   c.device_prefetch = 2    # batches already copied to the accelerator(s) ahead of the step
   c.num_workers = 0        # Grain worker processes (decoding full-resolution JPEGs); 0 = none
-  c.cache_mb = 2048        # hold the decoded training split in memory up to this size; 0 = off
+  # Hold the decoded training split in host memory (per process) when it takes at most this
+  # many MB; batches are then array gathers. 0, or num_workers > 0, decodes every epoch.
+  c.cache_mb = 2048
   return c

@@ -154,6 +154,8 @@ def _check_common(k: _Checker, task: str) -> None:
   k.integer("input.num_threads", 1, required=False)
   k.integer("input.prefetch", 0, required=False)
   k.integer("input.device_prefetch", 0, required=False)
+  k.integer("input.num_workers", 0, required=False)
+  k.number("input.cache_mb", 0, required=False)
   # data
   from derm_jax.data import registry as data_registry
   name = k.get("data.name", "dermamnist") or "dermamnist"

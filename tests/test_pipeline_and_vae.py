@@ -10,7 +10,8 @@ import pytest
 from ml_collections import ConfigDict
 
 from derm_jax import config_lib, losses
-from derm_jax.data import dermamnist, input_pipeline
+from derm_jax.data import dermamnist, input_pipeline, memory_source
+from derm_jax.data.errors import DataError
 from derm_jax.models import vae as vae_lib
 
 
@@ -81,6 +82,40 @@ def test_processes_split_each_global_batch_the_same_for_any_process_count(train_
     input_pipeline.train_dataset(train_source, global_batch_size=33, image_size=32,
                                  aug=config_lib.augmentation(), seed=0, process_index=0,
                                  process_count=2)
+
+
+def test_split_held_in_memory_gives_the_same_examples_and_training_stream(train_source):
+  """The decoded in-memory split (input.cache_mb) is the TFDS split, example for example,
+  and every training stream read from it (shuffled or class-balanced, device or host
+  augmentation) is batch for batch the stream read from TFDS."""
+  held = memory_source.InMemorySource.load(train_source, max_mb=64, num_threads=3, chunk=100)
+  assert isinstance(held, memory_source.InMemorySource) and len(held) == len(train_source)
+  for i in range(len(train_source)):
+    a, b = train_source[i], held[i]
+    np.testing.assert_array_equal(a["image"], b["image"])
+    assert (a["label"], a["id"]) == (b["label"], b["id"])
+  labels = held.labels
+  for aug, balanced in [(config_lib.augmentation(), False), (config_lib.augmentation(), True),
+                        (_host_aug(), False)]:
+    streams = [input_pipeline.train_dataset(src, global_batch_size=32, image_size=32,
+                                            aug=aug, seed=3, labels=labels,
+                                            balanced=balanced, process_index=0,
+                                            process_count=1)
+               for src in (train_source, held)]
+    for step in (0, 1, 60, 61):  # 60 * 32 > 1700: the second epoch, reshuffled
+      a, b = streams[0][step], streams[1][step]
+      assert a["image"].dtype == b["image"].dtype and a["label"].dtype == np.int32
+      np.testing.assert_array_equal(a["image"], b["image"])
+      np.testing.assert_array_equal(a["label"], b["label"])
+
+
+def test_split_held_in_memory_only_when_it_fits_and_has_one_image_shape(train_source):
+  assert memory_source.InMemorySource.load(train_source, max_mb=0) is None
+  assert memory_source.InMemorySource.load(train_source, max_mb=1) is None  # needs ~4 MB
+  mixed = [{"image": np.zeros((8, 8, 3), np.uint8), "label": 0, "id": 0},
+           {"image": np.zeros((9, 9, 3), np.uint8), "label": 1, "id": 1}]
+  with pytest.raises(DataError, match=r"(?s)example 1 .* shape \(9, 9, 3\).*cache_mb=0"):
+    memory_source.InMemorySource.load(mixed, max_mb=1)
 
 
 def test_eval_batches_are_padded_and_masked(train_source):

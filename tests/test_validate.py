@@ -46,6 +46,8 @@ def problems_after(config, **changes):
     ({"optimizer__grad_clip": -1.0}, "config.optimizer.grad_clip"),
     ({"optimizer__warmup_steps": -5}, "config.optimizer.warmup_steps"),
     ({"image_size": 0}, "config.image_size=0"),
+    ({"input__cache_mb": -1}, "config.input.cache_mb=-1"),
+    ({"input__num_workers": -2}, "config.input.num_workers=-2"),
     ({"image_size": 48}, "config.image_size=48"),  # ok for the stride, not the decoder
     ({"aug__color_jitter": -0.1}, "config.aug.color_jitter"),
     ({"aug__crop_scale": (0.0, 1.0)}, "config.aug.crop_scale"),

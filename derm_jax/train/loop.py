@@ -89,8 +89,10 @@ def train_dataset(exp: Experiment):
   c = exp.config
   source = exp.dataset.source("train")
   # Decoded once into host memory where it fits (input.cache_mb): batches become gathers.
-  source = memory_source.InMemorySource.load(
-      source, c.input.get("cache_mb", 0), c.input.num_threads) or source
+  # Grain worker processes (input.num_workers) are the other way: they decode every epoch.
+  if not c.input.get("num_workers", 0):
+    source = memory_source.InMemorySource.load(
+        source, c.input.get("cache_mb", 0), c.input.num_threads) or source
   return input_pipeline.train_dataset(
       source, global_batch_size=c.batch_size, image_size=c.image_size,
       aug=c.aug, seed=c.seed, labels=exp.train_labels, balanced=exp.balanced_sampling)
