@@ -1,0 +1,466 @@
+"""The report's section lines: data and setup, reference numbers, warnings, interval and
+difference tables, in distribution vs shifted, and config differences between the arms.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from derm_jax import plots
+from derm_jax.report.analysis import CI_METRICS, METRIC_NAMES, SetAnalysis, mean_std
+from derm_jax.report.formatting import (
+  config_field,
+  flatten,
+  fms,
+  fmt,
+  fmt_ci,
+  fmt_diff,
+  fmt_value,
+  table,
+)
+from derm_jax.report.runs import TEST_SET, ArmRuns, num
+from derm_jax.report.verdicts import set_verdict
+
+# DermaMNIST test-split references (MedMNIST v2; 7 classes, 2,005 test images).
+REFERENCES = [
+  ("MedMNIST v2 ResNet-18 (28) [reference]", 0.735, 0.917),
+  ("MedMNIST v2 ResNet-50 (224) [reference]", 0.731, 0.912),
+]
+DERMAMNIST_TEST_IMAGES = 2005
+
+CONFIG_FIELDS = {
+  "dataset": ["data.name", "dataset", "dataset_name", "data_name", "tfds_name"],
+  "init": ["init.source"],
+  "frozen backbone": ["freeze_backbone"],
+  "backbone": ["backbone", "backbone_name", "encoder", "arch", "architecture"],
+  "image size": ["image_size", "img_size", "resolution", "input_size"],
+  "epochs (configured)": ["epochs", "num_epochs", "train_epochs", "classifier_epochs"],
+  "batch size": ["batch_size", "global_batch_size"],
+  "learning rate": ["learning_rate", "lr"],
+}
+
+_SOURCES = {
+  "embedded": "the stratified DermaMNIST subset packaged with derm_jax",
+  "npz": "a local MedMNIST .npz file",
+  "download": "the official MedMNIST download",
+}
+
+
+# ----------------------------------------------------------------------------- data and setup
+
+
+def _dataset_display(name: str | None) -> str:
+  return (
+    {"dermamnist": "DermaMNIST"}.get(str(name).lower(), str(name)) if name else "an unnamed dataset"
+  )
+
+
+def _data_config(arm: ArmRuns, top: dict[str, Any]) -> dict[str, Any]:
+  """name, source, size, npz_path and split sizes of an arm's data (its config, else the study "
+  "config)."""
+  flat = flatten(arm.runs[0].config)
+  top_flat = flatten(top)
+
+  def get(names: Sequence[str]) -> Any:
+    v = config_field(flat, names)
+    return v if v is not None else config_field(top_flat, names)
+
+  # Split sizes: the config's data.splits, else the dataset description an evaluator stores in
+  # test_metrics.json ("data": {"name", "source", "splits": {split: n}, ...}).
+  described = (
+    flatten({"data": arm.runs[0].test.get("data")})
+    if isinstance(arm.runs[0].test.get("data"), dict)
+    else {}
+  )
+  splits = {}
+  for src in (described, flat):
+    splits.update(
+      {
+        k.split(".")[-1]: v
+        for k, v in src.items()
+        if k.startswith("data.splits.") and isinstance(v, int) and not isinstance(v, bool)
+      }
+    )
+
+  def get_or_described(names: Sequence[str], key: str) -> Any:
+    v = get(names)
+    return v if v is not None else described.get(f"data.{key}")
+
+  return {
+    "name": get_or_described(CONFIG_FIELDS["dataset"], "name"),
+    "source": get_or_described(["data.source"], "source"),
+    "size": get(["data.size"]),
+    "npz_path": get(["data.npz_path"]),
+    "splits": splits,
+  }
+
+
+def training_mode(arm: ArmRuns) -> tuple[bool | None, str]:
+  """(frozen?, wording) from the arm's freeze_backbone entry."""
+  v = config_field(flatten(arm.runs[0].config), CONFIG_FIELDS["frozen backbone"])
+  if isinstance(v, str):
+    v = {"true": True, "false": False}.get(v.lower())
+  if v is True:
+    return True, "frozen backbone (only the classifier head is trained)"
+  if v is False:
+    return False, "fine-tuned backbone (trained end to end together with the head)"
+  return None, "backbone training mode not recorded (no `freeze_backbone` in config.json)"
+
+
+def data_lines(
+  arms: dict[str, ArmRuns], top: dict[str, Any], sa: SetAnalysis
+) -> tuple[list[str], bool]:
+  """The 'Data' paragraph and whether every arm uses DermaMNIST."""
+  infos = {a: _data_config(arm, top) for a, arm in arms.items()}
+
+  def describe(info: dict[str, Any]) -> str:
+    name = info["name"]
+    text = (
+      f"**{_dataset_display(name)}** (`data.name` = `{name}`)"
+      if name
+      else "a dataset whose name the config does not record (no `data.name`)"
+    )
+    src = info["source"]
+    if src:
+      text += f", source `{src}`" + (f" ({_SOURCES[src]}" if src in _SOURCES else "")
+      if src == "download" and info["size"]:
+        text += f", {info['size']}×{info['size']} pixels"
+      if src == "npz" and info["npz_path"]:
+        text += f": `{info['npz_path']}`"
+      text += ")" if src in _SOURCES else ""
+    sizes = dict(info["splits"])
+    from_metrics = "test" not in sizes and bool(sa.n_images)
+    if from_metrics:
+      sizes["test"] = sa.n_images
+    if sizes:
+      text += "; images per split: " + ", ".join(f"{k} {v:,}" for k, v in sizes.items())
+      if from_metrics:
+        text += " (test count from test_metrics.json)"
+    return text
+
+  keys = {
+    json.dumps({k: v for k, v in i.items()}, sort_keys=True, default=str) for i in infos.values()
+  }
+  lines = []
+  if len(keys) == 1:
+    lines.append("Data: " + describe(next(iter(infos.values()))) + ". All arms use the same data.")
+  else:
+    lines.append("Data (the arms' configs differ!):")
+    lines.append("")
+    lines += [f"- `{a}`: {describe(i)}" for a, i in infos.items()]
+  lines.append("")
+  if sa.support and sa.class_names and len(sa.support) == len(sa.class_names):
+    lines.append(
+      "Test images per class: "
+      + ", ".join(
+        f"{c} ({plots.describe_class(c)}) {n:,}" for c, n in zip(sa.class_names, sa.support)
+      )
+      + "."
+    )
+    lines.append("")
+  derma = all(str(i["name"] or "").lower() == "dermamnist" for i in infos.values())
+  return lines, derma
+
+
+def reference_sentence(
+  arms: dict[str, ArmRuns], top: dict[str, Any], sa: SetAnalysis, derma: bool
+) -> str:
+  if not derma:
+    names = sorted({str(_data_config(arm, top)["name"]) for arm in arms.values()})
+    if names == ["None"]:
+      return (
+        "No published reference numbers are shown: the runs' configs do not name their dataset "
+        "(`data.name`), and the MedMNIST v2 numbers apply to DermaMNIST only."
+      )
+    return (
+      "No published reference numbers are shown: the MedMNIST v2 numbers are for DermaMNIST, and "
+      "this "
+      f"run's data are {', '.join(f'`{n}`' for n in names)}."
+    )
+  text = (
+    "The MedMNIST v2 rows are published DermaMNIST test-split numbers (7 classes, "
+    f"{DERMAMNIST_TEST_IMAGES:,} test images) of networks trained end to end; this run's data are "
+    "DermaMNIST, so they are a level reference. Training mode here: "
+  )
+  modes = {a: training_mode(arm) for a, arm in arms.items()}
+  text += "; ".join(f"`{a}` {m[1]}" for a, m in modes.items()) + "."
+  if any(m[0] for m in modes.values()):
+    text += " A frozen backbone is expected to score below end-to-end training."
+  sources = {str(_data_config(arm, top)["source"]) for arm in arms.values()}
+  if sa.n_images and sa.n_images != DERMAMNIST_TEST_IMAGES:
+    text += (
+      f" This test split has {sa.n_images:,} images, not the full {DERMAMNIST_TEST_IMAGES:,}"
+      + (" (the embedded subset)" if sources == {"embedded"} else "")
+      + ", so its numbers carry more sampling noise (see the intervals)."
+    )
+  return text
+
+
+# ----------------------------------------------------------------------------- sections
+
+
+def warning_lines(analysis: dict[str, SetAnalysis]) -> list[str]:
+  lines = []
+  for sa in analysis.values():
+    names = sa.class_names or []
+    maj = sa.majority_class
+    maj_text = (
+      "n/a"
+      if maj is None
+      else (
+        f"`{names[maj]}` ({plots.describe_class(names[maj])})"
+        if maj < len(names)
+        else f"class {maj}"
+      )
+    )
+    for arm, checks in sa.majority_checks.items():
+      flagged = [(s, c) for s, c in checks if c.indistinguishable]
+      if flagged:
+        seeds = ", ".join(str(s) for s, _ in flagged)
+        lines.append(
+          f"- ⚠ **`{arm}` on the {sa.label}: predictions statistically indistinguishable from "
+          f"(or worse than) always predicting the majority class {maj_text}** "
+          f"(seed{'s' if len(flagged) > 1 else ''} {seeds} of {len(checks)}). "
+          + " ".join(f"Seed {s}: {c.reason}." for s, c in flagged)
+        )
+    if sa.majority_note and any(sa.majority_checks.values()):
+      lines.append(
+        f"- Note: {sa.majority_note} (used for the majority-class check on the {sa.label})."
+      )
+    for m in sa.mismatches:
+      lines.append(f"- ⚠ {sa.label}: the predictions file disagrees with the metrics file: {m}.")
+  return lines
+
+
+def interval_lines(sa: SetAnalysis, n_boot: int, arms: Sequence[str]) -> list[str]:
+  lines = []
+  if not sa.ci:
+    lines.append(
+      f"Bootstrap intervals are unavailable for the {sa.label}: no run has a usable predictions "
+      "file (runs written before per-image predictions were saved have none)."
+    )
+    lines.append("")
+    lines += [f"- {n}" for n in sa.notes]
+    lines.append("")
+    return lines
+  rows = []
+  for a in arms:
+    if a not in sa.ci:
+      rows.append([f"`{a}`", "—", *["n/a"] * len(CI_METRICS)])
+      continue
+    rows.append(
+      [
+        f"`{a}`",
+        ", ".join(str(s) for s in sa.ci_seeds[a]),
+        *[f"{fmt(sa.ci[a][m].estimate)} {fmt_ci(sa.ci[a][m])}" for m in CI_METRICS],
+      ]
+    )
+  lines += table(["arm", "seeds", *[METRIC_NAMES[m] for m in CI_METRICS]], rows)
+  lines.append("")
+  if sa.notes:
+    lines += [f"- {n}" for n in sa.notes]
+    lines.append("")
+  return lines
+
+
+def diff_lines(sa: SetAnalysis) -> list[str]:
+  lines = []
+  for (a, b), diffs in sa.diffs.items():
+    rows = []
+    for m in CI_METRICS:
+      d = diffs[m]
+      per = [iv.estimate for _, iv in d.per_seed]
+      ms = mean_std(per)
+      n_ex = sum(iv.excludes_zero() for _, iv in d.per_seed)
+      rows.append(
+        [
+          METRIC_NAMES[m],
+          f"`{a}` − `{b}` = {fmt_diff(d.pooled)}",
+          fms(ms, sign=True) + f" (n={ms[2]})",
+          f"{n_ex} of {len(d.per_seed)}",
+        ]
+      )
+    lines += table(
+      [
+        "metric",
+        "difference, mean over paired seeds [95% interval]",
+        "per seed: mean ± std",
+        "seeds whose own interval excludes 0",
+      ],
+      rows,
+    )
+    lines.append("")
+  return lines
+
+
+def _classes_covered(sa: SetAnalysis) -> str:
+  names = sa.class_names or [f"class {i}" for i in range(len(sa.support or []))]
+  present = sa.present_classes()
+  if not sa.support:
+    return "Classes covered: unknown (no support counts)."
+  text = f"Covers {len(present)} of {len(names)} classes: " + ", ".join(
+    f"{names[i]} ({plots.describe_class(names[i])}, n={sa.support[i]:,})" for i in present
+  )
+  absent = [names[i] for i in range(len(names)) if i not in present]
+  if absent:
+    text += (
+      "; absent: "
+      + ", ".join(absent)
+      + " (macro AUC and balanced accuracy average over the classes present)"
+    )
+  return text + "."
+
+
+
+def shift_lines(analysis: dict[str, SetAnalysis], arms: Sequence[str]) -> list[str]:
+  L = ["## In distribution vs shifted", ""]
+  L.append(
+    "Each arm evaluated on the in-distribution test split and on outside (shifted) sets. Numbers "
+    "are "
+    "mean ± std over seeds from each run's metrics file; intervals are 95% bootstrap intervals "
+    "over "
+    "the set's images (metric averaged over seeds); differences are paired (same images for both "
+    "arms). The verdict per set uses balanced accuracy."
+  )
+  L.append("")
+  verdicts = {}
+  for name, sa in analysis.items():
+    L += [f"### {sa.label[0].upper() + sa.label[1:]}", ""]
+    if not sa.labelled:
+      L += [
+        (
+          f"No ground truth for this set ({sa.n_images or 'unknown number of'} images, "
+          "predictions only): not scored."
+        ),
+        "",
+      ]
+      continue
+    L.append(f"{sa.n_images:,} images. " if sa.n_images else "")
+    L[-1] += _classes_covered(sa)
+    L.append("")
+    rows = []
+    for a in arms:
+      rs = sa.runs.get(a, [])
+      if not rs:
+        rows.append([f"`{a}`", "0", "not evaluated", "", "", ""])
+        continue
+      vals = {
+        m: mean_std([num(ev.metrics.get(m)) for _, ev in rs])
+        for m in ("accuracy", "balanced_accuracy", "macro_auc")
+      }
+      ci = sa.ci.get(a, {}).get("balanced_accuracy")
+      rows.append(
+        [
+          f"`{a}`",
+          str(len(rs)),
+          fms(vals["accuracy"]),
+          fms(vals["balanced_accuracy"]),
+          fms(vals["macro_auc"]),
+          fmt_ci(ci),
+        ]
+      )
+    maj = {
+      m: mean_std(
+        [
+          num((ev.metrics.get("majority_baseline") or {}).get(m))
+          for rs in sa.runs.values()
+          for _, ev in rs
+        ]
+      )
+      for m in ("accuracy", "balanced_accuracy", "macro_auc")
+    }
+    rows.append(
+      [
+        "majority class (always predicted)",
+        "—",
+        fmt(maj["accuracy"][0]),
+        fmt(maj["balanced_accuracy"][0]),
+        fmt(maj["macro_auc"][0]),
+        "—",
+      ]
+    )
+    L += table(
+      [
+        "arm",
+        "seeds",
+        "accuracy",
+        "balanced accuracy",
+        "macro AUC (classes present)",
+        "balanced acc. 95% interval",
+      ],
+      rows,
+    )
+    L.append("")
+    # per-class recall
+    names = sa.class_names or []
+    if names:
+      rows = []
+      for i, c in enumerate(names):
+        if sa.support and i < len(sa.support) and sa.support[i] == 0:
+          continue
+        row = [c, f"{sa.support[i]:,}" if sa.support and i < len(sa.support) else "—"]
+        for a in arms:
+          rec = [
+            num((ev.metrics.get("per_class_recall") or [None] * (i + 1))[i])
+            if i < len(ev.metrics.get("per_class_recall") or [])
+            else None
+            for _, ev in sa.runs.get(a, [])
+          ]
+          row.append(fms(mean_std(rec)))
+        rows.append(row)
+      L.append("Per-class recall (classes present in this set):")
+      L.append("")
+      L += table(["class", "images", *[f"`{a}`" for a in arms]], rows)
+      L.append("")
+    if sa.diffs:
+      L += diff_lines(sa)
+    elif sa.notes or not sa.ci:
+      L.append(
+        "No paired differences: " + (" ".join(sa.notes) if sa.notes else "no predictions files.")
+      )
+      L.append("")
+    verdicts[name] = set_verdict(sa, arms)
+    L.append(f"Verdict ({sa.label}, balanced accuracy): {verdicts[name]['text']}.")
+    L.append("")
+
+  L += ["### Does the answer change under shift?", ""]
+  base = verdicts.get(TEST_SET)
+  for name, v in verdicts.items():
+    L.append(f"- {analysis[name].label}: {v['text']}.")
+  L.append("")
+  if base is not None:
+    for name, v in verdicts.items():
+      if name == TEST_SET:
+        continue
+      if base["detectable"] is None or v["detectable"] is None:
+        L.append(
+          f"- `{name}`: cannot be compared with the in-distribution result without intervals."
+        )
+      elif (base["winner"], base["detectable"]) == (v["winner"], v["detectable"]):
+        L.append(f"- `{name}`: the answer is the same as in distribution.")
+      else:
+        L.append(f"- `{name}`: **the answer changes** between in-distribution and shifted data.")
+    L.append("")
+  return L
+
+
+def config_differences(arms: dict[str, ArmRuns], limit: int = 40) -> list[list[str]]:
+  flats = {a: flatten(arm.runs[0].config) for a, arm in arms.items()}
+  if len(flats) < 2:
+    return []
+  keys = sorted(set().union(*flats.values()))
+  rows = []
+  for key in keys:
+    if "seed" in key.split(".")[-1].lower():
+      continue
+    vals = [flats[a].get(key, "(absent)") for a in arms]
+    if any(
+      json.dumps(v, sort_keys=True, default=str) != json.dumps(vals[0], sort_keys=True, default=str)
+      for v in vals[1:]
+    ):
+      rows.append([f"`{key}`", *[f"`{fmt_value(v)}`" for v in vals]])
+  if len(rows) > limit:
+    rows = rows[:limit] + [["…", *[f"({len(rows) - limit} more)"] + [""] * (len(arms) - 1)]]
+  return rows
