@@ -1,16 +1,18 @@
-"""Depthwise-convolution benchmark (not a test): the CPU custom VJP vs autodiff of the shifted sum.
+"""Depthwise-convolution benchmark (not a test): the CPU custom VJP vs autodiff of the shifted sum;
+in whole-step mode also the 1x1 convolutions as matmuls ('dot') vs XLA convolutions ('conv').
 
   python benchmarks/bench_depthwise.py                      # per layer shape, fwd+bwd
   python benchmarks/bench_depthwise.py --impls=shifted_autodiff,shifted,grouped
   python benchmarks/bench_depthwise.py --whole_step         # EfficientNet-Lite0 train step
   python benchmarks/bench_depthwise.py --whole_step --image_size=224 --batch_size=32 \
-      --impls=shifted_autodiff,shifted --dtype=float32
+      --impls=shifted_autodiff,shifted --pointwise_impls=dot,conv --dtype=float32
 
 Per-shape mode times one jitted forward + backward (the vjp with respect to input and
 kernel) of `layers.depthwise_conv` for each impl, on the (B, H=W, C, k, stride) shapes of
 ../shared/NOTES.md ("Depthwise convolution"), SAME padding. Whole-step mode times a full
 EfficientNet-Lite0 train step (forward in train mode, cross-entropy on 7 classes, backward,
-AdamW), the step of ../shared/perf/torch_ref.py --model effnet_lite0, once per impl.
+AdamW), the step of ../shared/perf/torch_ref.py --model effnet_lite0, once per (depthwise
+impl, pointwise impl) pair, named "depthwise+pointwise" when several pointwise impls are given.
 Impls are measured alternately (round robin), `--repeats` times; medians are printed, as a
 table and one JSON line per mode. The machine is shared and noisy: compare runs only
 within one invocation.
@@ -29,6 +31,8 @@ from derm_jax.models import efficientnet_lite, layers
 
 _IMPLS = flags.DEFINE_list("impls", ["shifted_autodiff", "shifted"],
                            "layers.depthwise_conv impls to compare.")
+_POINTWISE = flags.DEFINE_list("pointwise_impls", ["auto"],
+                               "Whole step: layers.pointwise_conv impls to compare.")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed calls per impl (per shape); median kept.")
 _WHOLE_STEP = flags.DEFINE_bool("whole_step", False, "Time the Lite0 train step instead.")
 _IMAGE_SIZE = flags.DEFINE_integer("image_size", 224, "Whole step: image size.")
@@ -77,9 +81,9 @@ def per_shape() -> None:
                                     backend=jax.default_backend(), rows=rows)))
 
 
-def _train_step(impl: str, dtype):
+def _train_step(impl: str, pointwise: str, dtype):
   model = efficientnet_lite.create("efficientnet_lite0", num_classes=7, depthwise_impl=impl,
-                                   dtype=dtype)
+                                   pointwise_impl=pointwise, dtype=dtype)
   tx = optax.adamw(1e-3)
 
   def step(params, batch_stats, opt_state, x, y, rng):
@@ -103,11 +107,12 @@ def whole_step() -> None:
   y = jax.random.randint(ky, (n,), 0, 7)
   runs = {}
   for impl in _IMPLS.value:
-    model, tx, step = _train_step(impl, dtype)
-    variables = model.init({"params": ki, "dropout": ki}, x[:1], train=False)
-    params, stats = variables["params"], variables["batch_stats"]
-    state = [params, stats, tx.init(params)]
-    runs[impl] = (step, state)
+    for pointwise in _POINTWISE.value:
+      model, tx, step = _train_step(impl, pointwise, dtype)
+      variables = model.init({"params": ki, "dropout": ki}, x[:1], train=False)
+      params, stats = variables["params"], variables["batch_stats"]
+      state = [params, stats, tx.init(params)]
+      runs[impl if len(_POINTWISE.value) == 1 else f"{impl}+{pointwise}"] = (step, state)
 
   def call(impl):
     step, state = runs[impl]

@@ -14,8 +14,9 @@ convert one-to-one (`derm_jax.convert.efficientnet_lite`) and give the same logi
 Every convolution uses TensorFlow "SAME" padding (the extra row/column at the bottom/right),
 BatchNorm eps is 1e-3 and momentum 0.99 (torch momentum 0.01). The first and the last stage
 are not depth-scaled, and the first stage always reads the 32 stem channels, as in the
-original builder. Depthwise convolutions go through `layers.DepthwiseConv2D`, which picks the
-fast lowering for the backend (`depthwise_impl`).
+original builder. Depthwise and 1x1 convolutions go through `layers.DepthwiseConv2D` and
+`layers.PointwiseConv`, which pick the fast lowering for the backend (`depthwise_impl`,
+`pointwise_impl`).
 
 Parameter tree (mirrors the torch names): conv_stem, bn0, blocks_{i}/{expand_conv, bn0,
 depthwise_conv, bn1, project_conv, bn2} (block 0 has no expand_conv/bn0), conv_head, bn1, fc.
@@ -124,6 +125,7 @@ class MBConvBlock(nn.Module):
   config: BlockConfig
   drop_connect_rate: float = 0.0
   depthwise_impl: str = "auto"
+  pointwise_impl: str = "auto"
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -135,8 +137,9 @@ class MBConvBlock(nn.Module):
     inputs = x
     hidden = cfg.in_filters * cfg.expand_ratio
     if cfg.expand_ratio != 1:
-      x = nn.Conv(hidden, (1, 1), use_bias=False, dtype=self.dtype, kernel_init=_conv_init(),
-                  name="expand_conv")(x)
+      x = layers.PointwiseConv(hidden, use_bias=False, impl=self.pointwise_impl,
+                               dtype=self.dtype, kernel_init=_conv_init(),
+                               name="expand_conv")(x)
       x = nn.relu6(_batch_norm(train, self.dtype, "bn0")(x))
     k = cfg.kernel_size
     x = layers.DepthwiseConv2D(
@@ -144,8 +147,9 @@ class MBConvBlock(nn.Module):
         impl=self.depthwise_impl, kernel_init=nn.initializers.variance_scaling(
             2.0, "fan_in", "normal"), dtype=self.dtype, name="depthwise_conv")(x)
     x = nn.relu6(_batch_norm(train, self.dtype, "bn1")(x))
-    x = nn.Conv(cfg.out_filters, (1, 1), use_bias=False, dtype=self.dtype,
-                kernel_init=_conv_init(), name="project_conv")(x)
+    x = layers.PointwiseConv(cfg.out_filters, use_bias=False, impl=self.pointwise_impl,
+                             dtype=self.dtype, kernel_init=_conv_init(),
+                             name="project_conv")(x)
     x = _batch_norm(train, self.dtype, "bn2")(x)
     if cfg.stride == 1 and cfg.in_filters == cfg.out_filters:
       if self.drop_connect_rate > 0.0:
@@ -170,6 +174,7 @@ class EfficientNetLite(nn.Module):
   dropout_rate: float = 0.2
   drop_connect_rate: float = 0.0
   depthwise_impl: str = "auto"
+  pointwise_impl: str = "auto"
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -183,10 +188,11 @@ class EfficientNetLite(nn.Module):
     blocks = block_configs(self.width, self.depth)
     for i, cfg in enumerate(blocks):
       x = MBConvBlock(cfg, drop_connect_rate=self.drop_connect_rate * i / len(blocks),
-                      depthwise_impl=self.depthwise_impl, dtype=self.dtype,
+                      depthwise_impl=self.depthwise_impl,
+                      pointwise_impl=self.pointwise_impl, dtype=self.dtype,
                       name=f"blocks_{i}")(x, train)
-    x = nn.Conv(HEAD_FILTERS, (1, 1), use_bias=False, dtype=self.dtype,
-                kernel_init=_conv_init(), name="conv_head")(x)
+    x = layers.PointwiseConv(HEAD_FILTERS, use_bias=False, impl=self.pointwise_impl,
+                             dtype=self.dtype, kernel_init=_conv_init(), name="conv_head")(x)
     x = nn.relu6(_batch_norm(train, self.dtype, "bn1")(x))
     if self.num_classes is None:
       return x
