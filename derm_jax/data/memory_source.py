@@ -43,7 +43,8 @@ class InMemorySource:
                name: str = "in-memory"):
     if not (len(images) == len(labels) == len(ids)):
       raise ValueError(f"{len(images)} images, {len(labels)} labels, {len(ids)} ids.")
-    self.images, self.labels, self.ids, self.name = images, labels, ids, name
+    self.images, self.ids, self.name = images, ids, name
+    self.labels = np.asarray(labels, np.int32)  # as batches carry them
 
   @classmethod
   def load(cls, source, max_mb: float, num_threads: int = 8,
@@ -61,7 +62,7 @@ class InMemorySource:
       return None
     t0 = time.perf_counter()
     images = np.empty((n, *first.shape), np.uint8)
-    labels = np.empty((n,), np.int64)
+    labels = np.empty((n,), np.int32)
     ids = np.empty((n,), np.int64)
 
     def fill(start: int) -> None:
@@ -89,7 +90,7 @@ class InMemorySource:
 
   def read_batch(self, indices: np.ndarray) -> dict[str, np.ndarray]:
     indices = np.asarray(indices, np.int64)
-    return {"image": self.images[indices], "label": self.labels[indices].astype(np.int32)}
+    return {"image": self.images[indices], "label": self.labels[indices]}
 
   @property
   def nbytes(self) -> int:
