@@ -98,10 +98,10 @@ def train_dataset(exp: Experiment):
       aug=c.aug, seed=c.seed, labels=exp.train_labels, balanced=exp.balanced_sampling)
 
 
-def train_iterator(exp: Experiment, ds=None):
-  """The Grain iterator over `ds` (default: the experiment's stream from step 0)."""
+def train_iterator(exp: Experiment, ds):
+  """The Grain iterator over `ds` (`train_dataset(exp)`, or a `from_step` of it), with the
+  experiment's reader threads, prefetch and worker processes."""
   c = exp.config
-  ds = train_dataset(exp) if ds is None else ds
   return input_pipeline.train_iterator(ds, c.input.num_threads, c.input.prefetch,
                                        c.input.get("num_workers", 0))
 
