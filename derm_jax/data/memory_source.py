@@ -1,9 +1,9 @@
 """A split decoded once and held in host memory, so training batches are array gathers.
 
 Reading a TFDS record costs ~0.4 ms of Python (deserialise, PNG/JPEG decode), so a Grain
-pipeline that decodes every example every epoch delivers ~2,500-3,000 images/s whatever
-the number of threads (the GIL), measured on a 2-core CPU and on a 16-core H100 host: less
-than half of what a bf16 EfficientNet-Lite0 step takes there. `InMemorySource.load`
+pipeline that decodes every example every epoch is bound by the GIL: on a 16-core H100
+host it fed ~2,500 images/s with 8 threads (results/h100_2026-11-27), a third of what a
+bf16 EfficientNet-Lite0 step takes there. `InMemorySource.load`
 decodes the split once (in threads) into one uint8 array when it fits under a size limit
 (`config.input.cache_mb`); `read_batch(indices)` is then one NumPy gather per batch.
 """
