@@ -31,7 +31,7 @@ def _leaf_paths(tree: Any, prefix: str = "") -> list[str]:
 
 
 def merge_loaded(loaded: dict, target: dict, where: str) -> dict:
-  """`target` (the model's random variables) with every leaf replaced by `loaded`'s.
+  """`target` (the model's variables, or their shapes) with every leaf replaced by `loaded`'s.
 
   Entries of `loaded` that the model does not have are dropped and reported; a leaf the
   model has but `loaded` lacks, or with another shape, is a ValueError naming it."""
@@ -67,6 +67,24 @@ def random_backbone_variables(backbone, image_size: int, rng) -> dict:
   x = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
   init = jax.jit(functools.partial(backbone.init, train=False))
   return jax.tree.map(np.asarray, dict(init({"params": rng, "dropout": rng}, x)))
+
+
+def backbone_variable_shapes(backbone, image_size: int) -> dict:
+  """The backbone's variables as shapes and dtypes (jax.ShapeDtypeStruct), traced but not
+  compiled or run: what loaded weights must match. (A random init compiles a program whose
+  cost is mostly its random number generation: ~7 s for EfficientNet-Lite0 on a 2-core
+  CPU.)"""
+  x = jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32)
+  rng = jax.random.key(0)
+  return dict(jax.eval_shape(
+      lambda r, x: backbone.init({"params": r, "dropout": r}, x, train=False), rng, x))
+
+
+def placeholder_backbone_variables(backbone, image_size: int) -> dict:
+  """Zeros in the shape of the backbone's variables, for a state that a checkpoint will
+  fill entirely (--mode=eval, derm_jax.evaluate): no init program is compiled."""
+  return jax.tree.map(lambda s: np.zeros(s.shape, s.dtype),
+                      backbone_variable_shapes(backbone, image_size))
 
 
 def _check_vae_workdir(vae_workdir: str, config) -> None:
@@ -192,10 +210,10 @@ def check_source(config, workdir: str) -> None:
 
 
 def init_backbone_variables(config, backbone, workdir: str, rng) -> dict:
-  """The backbone's starting variables for `config.init.source`."""
-  target = random_backbone_variables(backbone, config.image_size, rng)
+  """The backbone's starting variables for `config.init.source`: random for 'scratch',
+  else every tensor loaded (checked against the model's shapes; nothing random is drawn)."""
   entry = _source(config)
   if entry is None:
-    return target
+    return random_backbone_variables(backbone, config.image_size, rng)
   loaded, where = entry[1](config, workdir)
-  return merge_loaded(loaded, target, where)
+  return merge_loaded(loaded, backbone_variable_shapes(backbone, config.image_size), where)

@@ -60,8 +60,9 @@ def create_train_state(backbone_vars: dict, head_params, tx, finetune: bool) -> 
     params, frozen = {"head": head_params, "backbone": backbone_vars["params"]}, {}
   else:
     params, frozen = {"head": head_params}, {"backbone": backbone_vars["params"]}
+  opt_state = jax.jit(tx.init)(params)  # one program, not an eager compile per parameter
   return ClsState(step=jnp.zeros((), jnp.int32), params=params, frozen=frozen,
-                  batch_stats=bs, opt_state=tx.init(params))
+                  batch_stats=bs, opt_state=opt_state)
 
 
 def make_optimizer(config, total_steps: int, warmup_steps: int, finetune: bool):
@@ -165,7 +166,7 @@ def build(config, workdir: str, *, load_backbone: bool = True) -> Experiment:
   if load_backbone:
     bb_vars = backbone_init.init_backbone_variables(config, backbone, workdir, bb_rng)
   else:
-    bb_vars = backbone_init.random_backbone_variables(backbone, config.image_size, bb_rng)
+    bb_vars = backbone_init.placeholder_backbone_variables(backbone, config.image_size)
   feat_shape = jax.eval_shape(
       lambda v: backbone.apply(v, jnp.zeros((1, config.image_size, config.image_size, 3)),
                                train=False), bb_vars)
