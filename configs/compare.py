@@ -35,6 +35,9 @@ def get_config(arg: str | None = None) -> ConfigDict:
   # layout): after training, every arm and seed is scored on each (report section
   # "In distribution vs shifted").
   c.external = ()
+  # The arms compile the same programs: keep compiled steps in WORKDIR/compilation_cache
+  # so later arms, seeds and reruns load them instead of compiling again.
+  c.compilation_cache = True
   c.data = config_lib.data()
   c.image_size = 64
   c.aug = config_lib.augmentation()

@@ -4,6 +4,7 @@ Layout of the workdir (read by derm_jax.report):
   vae/                      the VAE run (unless config.vae_workdir points at one)
   arms/<arm>/seed_<s>/      one classifier run per arm and seed
   report.md, figures/       the comparison
+  compilation_cache/        compiled programs, shared by the stages (config.compilation_cache)
 The arms' configs are built by `arm_config`, which changes nothing but `init.*`: the
 same data, splits, augmentation, backbone, head, optimiser, schedule, epochs and seed.
 """
@@ -11,6 +12,7 @@ same data, splits, augmentation, backbone, head, optimiser, schedule, epochs and
 from __future__ import annotations
 
 import copy
+import time
 
 from absl import logging
 from ml_collections import ConfigDict
@@ -19,6 +21,7 @@ from derm_jax import fileio
 
 _ARM_INIT = {"vae": "vae", "imagenet": "imagenet", "scratch": "scratch"}
 ARMS = tuple(_ARM_INIT)
+CACHE_DIR = "compilation_cache"  # in the study's workdir (config.compilation_cache)
 
 
 def _with_shared_settings(config, stage: ConfigDict) -> ConfigDict:
@@ -86,17 +89,26 @@ def run(config, workdir: str):
 
 
 def _run_locked(config, workdir: str, is_main: bool):
-  from derm_jax import evaluation, report, train_classifier, train_vae
-  from derm_jax.evaluators import classification
-  from derm_jax.train import outputs
+  from derm_jax.train import compile_cache, outputs
   fileio.makedirs(workdir)
   if is_main:
     outputs.write_config(workdir, config)
+  if not config.get("compilation_cache", False):
+    return _run_stages(config, workdir, is_main)
+  with compile_cache.persistent(fileio.join(workdir, CACHE_DIR)):
+    return _run_stages(config, workdir, is_main)
+
+
+def _run_stages(config, workdir: str, is_main: bool):
+  from derm_jax import evaluation, report, train_classifier, train_vae
+  from derm_jax.evaluators import classification
+  clock = _StageClock()
   vae_workdir = config.vae_workdir
   if "vae" in config.arms and not vae_workdir:
     vae_workdir = fileio.join(workdir, "vae")
     logging.info("Stage 1: VAE pretraining in %s", vae_workdir)
     train_vae.train_and_evaluate(vae_stage_config(config), vae_workdir)
+    clock.lap("VAE")
   results = {}
   for seed in config.seeds:
     for arm in config.arms:
@@ -108,6 +120,7 @@ def _run_locked(config, workdir: str, is_main: bool):
         logging.info("Outside set %s: arm %s, seed %d", name, arm, seed)
         evaluation.evaluate_checkpoint(run_dir, isic_images=images, isic_csv=csv_path,
                                        out=fileio.join(run_dir, "external", name))
+      clock.lap(f"{arm} seed {seed}")
   for (arm, seed), test in results.items():
     logging.info("Test split, arm %s, seed %d: %s", arm, seed,
                  classification.summary_line(test))
@@ -116,7 +129,26 @@ def _run_locked(config, workdir: str, is_main: bool):
     logging.info("Report written to %s", path)
     for line in _section(path, "## Conclusion"):
       logging.info("%s", line)
+  clock.lap("report")
+  logging.info("Study wall time: %s", clock.summary())
   return results
+
+
+class _StageClock:
+  """Wall time of each stage of a study, for the closing log line."""
+
+  def __init__(self):
+    self.start = self.last = time.monotonic()
+    self.laps: list[tuple[str, float]] = []
+
+  def lap(self, name: str) -> None:
+    now = time.monotonic()
+    self.laps.append((name, now - self.last))
+    self.last = now
+
+  def summary(self) -> str:
+    stages = ", ".join(f"{name} {secs:.0f} s" for name, secs in self.laps)
+    return f"{self.last - self.start:.0f} s ({stages})"
 
 
 def _section(markdown_path: str, heading: str) -> list[str]:

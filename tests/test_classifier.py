@@ -122,6 +122,7 @@ def test_compare_end_to_end_then_evaluate_outside_data(study, tmp_path):
   report = (workdir / "report.md").read_text()
   assert "vae" in report and "imagenet" in report
   assert (workdir / "figures" / "gap.png").exists()
+  assert any((workdir / "compilation_cache").iterdir())  # the arms' shared compiled steps
 
   arm_dir = workdir / "arms" / "imagenet" / "seed_0"
   out = tmp_path / "isic_eval"

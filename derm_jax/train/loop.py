@@ -179,7 +179,10 @@ def _train_locked(exp: Experiment, workdir: str, ds):
                                     flops_per_step=step_flops(exp.train_step, state, batch))
       if profile and step == profile[0]:
         jax.profiler.start_trace(fileio.join(workdir, "profile"))
+      t_step = time.monotonic()
       state, out = exp.train_step(state, batch)
+      if step == start + 1:  # jit compiles (or loads from a cache) on the first call
+        logging.info("Train step compiled in %.1f s.", time.monotonic() - t_step)
       window.add(out)
       if profile and step == profile[1]:
         jax.block_until_ready(state)
