@@ -59,6 +59,9 @@ study() {  # the whole recipe study (VAE + both arms + report), wall time
       $RECIPE_SIZE > "$LOG_DIR/recipe_study.log" 2>&1
   local rc=$?
   say "RECIPE_WALL_S $((SECONDS - t0)) rc=$rc"
+  # where the time went: each stage's wall time and each first step's compilation
+  grep -o "Study wall time.*\|Stage [0-9].*\|Train step compiled.*" "$LOG_DIR/recipe_study.log" \
+      | tee -a "$LOG"
   cp "$wd/report.md" "$LOG_DIR/recipe_report.md" 2>/dev/null || true
 }
 
