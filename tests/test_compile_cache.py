@@ -13,8 +13,18 @@ from jax.experimental.compilation_cache import compilation_cache
 from derm_jax.train import compile_cache
 
 _HITS = []
-jax.monitoring.register_event_listener(
-    lambda event, **kw: _HITS.append(event) if event.endswith("/cache_hits") else None)
+
+
+def _count_hit(event, **kw):
+  if event.endswith("/cache_hits"):
+    _HITS.append(event)
+
+
+@pytest.fixture(autouse=True)
+def _listen():
+  jax.monitoring.register_event_listener(_count_hit)
+  yield
+  jax.monitoring.unregister_event_listener(_count_hit)
 
 
 def _step(w, x):  # a small train-step-like program
