@@ -10,7 +10,6 @@ the same checks without loading any weights, for the preflight of a run or a stu
 
 from __future__ import annotations
 
-import functools
 import json
 from typing import Any
 
@@ -62,11 +61,15 @@ def merge_loaded(loaded: dict, target: dict, where: str) -> dict:
   return merged
 
 
+def _init_fn(backbone):
+  """(rng, images) -> the backbone's variables, from its own random initialisation."""
+  return lambda rng, x: backbone.init({"params": rng, "dropout": rng}, x, train=False)
+
+
 def random_backbone_variables(backbone, image_size: int, rng) -> dict:
   """Randomly initialised backbone variables (jitted: eager init of a CNN is slow on CPU)."""
   x = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
-  init = jax.jit(functools.partial(backbone.init, train=False))
-  return jax.tree.map(np.asarray, dict(init({"params": rng, "dropout": rng}, x)))
+  return jax.tree.map(np.asarray, dict(jax.jit(_init_fn(backbone))(rng, x)))
 
 
 def backbone_variable_shapes(backbone, image_size: int) -> dict:
@@ -75,9 +78,7 @@ def backbone_variable_shapes(backbone, image_size: int) -> dict:
   cost is mostly its random number generation: ~7 s for EfficientNet-Lite0 on a 2-core
   CPU.)"""
   x = jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32)
-  rng = jax.random.key(0)
-  return dict(jax.eval_shape(
-      lambda r, x: backbone.init({"params": r, "dropout": r}, x, train=False), rng, x))
+  return dict(jax.eval_shape(_init_fn(backbone), jax.random.key(0), x))
 
 
 def placeholder_backbone_variables(backbone, image_size: int) -> dict:

@@ -11,6 +11,7 @@ same data, splits, augmentation, backbone, head, optimiser, schedule, epochs and
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import time
 
@@ -93,9 +94,9 @@ def _run_locked(config, workdir: str, is_main: bool):
   fileio.makedirs(workdir)
   if is_main:
     outputs.write_config(workdir, config)
-  if not config.get("compilation_cache", False):
-    return _run_stages(config, workdir, is_main)
-  with compile_cache.persistent(fileio.join(workdir, CACHE_DIR)):
+  cache = (compile_cache.persistent(fileio.join(workdir, CACHE_DIR))
+           if config.get("compilation_cache", False) else contextlib.nullcontext())
+  with cache:
     return _run_stages(config, workdir, is_main)
 
 
