@@ -1,11 +1,12 @@
 """Depthwise-convolution benchmark (not a test): the CPU custom VJP vs autodiff of the shifted sum;
-in whole-step mode also the 1x1 convolutions as matmuls ('dot') vs XLA convolutions ('conv').
+in whole-step mode also the 1x1 convolutions as 2-D matmuls ('dot'), as dots over the last axis
+of the 4-D feature map ('dot_nd') and as XLA convolutions ('conv').
 
   python benchmarks/bench_depthwise.py                      # per layer shape, fwd+bwd
   python benchmarks/bench_depthwise.py --impls=shifted_autodiff,shifted,grouped
   python benchmarks/bench_depthwise.py --whole_step         # EfficientNet-Lite0 train step
   python benchmarks/bench_depthwise.py --whole_step --image_size=224 --batch_size=32 \
-      --impls=shifted_autodiff,shifted --pointwise_impls=dot,conv --dtype=float32
+      --impls=shifted_autodiff,shifted --pointwise_impls=dot,dot_nd,conv --dtype=float32
 
 Per-shape mode times one jitted forward + backward (the vjp with respect to input and
 kernel) of `layers.depthwise_conv` for each impl, on the (B, H=W, C, k, stride) shapes of

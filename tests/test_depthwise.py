@@ -48,13 +48,13 @@ def test_bfloat16_inputs_give_bfloat16_outputs_close_to_float32():
 @pytest.mark.parametrize("use_bias,dtype", [(False, None), (True, None), (False, jnp.bfloat16)])
 def test_pointwise_conv_is_nn_conv_1x1(use_bias, dtype):
   """PointwiseConv has nn.Conv's parameters (same tree, shapes, values from the same key),
-  and its matmul ('dot', the CPU path) and convolution lowerings give nn.Conv's outputs and
-  gradients."""
+  and its matmul lowerings ('dot', the CPU path, on x flattened to 2-D; 'dot_nd', on the 4-D
+  x) and convolution lowering give nn.Conv's outputs and gradients."""
   x = jax.random.normal(jax.random.key(0), (2, 7, 6, 5))
   kw = dict(use_bias=use_bias, dtype=dtype, bias_init=nn.initializers.normal(1.0))
   ref = nn.Conv(9, (1, 1), **kw)
   params = ref.init(jax.random.key(1), x)
-  mine = {impl: layers.PointwiseConv(9, impl=impl, **kw) for impl in ("dot", "conv")}
+  mine = {impl: layers.PointwiseConv(9, impl=impl, **kw) for impl in ("dot", "dot_nd", "conv")}
   for impl, module in mine.items():
     jax.tree.map(np.testing.assert_array_equal, module.init(jax.random.key(1), x), params)
 

@@ -18,9 +18,12 @@ backends. The shifted paths accumulate in float32 whatever the input dtype (bflo
 give bfloat16 outputs and gradients).
 
 1x1 convolutions (`PointwiseConv`, nn.Conv's parameters) run on CPU as a matmul over the
-channel axis: XLA:CPU lowers the 1x1 convolution's kernel gradient (a reduction over every
-pixel) with transposed copies of both activations; with matmuls the EfficientNet-Lite0
-train step is 1.41x faster (224 px, batch 32, `benchmarks/cpu_compare.sh`).
+channel axis of the feature map flattened to 2-D (`matmul_2d`). XLA:CPU lowers the 1x1
+convolution's kernel gradient (a reduction over every pixel) with transposed copies of both
+activations, and a dot over the last axis of the 4-D map with a transposed single-threaded
+copy of the output gradient; the 2-D matmul has neither. EfficientNet-Lite0 train step,
+224 px, batch 32 (`benchmarks/cpu_compare.sh`, one run): 14.1 img/s, against 10.6 with
+4-D dots and 7.4 with convolutions.
 """
 
 from __future__ import annotations
@@ -241,20 +244,38 @@ class DepthwiseConv2D(nn.Module):
     return y
 
 
+def matmul_2d(x, w):
+  """x (..., in) @ w (in, out), computed on x flattened to 2-D (rows, in).
+
+  The same product as a dot over the last axis of x, but its gradient with respect to w is
+  then one matmul over the rows of two 2-D arrays. Written on the 4-D arrays, that gradient
+  contracts the batch and spatial axes, and XLA:CPU lowers it with a transposed copy of the
+  output gradient (fused into the BatchNorm backward, one thread), the slowest op of the
+  EfficientNet-Lite0 train step in a profile.
+  """
+  y = lax.dot_general(x.reshape(-1, x.shape[-1]), w, (((1,), (0,)), ((), ())))
+  return y.reshape(*x.shape[:-1], w.shape[-1])
+
+
 def pointwise_conv(x, kernel, impl: str = "auto"):
   """1x1 convolution of NHWC `x` with `kernel` (1, 1, in, out), stride 1.
 
-  impl: 'auto' ('dot' on CPU, else 'conv'), 'dot' (a matmul over the channel axis) or
-  'conv' (XLA's convolution). Both give the same result.
+  impl: 'auto' ('dot' on CPU, else 'conv'), 'dot' (`matmul_2d`: a matmul over the channel
+  axis of x flattened to 2-D), 'dot_nd' (a dot over the last axis of the 4-D x: the
+  previous CPU path, kept as the reference `benchmarks/cpu_compare.sh` measures 'dot'
+  against) or 'conv' (XLA's convolution). All give the same result.
   """
   if impl == "auto":
     impl = "dot" if jax.default_backend() == "cpu" else "conv"
   if impl == "dot":
+    return matmul_2d(x, kernel[0, 0])
+  if impl == "dot_nd":
     return lax.dot_general(x, kernel[0, 0], (((x.ndim - 1,), (0,)), ((), ())))
   if impl == "conv":
     return lax.conv_general_dilated(x, kernel, (1, 1), "VALID",
                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
-  raise ValueError(f"Unknown pointwise conv impl {impl!r}; use 'auto', 'dot' or 'conv'.")
+  raise ValueError(f"Unknown pointwise conv impl {impl!r}; use 'auto', 'dot', 'dot_nd' or "
+                   "'conv'.")
 
 
 class PointwiseConv(nn.Module):
