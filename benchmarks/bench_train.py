@@ -75,8 +75,13 @@ def main(argv):
   # The step as written (its lowered HLO), like the loop's progress lines: the compiled
   # module's count is not comparable (on GPU convolutions become cuDNN calls counted as 0).
   flops = loop.step_flops(step_fn, state, batch) or float("nan")
-  fixed = lambda: batch
-  fresh = lambda: next(batches)  # the loop's path: Grain, then prefetched to the device
+
+  def fixed():
+    return batch
+
+  def fresh():  # the loop's path: Grain, then prefetched to the device
+    return next(batches)
+
   state, _ = _time_steps(step_fn, state, fresh, _WARMUP.value)
   resident, e2e = [], []
   for _ in range(_REPEATS.value):  # interleaved, so drift of the machine hits both alike

@@ -147,8 +147,9 @@ def test_compare_end_to_end_then_evaluate_outside_data(study, tmp_path):
   np.testing.assert_allclose(p_cli.probs, p_study.probs, atol=1e-6)
   assert (out / "submission.csv").read_text().startswith("image,MEL,NV,BCC,AKIEC,BKL,DF,VASC")
   # The Python API gives the same probabilities from the image files, and from arrays.
-  import derm_jax
   from PIL import Image
+
+  import derm_jax
   model = derm_jax.load(str(arm_dir))
   assert model.class_names == ("akiec", "bcc", "bkl", "df", "mel", "nv", "vasc")
   files = [f"{ISIC}/ISIC2018_Task3_Training_Input/{i}.jpg" for i in p_cli.image_ids[:5]]

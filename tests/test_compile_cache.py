@@ -28,7 +28,8 @@ def _listen():
 
 
 def _step(w, x):  # a small train-step-like program
-  loss = lambda w: jnp.mean(jnp.tanh(x @ w) ** 2)
+  def loss(w):
+    return jnp.mean(jnp.tanh(x @ w) ** 2)
   return w - 0.1 * jax.grad(loss)(w)
 
 
@@ -41,7 +42,8 @@ def test_second_block_loads_the_program_and_settings_are_restored(tmp_path):
     n = len(_HITS)
     with compile_cache.persistent(path, min_compile_time_secs=0) as used:
       assert used == path and compile_cache.current_dir() == path
-      step = lambda w, x: _step(w, x)  # a new function each time: no in-memory hit
+      def step(w, x):  # a new function each time: no in-memory hit
+        return _step(w, x)
       results.append(np.asarray(jax.jit(step)(w, x)))
     hits = len(_HITS) - n
   assert os.listdir(path)           # the first block stored the program...

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import os
 import csv
 import io
+import os
 import shutil
 from pathlib import Path
 

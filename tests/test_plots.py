@@ -44,9 +44,11 @@ def test_confusion_and_curves_write_png(tmp_path):
   assert _is_png(
     plots.save_confusion_matrix(cm, ["a", "b", "c"], tmp_path / "cm_raw.png", "cm", normalize=False)
   )
-  hist = lambda n, off: [
-    {"epoch": e, "train/loss": 1.0 / e + off, "val/loss": 1.2 / e + off} for e in range(1, n + 1)
-  ]
+
+  def hist(n, off):
+    return [{"epoch": e, "train/loss": 1.0 / e + off, "val/loss": 1.2 / e + off}
+            for e in range(1, n + 1)]
+
   runs = {"vae": [hist(5, 0.0), hist(5, 0.1)], "imagenet": [hist(3, 0.05)]}
   assert _is_png(plots.save_curves(runs, ["train/loss", "val/loss"], tmp_path / "c.png", "loss"))
   assert _is_png(

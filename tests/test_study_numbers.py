@@ -188,8 +188,9 @@ def test_vae_eval_mode_reproduces_the_last_validation_row(study, data_dir):
   for k in keys:
     np.testing.assert_allclose(ev[k], last[k], rtol=1e-5, atol=1e-6, err_msg=k)
   # An untrained model (the same config's initial state) scores differently.
-  from derm_jax import train_vae
   from ml_collections import ConfigDict  # not derm_jax.main: its flags clash with evaluate's
+
+  from derm_jax import train_vae
   config = ConfigDict(json.load(open(vae_dir / "config.json")))
   config.data.data_dir = data_dir
   exp = train_vae.build(config)

@@ -11,7 +11,8 @@ per-example prediction. Metrics come from `derm_jax.metrics` (checked against sk
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 

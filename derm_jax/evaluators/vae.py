@@ -6,7 +6,8 @@ task's jitted evaluation; the averages are over every image of the split exactly
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 

@@ -8,7 +8,8 @@ the jitted steps and what to evaluate; the loop (derm_jax/train/loop.py) owns th
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 from jax.sharding import Mesh
