@@ -269,7 +269,7 @@ def save_curves(
   labels = dict(key_labels or {})
   if separate_panels and len(keys) > 1:
     fig, axes = plt.subplots(1, len(keys), figsize=(6.5 * len(keys), 4.8), sharex=True)
-    for ax, key in zip(axes, keys):
+    for ax, key in zip(axes, keys, strict=True):
       _draw_curves(ax, runs, [key], hline, labels)
       name = labels.get(key) or _metric_label(key)
       ax.set_title((panel_titles or {}).get(key) or name[:1].upper() + name[1:])
@@ -524,7 +524,7 @@ def save_interval_groups(
       raise ValueError(f"series {name!r} needs {g} values, got {len(vals)}")
     xs = np.arange(g) - 0.35 + width * (i + 0.5)
     labelled = False
-    for x, (est, lo, hi) in zip(xs, vals):
+    for x, (est, lo, hi) in zip(xs, vals, strict=True):
       if est is None:
         continue
       yerr = None

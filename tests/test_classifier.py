@@ -55,7 +55,7 @@ def test_frozen_backbone_is_bit_for_bit_unchanged_and_has_no_optimizer_state(dat
                      ("batch_stats", tree["batch_stats"]["backbone"])):
     la, lb = jax.tree.leaves(start[col]), jax.tree.leaves(where)
     assert len(la) == len(lb) > 0
-    for x, y in zip(la, lb):
+    for x, y in zip(la, lb, strict=True):
       np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
   assert set(tree["params"]) == {"head"}
   head_size = sum(x.size for x in jax.tree.leaves(tree["params"]))
@@ -87,7 +87,8 @@ def test_finetuned_backbone_moves(data_dir, tmp_path):
   _, tree = checkpoint.restore_state_tree(os.path.join(workdir, "checkpoints"))
   assert set(tree["params"]) == {"head", "backbone"}
   moved = [not np.array_equal(np.asarray(a), np.asarray(b)) for a, b in
-           zip(jax.tree.leaves(start["params"]), jax.tree.leaves(tree["params"]["backbone"]))]
+           zip(jax.tree.leaves(start["params"]), jax.tree.leaves(tree["params"]["backbone"]),
+               strict=True)]
   assert all(moved)
 
 
@@ -162,7 +163,7 @@ def test_compare_end_to_end_then_evaluate_outside_data(study, tmp_path):
   assert r.returncode == 0, r.stderr[-3000:]
   unlabelled = read_predictions_csv(tmp_path / "unlabelled" / "predictions.csv")
   assert unlabelled.labels is None and len(unlabelled.image_ids) == 14
-  by_id = dict(zip(unlabelled.image_ids, unlabelled.probs))
+  by_id = dict(zip(unlabelled.image_ids, unlabelled.probs, strict=True))
   np.testing.assert_allclose([by_id[i] for i in p_cli.image_ids], p_cli.probs, atol=1e-6)
   # The report's shift section has the outside set, with both arms' numbers.
   assert "In distribution vs shifted" in report and "isic2018" in report
@@ -212,7 +213,7 @@ def test_classifier_kill_and_resume_equals_uninterrupted_run(data_dir, tmp_path)
   s1, t1 = checkpoint.restore_state_tree(str(full / "checkpoints"))
   s2, t2 = checkpoint.restore_state_tree(str(killed / "checkpoints"))
   assert s1 == s2 == 102
-  for a, b in zip(jax.tree.leaves(t1["params"]), jax.tree.leaves(t2["params"])):
+  for a, b in zip(jax.tree.leaves(t1["params"]), jax.tree.leaves(t2["params"]), strict=True):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   rows1 = [json.loads(line) for line in open(full / "metrics.jsonl")]
   rows2 = [json.loads(line) for line in open(killed / "metrics.jsonl")]

@@ -106,7 +106,7 @@ def test_converted_tree_matches_model(reference):
       lambda: _CLASSIFIER.init(jax.random.key(0), np.zeros((1, 32, 32, 3), np.float32),
                                train=False))["params"]
   assert jax.tree.structure(params) == jax.tree.structure(shapes)
-  for got, want in zip(jax.tree.leaves(params), jax.tree.leaves(shapes)):
+  for got, want in zip(jax.tree.leaves(params), jax.tree.leaves(shapes), strict=True):
     assert got.shape == want.shape and got.dtype == np.float32
   n = sum(v.size for v in jax.tree.leaves(params))
   assert n == 28_589_128

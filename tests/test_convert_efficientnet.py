@@ -125,7 +125,7 @@ def test_cli_round_trip(tmp_path, lite0_variables, lite0_logits, lite0_apply):
   arch, variables = store.load_pretrained(out)
   assert arch == "efficientnet_lite0"
   assert jax.tree.structure(variables) == jax.tree.structure(lite0_variables)
-  for a, b in zip(jax.tree.leaves(variables), jax.tree.leaves(lite0_variables)):
+  for a, b in zip(jax.tree.leaves(variables), jax.tree.leaves(lite0_variables), strict=True):
     assert a.dtype == np.float32
     np.testing.assert_array_equal(a, b)
   x, logits = lite0_logits

@@ -30,7 +30,7 @@ def test_custom_vjp_matches_grouped_convolution(k, stride, h):
   (_, y_new), g_new = jax.jit(jax.value_and_grad(loss("shifted"), argnums=(0, 1),
                                                  has_aux=True))(x, w)
   np.testing.assert_allclose(y_new, y_ref, rtol=1e-5, atol=1e-5)
-  for a, b in zip(g_new, g_ref):  # d/dx, d/dkernel
+  for a, b in zip(g_new, g_ref, strict=True):  # d/dx, d/dkernel
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
 

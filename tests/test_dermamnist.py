@@ -55,7 +55,7 @@ def embedded_dir(tmp_path_factory):
 def write_npz(path: Path, sizes=(12, 5, 6), image_size=28, seed=0, **override) -> Path:
   rng = np.random.default_rng(seed)
   arrays = {}
-  for key, n in zip(("train", "val", "test"), sizes):
+  for key, n in zip(("train", "val", "test"), sizes, strict=True):
     arrays[f"{key}_images"] = rng.integers(0, 256, (n, image_size, image_size, 3), np.uint8)
     arrays[f"{key}_labels"] = (np.arange(n) % dm.NUM_CLASSES).astype(np.uint8)[:, None]
   arrays.update(override)
@@ -101,8 +101,8 @@ def test_embedded_subset_keeps_official_splits(embedded):
   with np.load(SHARED_NPZ) as f:
     for s in ("train", "val", "test"):
       src = {hashlib.sha1(img.tobytes()).hexdigest(): int(lab)
-             for img, lab in zip(f[f"{s}_images"], f[f"{s}_labels"][:, 0])}
-      for img, lab in zip(embedded[f"{s}_images"], embedded[f"{s}_labels"][:, 0]):
+             for img, lab in zip(f[f"{s}_images"], f[f"{s}_labels"][:, 0], strict=True)}
+      for img, lab in zip(embedded[f"{s}_images"], embedded[f"{s}_labels"][:, 0], strict=True):
         h = hashlib.sha1(img.tobytes()).hexdigest()
         assert h in src, f"a {s} subset image is not in the source {s} split"
         assert src[h] == lab

@@ -83,7 +83,8 @@ def test_crop_resize_matches_pil_on_the_same_box():
   boxes = np.array([[6.4, 12.8, 54.4, 57.6], [0, 0, 32, 64], [3.3, 1.7, 61.8, 63.5],
                     [0, 0, 64, 64]], np.float32)
   out = np.asarray(da.resize_images(images, 48, boxes)).astype(int)
-  ref = np.stack([_pil(im, 48, tuple(float(v) for v in b)) for im, b in zip(images, boxes)])
+  ref = np.stack([_pil(im, 48, tuple(float(v) for v in b))
+                  for im, b in zip(images, boxes, strict=True)])
   diff = np.abs(out - ref)
   assert diff.max() <= 2 and (diff > 0).mean() < 0.1
 
@@ -98,7 +99,7 @@ def test_left_half_box_of_two_colour_image_is_one_colour():
 
 def _geometric_reference(images, flip_h, flip_v, k):
   out = []
-  for im, fh, fv, r in zip(images, flip_h, flip_v, k):
+  for im, fh, fv, r in zip(images, flip_h, flip_v, k, strict=True):
     im = np.flip(im, 1) if fh else im
     im = np.flip(im, 0) if fv else im
     out.append(np.rot90(im, r))

@@ -133,7 +133,7 @@ def test_part2_only_and_empty_age(copy, tmp_path):
   ages = {}
   for split in ("train", "val", "test"):
     m = ds.metadata(split)
-    ages.update(zip(m["id"].tolist(), m["age"].tolist()))
+    ages.update(zip(m["id"].tolist(), m["age"].tolist(), strict=True))
   assert len(ages) == len(rows) and np.isnan(ages[4])
   assert not np.isnan([a for i, a in ages.items() if i != 4]).any()
   # Changing an image file gives another prepared directory.

@@ -53,7 +53,7 @@ def test_2018_sample_reads_with_mapped_labels():
   assert gt.format == "2018" and len(gt) == 14 and not gt.skipped
   expected = {"MEL": "mel", "NV": "nv", "BCC": "bcc", "AKIEC": "akiec", "BKL": "bkl",
               "DF": "df", "VASC": "vasc"}
-  for image_id, label, row in zip(gt.image_ids, gt.labels, sample_rows()):
+  for image_id, label, row in zip(gt.image_ids, gt.labels, sample_rows(), strict=True):
     assert image_id == row["image"]
     hot = [c for c in HEADER_2018[1:] if float(row[c]) == 1.0]
     assert CLASS_NAMES[label] == expected[hot[0]]

@@ -63,7 +63,7 @@ def _params(workdir, step=None):
 
 def _assert_close_rows(a, b):
   assert len(a) == len(b), (a, b)
-  for ra, rb in zip(a, b):
+  for ra, rb in zip(a, b, strict=True):
     assert ra.keys() == rb.keys()
     for k in ra:
       if isinstance(ra[k], float):
@@ -74,7 +74,7 @@ def _assert_close_trees(t1, t2):
   import jax
   l1, l2 = jax.tree.leaves(t1), jax.tree.leaves(t2)
   assert len(l1) == len(l2) > 0
-  for a, b in zip(l1, l2):
+  for a, b in zip(l1, l2, strict=True):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-3, atol=1e-5)
 
 

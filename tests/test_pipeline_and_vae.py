@@ -43,7 +43,7 @@ def test_train_batches_from_tfds_are_augmented_normalised_and_deterministic(trai
   assert x.shape == (32, 48, 48, 3) and x.dtype == np.float32
   assert 0.0 <= x.min() and x.max() <= 1.0 and x.std() > 0.05
   assert a[0]["label"].shape == (32,) and set(a[0]["label"]) <= set(range(7))
-  for u, v in zip(a, b):
+  for u, v in zip(a, b, strict=True):
     np.testing.assert_array_equal(u["image"], v["image"])
   assert not np.array_equal(a[0]["image"], c[0]["image"])
 
@@ -53,7 +53,7 @@ def test_stream_started_at_a_step_continues_the_uninterrupted_stream(train_sourc
   started at 0 is batch 0 of one started at s."""
   _, full = _batches(train_source, 7)
   _, resumed = _batches(train_source, 2, start=5)
-  for a, b in zip(full[5:], resumed):
+  for a, b in zip(full[5:], resumed, strict=True):
     np.testing.assert_array_equal(a["image"], b["image"])
     np.testing.assert_array_equal(a["label"], b["label"])
 

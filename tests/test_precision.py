@@ -48,7 +48,7 @@ def test_vae_and_head_outputs_are_float32_in_bfloat16():
   assert _tree_signature(v) == _tree_signature(v16)
   out32 = apply["float32"](v, x)
   out16 = apply["bfloat16"](v, x)  # fp32 parameters into the bf16 model
-  for a, b in zip(out32, out16):  # reconstruction, posterior mean, log-variance
+  for a, b in zip(out32, out16, strict=True):  # reconstruction, posterior mean, log-variance
     assert a.dtype == b.dtype == jnp.float32
     np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=0.1)
   head = classifier.ClassifierHead(num_classes=7)

@@ -459,5 +459,5 @@ def test_hostile_files_under_an_address_space_cap(tmp_path):
   assert proc.returncode == 0, proc.stderr[-2000:]
   lines = proc.stdout.splitlines()
   assert len(lines) == len(paths) and all(line.startswith("refused") for line in lines), lines
-  assert all(str(p) in line for p, line in zip(paths, lines)), lines
+  assert all(str(p) in line for p, line in zip(paths, lines, strict=True)), lines
   assert time.perf_counter() - start < 20

@@ -504,7 +504,7 @@ def _materialize(t: _LazyTensor, byteorder: str, budget: _OutputBudget) -> np.nd
   count = math.prod(t.size)
   if count == 0:
     return np.zeros(t.size, dtype)
-  last = t.offset + sum((n - 1) * s for n, s in zip(t.size, t.stride))
+  last = t.offset + sum((n - 1) * s for n, s in zip(t.size, t.stride, strict=True))
   if last >= numel:
     raise _Refused(f"{what} reads past its storage {storage.key!r} of {numel} elements")
   nbytes = count * dtype.itemsize
@@ -516,7 +516,7 @@ def _materialize(t: _LazyTensor, byteorder: str, budget: _OutputBudget) -> np.nd
   flat = np.frombuffer(data, dtype=file_dtype, count=numel, offset=base * dtype.itemsize)
   view = np.lib.stride_tricks.as_strided(
       flat[t.offset:], shape=t.size,
-      strides=[s * dtype.itemsize if n > 1 else 0 for n, s in zip(t.size, t.stride)],
+      strides=[s * dtype.itemsize if n > 1 else 0 for n, s in zip(t.size, t.stride, strict=True)],
       writeable=False)  # the stride of a length-1 axis is never used: it may be anything
   return np.array(view, dtype=dtype, order="C")  # a C-contiguous copy, native byte order
 

@@ -278,7 +278,7 @@ def find_leaks(dataset: Any, tolerance: int = DEFAULT_TOLERANCE,
                                                   tolerance, float(min_correlation))
     candidates[f"{a}-{b}"] = int(n_cand)
     found = {(int(i), int(j)): (int(d), float(c), True)
-             for i, j, d, c in zip(ia, ib, dist, corr)}
+             for i, j, d, c in zip(ia, ib, dist, corr, strict=True)}
     if has_lesions:
       where_b: dict[str, list[int]] = {}
       for j, les in enumerate(lesions[b]):

@@ -104,7 +104,7 @@ def read_csv(path: str, required: Sequence[str]) -> list[tuple[int, dict[str, st
     if len(row) != len(header):
       raise DataError(f"{path}: line {line} has {len(row)} fields, the header has "
                       f"{len(header)}.")
-    out.append((line, {c: v.strip() for c, v in zip(header, row)}))
+    out.append((line, {c: v.strip() for c, v in zip(header, row, strict=True)}))
   if not out:
     raise DataError(f"{path}: header only, no rows.")
   return out

@@ -77,7 +77,7 @@ class IsicGroundTruth:
         "used": len(self.image_ids),
         "skipped": len(self.skipped),
         "skipped_by_reason": dict(sorted(Counter(s.reason for s in self.skipped).items())),
-        "per_class": {name: int(n) for name, n in zip(CLASS_NAMES, per_class)},
+        "per_class": {name: int(n) for name, n in zip(CLASS_NAMES, per_class, strict=True)},
     }
 
 
@@ -268,7 +268,7 @@ def _find_image_files(images_dir: str, gt: IsicGroundTruth) -> list[str]:
         by_stem[stem] = name
   paths: list[str] = []
   missing: list[tuple[int, str]] = []
-  for image_id, line in zip(gt.image_ids, gt.lines):
+  for image_id, line in zip(gt.image_ids, gt.lines, strict=True):
     name = by_stem.get(image_id)
     if name is None:
       missing.append((line, image_id))

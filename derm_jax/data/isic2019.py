@@ -72,7 +72,7 @@ def read_listing(manual_dir: str) -> fullres.Listing:
                     f"image,{','.join(COLUMN_CLASSES)}.")
   # (line, image_id, class name) of every row, in file order; UNK rows are counted only.
   rows = [(line, image_id, DERMAMNIST_CLASSES[label])
-          for line, image_id, label in zip(gt.lines, gt.image_ids, gt.labels.tolist())]
+          for line, image_id, label in zip(gt.lines, gt.image_ids, gt.labels.tolist(), strict=True)]
   rows += [(s.line, s.image_id, COLUMN_CLASSES[s.reason]) for s in gt.skipped]
   rows.sort()
   meta_rows = fullres.read_csv(meta_path, METADATA_COLUMNS)

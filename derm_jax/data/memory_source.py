@@ -67,7 +67,7 @@ class InMemorySource:
 
     def fill(start: int) -> None:
       idx = range(start, min(n, start + chunk))
-      for i, ex in zip(idx, read_examples(source, idx)):
+      for i, ex in zip(idx, read_examples(source, idx), strict=True):
         image = np.asarray(ex["image"], np.uint8)
         if image.shape != first.shape:
           raise DataError(f"example {i} of {source!r} has an image of shape {image.shape}, "

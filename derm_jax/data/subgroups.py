@@ -97,7 +97,7 @@ def subgroup_metrics(labels: Sequence[int] | np.ndarray, probs: np.ndarray, num_
     if attribute == "age_band":
       order = sorted(names.tolist(), key=_band_order)
     else:
-      size = dict(zip(names.tolist(), counts.tolist()))
+      size = dict(zip(names.tolist(), counts.tolist(), strict=True))
       order = sorted(size, key=lambda g: (g == UNKNOWN, -size[g], g))
     result: dict[str, Any] = {}
     for g in order:

@@ -127,7 +127,7 @@ class ConvNeXt(nn.Module):
     # Linearly increasing drop-path rate over all blocks, as in the paper.
     rates = np.linspace(0.0, self.drop_path_rate, sum(self.depths)).tolist()
     block_id = 0
-    for i, (depth, dim) in enumerate(zip(self.depths, self.dims)):
+    for i, (depth, dim) in enumerate(zip(self.depths, self.dims, strict=True)):
       if i == 0:
         x = nn.Conv(dim, (4, 4), strides=(4, 4), padding="VALID", dtype=self.dtype,
                     kernel_init=_kernel_init, bias_init=_bias_init, name="stem_conv")(x)

@@ -106,7 +106,7 @@ def _input_grad(dy, kernel, x_hw, strides, pads):
   """d(out)/dx as a stride-1 shifted sum of the dilated, padded dy with the flipped kernel."""
   kh, kw = kernel.shape[0], kernel.shape[1]
   cfg = [(0, 0, 0)]
-  for size, k, s, (lo, _), n in zip(x_hw, (kh, kw), strides, pads, dy.shape[1:3]):
+  for size, k, s, (lo, _), n in zip(x_hw, (kh, kw), strides, pads, dy.shape[1:3], strict=True):
     # dx[h] = sum_i dyd[h + lo - i] w[i], dyd = dy dilated by s; pad so that index
     # h + lo - i + (k - 1) is in range for h in [0, size); negative pads crop.
     low = k - 1 - lo

@@ -278,7 +278,7 @@ def _analyse_set(
         va, vb = values[a][metric], values[b][metric]
         ea, eb = estimates[a][metric], estimates[b][metric]
         per_seed = []
-        for s, ja, jb in zip(common, ia, ib):
+        for s, ja, jb in zip(common, ia, ib, strict=True):
           est = None if ea[ja] is None or eb[jb] is None else ea[ja] - eb[jb]
           per_seed.append((s, stats.interval_from_values(va[:, ja] - vb[:, jb], est)))
         with np.errstate(invalid="ignore"):

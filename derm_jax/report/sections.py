@@ -155,7 +155,8 @@ def data_lines(
     lines.append(
       "Test images per class: "
       + ", ".join(
-        f"{c} ({plots.describe_class(c)}) {n:,}" for c, n in zip(sa.class_names, sa.support)
+        f"{c} ({plots.describe_class(c)}) {n:,}"
+        for c, n in zip(sa.class_names, sa.support, strict=True)
       )
       + "."
     )
