@@ -38,11 +38,11 @@ _REPEATS = flags.DEFINE_integer("repeats", 3, "Measurements of each kind; the me
 def _build(config, workdir: str):
   """The task's typed Experiment and its training stream (the loop's own)."""
   if config.task == "vae":
-    from derm_jax import train_vae
-    exp = train_vae.build(config)
+    from derm_jax.tasks import vae as vae_task
+    exp = vae_task.build(config)
   elif config.task == "classify":
-    from derm_jax import train_classifier
-    exp = train_classifier.build(config, workdir)
+    from derm_jax.tasks import classifier as classifier_task
+    exp = classifier_task.build(config, workdir)
   else:
     raise ValueError(f"Benchmark needs a 'vae' or 'classify' config, got {config.task!r}.")
   return exp, loop.train_dataset(exp)

@@ -93,7 +93,7 @@ def get_config(arg: str | None = None) -> ConfigDict:
     raise ValueError(f"Unknown configs/compare.py preset {arg!r}; use '', 'recipe', 'ham224' "
                      "or 'paper'.")
   # The shared settings exist once, at the top level (an override of a copy inside a stage
-  # would be silently ignored): derm_jax/compare.py puts them into each stage.
+  # would be silently ignored): derm_jax/study/arms.py puts them into each stage.
   for stage in (c.vae, c.classifier):
     for field in ("data", "image_size", "aug"):
       del stage[field]

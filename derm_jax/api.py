@@ -21,11 +21,13 @@ class Model:
   """A restored classifier run: `class_names`, `step`, `predict(images)`."""
 
   def __init__(self, workdir: str, step: int | None = None):
-    from derm_jax import evaluation, fileio, train_classifier
+    from derm_jax import fileio
+    from derm_jax.evaluation import scoring
+    from derm_jax.tasks import classifier as classifier_task
     from derm_jax.train import loop
     self.workdir = fileio.normalize(workdir)
-    self.config = evaluation.load_run_config(self.workdir)
-    self._exp = train_classifier.build(self.config, self.workdir, load_backbone=False)
+    self.config = scoring.load_run_config(self.workdir)
+    self._exp = classifier_task.build(self.config, self.workdir, load_backbone=False)
     self._state = loop.restore(self._exp, self.workdir, step)
     self._stored_size = int(self._exp.dataset.describe()["image_size"])
 

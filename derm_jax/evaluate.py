@@ -24,7 +24,7 @@ from absl import app, flags
 
 from derm_jax import console
 from derm_jax.errors import DermJaxError
-from derm_jax.evaluation import evaluate_checkpoint, load_run_config
+from derm_jax.evaluation.scoring import evaluate_checkpoint, load_run_config
 
 __all__ = ["evaluate", "load_run_config", "main"]
 evaluate = evaluate_checkpoint  # the CLI's function, for Python callers

@@ -72,19 +72,19 @@ def run(config, workdir: str, mode: str = "train", step: int | None = None):
       validate.validate_workdir(workdir)
     preflight.check(config, workdir)
   if task == "vae":
-    from derm_jax import train_vae
-    return (train_vae.train_and_evaluate(config, workdir) if mode == "train"
-            else train_vae.evaluate(config, workdir, step))
+    from derm_jax.tasks import vae as vae_task
+    return (vae_task.train_and_evaluate(config, workdir) if mode == "train"
+            else vae_task.evaluate(config, workdir, step))
   if task == "classify":
-    from derm_jax import train_classifier
-    return (train_classifier.train_and_evaluate(config, workdir) if mode == "train"
-            else train_classifier.evaluate(config, workdir, step))
+    from derm_jax.tasks import classifier as classifier_task
+    return (classifier_task.train_and_evaluate(config, workdir) if mode == "train"
+            else classifier_task.evaluate(config, workdir, step))
   if task == "compare":
-    from derm_jax import compare
+    from derm_jax.study import stages
     if mode != "train":
       raise ValueError("--mode=eval is per arm: evaluate DIR/arms/<arm>/seed_<s> with "
                        "python -m derm_jax.evaluate.")
-    return compare.run(config, workdir)
+    return stages.run(config, workdir)
   raise ValueError(f"Unknown config.task={task!r}; expected 'vae', 'classify' or 'compare'.")
 
 

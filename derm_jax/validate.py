@@ -4,7 +4,7 @@
 names its field, e.g. ``config.vae.batch_size=0 must be a positive integer``) for the
 'vae', 'classify' and 'compare' configs of configs/. A compare config is checked as its
 stages will be built (the shared data/image_size/aug/backbone at the top level merged into
-`config.vae` and `config.classifier` by derm_jax.compare); problems of shared fields are
+`config.vae` and `config.classifier` by derm_jax.study.arms); problems of shared fields are
 reported once, under their top-level names.
 
 `validate_workdir(workdir)` refuses a workdir that is an existing file or cannot be
@@ -25,8 +25,9 @@ import tempfile
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from derm_jax import backbone_init, compare
 from derm_jax.errors import ConfigError
+from derm_jax.study import arms as study_arms
+from derm_jax.tasks import backbone_init
 
 TASKS = ("vae", "classify", "compare")
 DTYPES = ("float32", "bfloat16")
@@ -257,15 +258,15 @@ def _check_compare(config, problems: list[str]) -> None:
     top.add("seeds", f"={seeds!r} must be a non-empty sequence of integers")
   arms = top.get("arms")
   if (not isinstance(arms, Sequence) or isinstance(arms, str) or not arms
-      or any(a not in compare.ARMS for a in arms) or len(set(arms)) != len(arms)):
+      or any(a not in study_arms.ARMS for a in arms) or len(set(arms)) != len(arms)):
     top.add("arms", f"={arms!r} must be a non-empty list of distinct arms from "
-            f"{list(compare.ARMS)}")
-    arms = [a for a in (arms if isinstance(arms, Sequence) else ()) if a in compare.ARMS]
+            f"{list(study_arms.ARMS)}")
+    arms = [a for a in (arms if isinstance(arms, Sequence) else ()) if a in study_arms.ARMS]
   if "vae" in arms and not top.get("vae_workdir"):
-    _check_common(_Checker(compare.vae_stage_config(config), _stage_name("vae"), problems),
+    _check_common(_Checker(study_arms.vae_stage_config(config), _stage_name("vae"), problems),
                   "vae")
   for arm in arms or ("imagenet",):
-    stage = compare.arm_config(config, arm, 0, top.get("vae_workdir") or "<vae stage>")
+    stage = study_arms.arm_config(config, arm, 0, top.get("vae_workdir") or "<vae stage>")
     k = _Checker(stage, _stage_name("classifier"), problems)
     _check_common(k, "compare-classifier")
     _check_classifier(k, in_compare=True)

@@ -22,7 +22,7 @@ def _load(name):
 
 
 def test_arm_configs_differ_only_in_backbone_initialisation():
-  from derm_jax import compare
+  from derm_jax.study import arms as compare
   from derm_jax.train.outputs import _flatten
   c = _load("tiny_compare")
   a = _flatten(compare.arm_config(c, "vae", 3, "/some/vae").to_dict())
@@ -39,16 +39,16 @@ def test_arm_configs_differ_only_in_backbone_initialisation():
 
 @pytest.mark.imagenet  # init.source='imagenet' (the config's default)
 def test_frozen_backbone_is_bit_for_bit_unchanged_and_has_no_optimizer_state(data_dir, tmp_path):
-  from derm_jax import train_classifier
+  from derm_jax.tasks import classifier as classifier_task
   from derm_jax.train import checkpoint
   c = _load("tiny_classify")
   c.data.data_dir = data_dir
   c.num_epochs = 1
   workdir = str(tmp_path / "run")
-  result = train_classifier.train_and_evaluate(c, workdir)
+  result = classifier_task.train_and_evaluate(c, workdir)
   assert 0 <= result["accuracy"] <= 1
-  from derm_jax import backbone_init
-  backbone = train_classifier.create_models(c, 7)[0]
+  from derm_jax.tasks import backbone_init
+  backbone = classifier_task.create_models(c, 7)[0]
   start = backbone_init.init_backbone_variables(c, backbone, workdir, jax.random.key(0))
   _, tree = checkpoint.restore_state_tree(os.path.join(workdir, "checkpoints"))
   for col, where in (("params", tree["frozen"]["backbone"]),
@@ -69,7 +69,7 @@ def test_frozen_backbone_is_bit_for_bit_unchanged_and_has_no_optimizer_state(dat
 
 
 def test_finetuned_backbone_moves(data_dir, tmp_path):
-  from derm_jax import train_classifier
+  from derm_jax.tasks import classifier as classifier_task
   from derm_jax.train import checkpoint
   c = _load("tiny_classify")
   c.data.data_dir = data_dir
@@ -79,9 +79,9 @@ def test_finetuned_backbone_moves(data_dir, tmp_path):
   c.class_weighted_loss = True
   c.balanced_sampling = True
   workdir = str(tmp_path / "ft")
-  train_classifier.train_and_evaluate(c, workdir)
-  from derm_jax import backbone_init
-  backbone = train_classifier.create_models(c, 7)[0]
+  classifier_task.train_and_evaluate(c, workdir)
+  from derm_jax.tasks import backbone_init
+  backbone = classifier_task.create_models(c, 7)[0]
   start = backbone_init.init_backbone_variables(c, backbone, workdir,
                                                 jax.random.split(jax.random.key(0), 3)[0])
   _, tree = checkpoint.restore_state_tree(os.path.join(workdir, "checkpoints"))
@@ -93,15 +93,15 @@ def test_finetuned_backbone_moves(data_dir, tmp_path):
 
 
 def test_balanced_sampling_and_class_weights():
-  from derm_jax import train_classifier
   from derm_jax.data import input_pipeline
+  from derm_jax.tasks import classifier as classifier_task
   labels = np.array([0] * 90 + [1] * 9 + [2] * 1)
   idx = np.concatenate([input_pipeline.balanced_indices(labels, 0, e) for e in range(50)])
   frac = np.bincount(labels[idx], minlength=3) / len(idx)
   np.testing.assert_allclose(frac, [1 / 3] * 3, atol=0.03)
   c = _load("tiny_classify")
   c.class_weighted_loss = True
-  w = train_classifier.class_weights_for(c, np.array([0, 0, 0, 1, 5, 5]), 7)
+  w = classifier_task.class_weights_for(c, np.array([0, 0, 0, 1, 5, 5]), 7)
   # n / (K * n_c) for present classes, 0 for absent ones.
   np.testing.assert_allclose(w, [6 / 21, 6 / 7, 0, 0, 0, 6 / 14, 0], rtol=1e-6)
 
@@ -141,7 +141,7 @@ def test_compare_end_to_end_then_evaluate_outside_data(study, tmp_path):
   ext = json.load(open(arm_dir / "external" / "isic2018" / "metrics.json"))
   for k in ("accuracy", "balanced_accuracy", "macro_auc", "per_class_recall"):
     np.testing.assert_allclose(np.asarray(ext[k], float), np.asarray(m[k], float), atol=1e-6)
-  from derm_jax.predictions import read_predictions_csv
+  from derm_jax.evaluation.predictions import read_predictions_csv
   p_cli = read_predictions_csv(out / "predictions.csv")
   p_study = read_predictions_csv(arm_dir / "external" / "isic2018" / "predictions.csv")
   assert p_cli.image_ids == p_study.image_ids and len(p_cli.image_ids) == 14

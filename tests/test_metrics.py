@@ -1,4 +1,4 @@
-"""Tests of derm_jax.metrics: hand-computed cases and randomized agreement with scikit-learn."""
+"""Tests of derm_jax.evaluation.metrics: hand-computed cases and randomized agreement with scikit-learn."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from derm_jax.metrics import (
+from derm_jax.evaluation.metrics import (
   MetricsAccumulator,
   binary_auc,
   classification_metrics,

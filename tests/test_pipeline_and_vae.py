@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 from ml_collections import ConfigDict
 
-from derm_jax import config_lib, losses
+from derm_jax import config_lib
 from derm_jax.data import dermamnist, input_pipeline, memory_source
 from derm_jax.data.errors import DataError
 from derm_jax.models import vae as vae_lib
+from derm_jax.tasks import losses
 
 
 @pytest.fixture(scope="module")

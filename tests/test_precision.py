@@ -82,7 +82,7 @@ def test_bfloat16_logits_of_converted_imagenet_weights_match_float32(tmp_path):
 
 
 def test_bfloat16_vae_learns_and_its_checkpoint_evaluates_in_float32(data_dir, tmp_path):
-  from derm_jax import train_vae
+  from derm_jax.tasks import vae as vae_task
   from derm_jax.train import loop
   c = tiny_vae_config(data_dir)
   c.dtype = "bfloat16"
@@ -90,7 +90,7 @@ def test_bfloat16_vae_learns_and_its_checkpoint_evaluates_in_float32(data_dir, t
   c.log_every_steps = 10
   c.eval_every_epochs = 0.2  # 21 steps: two evaluation rows
   workdir = str(tmp_path / "bf16")
-  last = train_vae.train_and_evaluate(c, workdir)
+  last = vae_task.train_and_evaluate(c, workdir)
   rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
   assert len(rows) == 2 and np.isfinite(last["val/elbo"])
   # It learns: the second window's training loss and the validation ELBO both improve.
@@ -99,7 +99,7 @@ def test_bfloat16_vae_learns_and_its_checkpoint_evaluates_in_float32(data_dir, t
   # The checkpoint has float32 parameters: a float32 build restores it and scores it alike.
   c32 = tiny_vae_config(data_dir)
   c32.total_steps = 40
-  exp32 = train_vae.build(c32)
+  exp32 = vae_task.build(c32)
   state = loop.restore(exp32, workdir)
   assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(state.params))
   val32 = exp32.make_evaluator(exp32.dataset.source("val")).run(state)

@@ -1,4 +1,4 @@
-"""Tests of derm_jax.predictions: prediction CSV round trip, malformed files, ISIC submission "
+"""Tests of derm_jax.evaluation.predictions: prediction CSV round trip, malformed files, ISIC submission "
 "CSVs."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import pathlib
 import numpy as np
 import pytest
 
-from derm_jax.predictions import (
+from derm_jax.evaluation.predictions import (
   PredictionsError,
   read_predictions_csv,
   write_isic_submission_csv,

@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from derm_jax import metrics, stats
-from derm_jax.predictions import read_predictions_csv, write_predictions_csv
+from derm_jax import stats
+from derm_jax.evaluation import metrics
+from derm_jax.evaluation.predictions import read_predictions_csv, write_predictions_csv
 from derm_jax.report import ReportError, write_report
 
 REPO = pathlib.Path(__file__).resolve().parents[1]

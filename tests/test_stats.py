@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from derm_jax import metrics, stats
+from derm_jax import stats
+from derm_jax.evaluation import metrics
 
 
 def _probs(labels, k, signal, rng):

@@ -50,8 +50,8 @@ def _assert_bitwise_equal(got, want, what):
 
 def _initial_backbone(config, workdir):
   """The backbone variables of `build(...)`'s state, before any training step."""
-  from derm_jax import train_classifier
-  state = train_classifier.build(config, str(workdir)).state
+  from derm_jax.tasks import classifier as classifier_task
+  state = classifier_task.build(config, str(workdir)).state
   params = state.frozen["backbone"] if config.freeze_backbone else state.params["backbone"]
   out = {"params": jax.device_get(params)}
   if state.batch_stats:
@@ -190,10 +190,10 @@ def test_vae_eval_mode_reproduces_the_last_validation_row(study, data_dir):
   # An untrained model (the same config's initial state) scores differently.
   from ml_collections import ConfigDict  # not derm_jax.main: its flags clash with evaluate's
 
-  from derm_jax import train_vae
+  from derm_jax.tasks import vae as vae_task
   config = ConfigDict(json.load(open(vae_dir / "config.json")))
   config.data.data_dir = data_dir
-  exp = train_vae.build(config)
+  exp = vae_task.build(config)
   untrained = exp.make_evaluator(exp.dataset.source("val")).run(exp.state)
   assert not np.isclose(untrained["elbo"], last["val/elbo"], rtol=1e-3)
   assert not np.isclose(untrained["recon"], last["val/recon"], rtol=1e-3)

@@ -28,11 +28,11 @@ def _assert_trees_equal(a, b):
 
 
 def test_vae_learns_on_real_data_and_writes_outputs(data_dir, tmp_path):
-  from derm_jax import train_vae
+  from derm_jax.tasks import vae as vae_task
   c = tiny_vae_config(data_dir)
   c.num_epochs = 4
   workdir = str(tmp_path / "run")
-  train_vae.train_and_evaluate(c, workdir)
+  vae_task.train_and_evaluate(c, workdir)
   rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
   assert len(rows) == 4
   # The validation ELBO (higher is better) improves substantially over training.
@@ -128,7 +128,7 @@ def test_missing_or_corrupt_npz_is_a_clear_error(data_dir, tmp_path, content):
 
 
 def test_non_finite_loss_stops_naming_the_step_and_keeps_last_checkpoint(data_dir, tmp_path):
-  from derm_jax import train_vae
+  from derm_jax.tasks import vae as vae_task
   c = tiny_vae_config(data_dir)
   c.total_steps = 40
   c.checkpoint_every_steps = 1
@@ -138,7 +138,7 @@ def test_non_finite_loss_stops_naming_the_step_and_keeps_last_checkpoint(data_di
   c.optimizer.lr = 1e12
   workdir = str(tmp_path / "run")
   with pytest.raises(FloatingPointError, match=r"at step (\d+)") as e:
-    train_vae.train_and_evaluate(c, workdir)
+    vae_task.train_and_evaluate(c, workdir)
   bad_step = int(e.value.args[0].split("at step ")[1].split(";")[0])
   from derm_jax.train import checkpoint
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), read_only=True)

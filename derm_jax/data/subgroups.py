@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from derm_jax.metrics import classification_metrics
+from derm_jax.evaluation.metrics import classification_metrics
 
 MIN_GROUP_SIZE = 30
 UNKNOWN = "unknown"

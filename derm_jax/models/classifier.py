@@ -3,7 +3,7 @@
 head = global average pool -> Dense(hidden) -> GELU -> Dropout -> Dense(num_classes).
 Backbone and head are separate modules with separate parameter trees, so a frozen
 backbone is applied outside differentiation: no backward pass through it and no
-optimiser state for it (see train_classifier.py). Change the head with `config.head.*`.
+optimiser state for it (see derm_jax/tasks/classifier.py). Change the head with `config.head.*`.
 """
 
 from __future__ import annotations

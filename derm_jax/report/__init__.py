@@ -11,7 +11,7 @@ Reads the layout written by the comparison training code:
                                               "val/accuracy", "gap/accuracy", ...)
   DIR/arms/<arm>/seed_<s>/test_metrics.json   test metrics, class names, majority baseline
   DIR/arms/<arm>/seed_<s>/test_predictions.csv            per-image test probabilities
-                                              (derm_jax.predictions); optional
+                                              (derm_jax.evaluation.predictions); optional
   DIR/arms/<arm>/seed_<s>/external/<set>/metrics.json     the same metrics on an outside
   DIR/arms/<arm>/seed_<s>/external/<set>/predictions.csv  evaluation set; optional
   DIR/vae/latent_pca.png                      the VAE's latent map; optional

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from derm_jax import stats
-from derm_jax.predictions import Predictions
+from derm_jax.evaluation.predictions import Predictions
 from derm_jax.report.runs import TEST_SET, ArmRuns, EvalSet, SeedRun, num
 
 # Metrics with bootstrap intervals, in table order, and their plain names.

@@ -13,8 +13,8 @@ import re
 from typing import Any
 
 from derm_jax import fileio
-from derm_jax.metrics import overfitting_gap
-from derm_jax.predictions import Predictions, PredictionsError, read_predictions_csv
+from derm_jax.evaluation.metrics import overfitting_gap
+from derm_jax.evaluation.predictions import Predictions, PredictionsError, read_predictions_csv
 
 TEST_SET = "test"
 

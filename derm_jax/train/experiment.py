@@ -1,7 +1,7 @@
 """The typed experiment: everything the training loop, --mode=eval, derm_jax.evaluate and
 the benchmarks need of one task, built by that task's public `build(config, workdir)`.
 
-A task (derm_jax/train_vae.py, derm_jax/train_classifier.py) defines the model, the loss,
+A task (derm_jax/tasks/vae.py, derm_jax/tasks/classifier.py) defines the model, the loss,
 the jitted steps and what to evaluate; the loop (derm_jax/train/loop.py) owns the run.
 """
 

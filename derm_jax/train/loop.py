@@ -22,9 +22,9 @@ import numpy as np
 from absl import logging
 
 from derm_jax import fileio
-from derm_jax import metrics as metrics_lib
 from derm_jax.data import input_pipeline, memory_source
-from derm_jax.evaluators import common
+from derm_jax.evaluation import common
+from derm_jax.evaluation import metrics as metrics_lib
 from derm_jax.train import mesh as mesh_lib
 from derm_jax.train import outputs
 from derm_jax.train.experiment import Experiment

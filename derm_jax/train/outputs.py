@@ -28,7 +28,7 @@ from absl import logging
 
 from derm_jax import fileio
 from derm_jax.errors import ConfigError
-from derm_jax.metrics import to_jsonable
+from derm_jax.evaluation.metrics import to_jsonable
 from derm_jax.train import checkpoint
 
 # Fields that may change between a run and its resumption (they do not change the numbers).

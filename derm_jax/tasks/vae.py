@@ -19,10 +19,11 @@ import numpy as np
 import optax
 from absl import logging
 
-from derm_jax import fileio, losses, plots
+from derm_jax import fileio, plots
 from derm_jax.data import device_augment, input_pipeline, registry
-from derm_jax.evaluators import vae as vae_evaluator
+from derm_jax.evaluation import vae as vae_evaluator
 from derm_jax.models import vae as vae_lib
+from derm_jax.tasks import losses
 from derm_jax.train import loop, optim
 from derm_jax.train import mesh as mesh_lib
 from derm_jax.train.experiment import Experiment
@@ -197,7 +198,7 @@ def write_latent_map(exp: Experiment, state, workdir: str, split: str = "val") -
   """DIR/latent_pca.png: the first two principal components of the posterior means of
   `split`, one dot per image coloured by its class."""
   from derm_jax import stats
-  from derm_jax.evaluators import common
+  from derm_jax.evaluation import common
   model = vae_lib.create_vae(exp.config.model, exp.config.image_size,
                            exp.config.get("dtype", "float32"))
   p_encode = jax.jit(functools.partial(encode_step, model=model,

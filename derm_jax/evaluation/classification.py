@@ -5,7 +5,7 @@ confusion matrix, per-class recall, the majority baseline, and per-image probabi
                                train_labels=...)
   result = ev.run(state)      # metrics dict (JSON-safe) + result.predictions
 `predict_fn(state, batch) -> {'probs': (B, K), 'loss': (B,)}` is the task's jitted
-per-example prediction. Metrics come from `derm_jax.metrics` (checked against sklearn).
+per-example prediction. Metrics come from `derm_jax.evaluation.metrics` (checked against sklearn).
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from derm_jax import metrics as metrics_lib
-from derm_jax.evaluators import common
+from derm_jax.evaluation import common
+from derm_jax.evaluation import metrics as metrics_lib
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,7 +92,8 @@ def write_outputs(result: dict[str, Any], preds: Predictions, meta, out_dir: str
   CSV rows."""
   import json
 
-  from derm_jax import fileio, plots, predictions
+  from derm_jax import fileio, plots
+  from derm_jax.evaluation import predictions
   fileio.makedirs(out_dir)
   ids = preds.ids if image_ids is None else [image_ids[i] for i in preds.index]
   predictions.write_predictions_csv(fileio.join(out_dir, predictions_name), ids,

@@ -5,8 +5,8 @@ with its own learning rate) -> train and predict steps -> `build(config, workdir
 typed `Experiment` the shared loop (derm_jax/train/loop.py) trains -> entry points:
 `train_and_evaluate(config, workdir)` (ends with the test split beside the majority
 baseline) and `evaluate(config, workdir, step)`. Where the backbone starts (VAE encoder,
-ImageNet, scratch) is derm_jax/backbone_init.py; the metrics are
-derm_jax/evaluators/classification.py.
+ImageNet, scratch) is derm_jax/tasks/backbone_init.py; the metrics are
+derm_jax/evaluation/classification.py.
 """
 
 from __future__ import annotations
@@ -22,11 +22,12 @@ import numpy as np
 import optax
 from absl import logging
 
-from derm_jax import backbone_init, fileio
+from derm_jax import fileio
 from derm_jax.data import device_augment, registry
-from derm_jax.evaluators import classification
+from derm_jax.evaluation import classification
 from derm_jax.models import classifier as classifier_lib
 from derm_jax.models import registry as model_registry
+from derm_jax.tasks import backbone_init
 from derm_jax.train import loop, optim
 from derm_jax.train import mesh as mesh_lib
 from derm_jax.train.experiment import Experiment

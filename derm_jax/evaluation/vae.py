@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from derm_jax.evaluators import common
+from derm_jax.evaluation import common
 
 KEYS = ("elbo", "recon", "kl", "mse")
 

@@ -33,15 +33,15 @@ def evaluate_checkpoint(workdir: str, step: int | None = None, split: str = "tes
              out: str | None = None, leak_free_ids: str | None = None) -> dict:
   import jax
 
-  from derm_jax import predictions as predictions_lib
-  from derm_jax import train_classifier
   from derm_jax.data import images, isic
-  from derm_jax.evaluators import classification
+  from derm_jax.evaluation import classification
+  from derm_jax.evaluation import predictions as predictions_lib
+  from derm_jax.tasks import classifier as classifier_task
   from derm_jax.train import loop
   config = load_run_config(workdir)
   if isic_csv and not isic_images:
     raise ValueError("--isic_csv needs --isic_images (the folder of the images it lists).")
-  exp = train_classifier.build(config, workdir, load_backbone=False)
+  exp = classifier_task.build(config, workdir, load_backbone=False)
   native = exp.dataset.describe()["image_size"]  # outside images: the training resolution
   image_ids = None
   if isic_csv:

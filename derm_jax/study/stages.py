@@ -12,72 +12,14 @@ same data, splits, augmentation, backbone, head, optimiser, schedule, epochs and
 from __future__ import annotations
 
 import contextlib
-import copy
 import time
 
 from absl import logging
-from ml_collections import ConfigDict
 
 from derm_jax import fileio
+from derm_jax.study.arms import arm_config, arm_dir, external_sets, vae_stage_config
 
-_ARM_INIT = {"vae": "vae", "imagenet": "imagenet", "scratch": "scratch"}
-ARMS = tuple(_ARM_INIT)
 CACHE_DIR = "compilation_cache"  # in the study's workdir (config.compilation_cache)
-
-
-def _with_shared_settings(config, stage: ConfigDict) -> ConfigDict:
-  """A copy of a stage's config with the study's shared data, size, augmentation, backbone."""
-  c = copy.deepcopy(stage)
-  with c.unlocked():
-    c.data = copy.deepcopy(config.data)
-    c.image_size = config.image_size
-    c.aug = copy.deepcopy(config.aug)
-    c.model.backbone = config.backbone
-    c.model.backbone_kwargs = copy.deepcopy(config.backbone_kwargs)
-  return c
-
-
-def vae_stage_config(config) -> ConfigDict:
-  """The VAE config with the study's shared settings."""
-  return _with_shared_settings(config, config.vae)
-
-
-def arm_config(config, arm: str, seed: int, vae_workdir: str) -> ConfigDict:
-  """Classifier config of one arm: identical for every arm except `init.*`."""
-  if arm not in _ARM_INIT:
-    raise ValueError(f"Unknown arm {arm!r}; choose from {sorted(_ARM_INIT)}.")
-  c = _with_shared_settings(config, config.classifier)
-  with c.unlocked():
-    c.seed = int(seed)
-    c.init.source = _ARM_INIT[arm]
-    c.init.vae_workdir = vae_workdir if arm == "vae" else ""
-    if arm != "imagenet":
-      c.init.imagenet_dir = ""
-  return c
-
-
-def external_sets(config) -> list[tuple[str, str, str]]:
-  """(name, images folder, ground-truth CSV) of each `config.external` entry, checked."""
-  sets = []
-  for entry in config.get("external", ()) or ():
-    name, sep, rest = str(entry).partition("=")
-    images, comma, csv_path = rest.partition(",")
-    if not sep or not comma or not name.strip() or not images.strip() or not csv_path.strip():
-      raise ValueError(f"config.external entry {entry!r}: expected "
-                       "'name=IMAGES_DIR,GROUND_TRUTH.csv'.")
-    name = name.strip()
-    if not name.replace("_", "").replace("-", "").isalnum() or name == "test":
-      raise ValueError(f"config.external name {name!r}: use letters, digits, '_' or '-' "
-                       "(and not 'test', the in-distribution split).")
-    if name in [s[0] for s in sets]:
-      raise ValueError(f"config.external: the name {name!r} is used twice.")
-    sets.append((name, images.strip(), csv_path.strip()))
-  return sets
-
-
-def arm_dir(workdir: str, arm: str, seed: int) -> str:
-  """Where one arm's run for one seed lives inside a study's workdir."""
-  return fileio.join(workdir, "arms", arm, f"seed_{seed}")
 
 
 def run(config, workdir: str):
@@ -101,25 +43,27 @@ def _run_locked(config, workdir: str, is_main: bool):
 
 
 def _run_stages(config, workdir: str, is_main: bool):
-  from derm_jax import evaluation, report, train_classifier, train_vae
-  from derm_jax.evaluators import classification
+  from derm_jax import report
+  from derm_jax.evaluation import classification, scoring
+  from derm_jax.tasks import classifier as classifier_task
+  from derm_jax.tasks import vae as vae_task
   clock = _StageClock()
   vae_workdir = config.vae_workdir
   if "vae" in config.arms and not vae_workdir:
     vae_workdir = fileio.join(workdir, "vae")
     logging.info("Stage 1: VAE pretraining in %s", vae_workdir)
-    train_vae.train_and_evaluate(vae_stage_config(config), vae_workdir)
+    vae_task.train_and_evaluate(vae_stage_config(config), vae_workdir)
     clock.lap("VAE")
   results = {}
   for seed in config.seeds:
     for arm in config.arms:
       run_dir = arm_dir(workdir, arm, seed)
       logging.info("Stage 2: arm %s, seed %d in %s", arm, seed, run_dir)
-      results[(arm, seed)] = train_classifier.train_and_evaluate(
+      results[(arm, seed)] = classifier_task.train_and_evaluate(
           arm_config(config, arm, seed, vae_workdir), run_dir)
       for name, images, csv_path in external_sets(config):
         logging.info("Outside set %s: arm %s, seed %d", name, arm, seed)
-        evaluation.evaluate_checkpoint(run_dir, isic_images=images, isic_csv=csv_path,
+        scoring.evaluate_checkpoint(run_dir, isic_images=images, isic_csv=csv_path,
                                        out=fileio.join(run_dir, "external", name))
       clock.lap(f"{arm} seed {seed}")
   for (arm, seed), test in results.items():
