@@ -17,8 +17,11 @@
 #   WORKDIR      --workdir, e.g. /data/runs/vae_paper.
 #   EXTRA_ARGS   more derm_jax.main flags, split on whitespace (trailing args are passed too).
 #   PYTHON       interpreter; default python (the active venv's).
-#   XLA_PYTHON_CLIENT_MEM_FRACTION   share of each GPU's memory JAX preallocates; default 0.9.
-#   DRY_RUN      1: print the command instead of running it.
+#   XLA_PYTHON_CLIENT_MEM_FRACTION   share of each GPU's memory JAX preallocates: a number
+#                in (0, 1]; default 0.9.
+#   DRY_RUN      1 (or true, yes, on): print the command instead of running it; 0, false,
+#                no, off or unset: run it. Anything else is refused.
+# Every setting is checked before anything runs (one "error:" line and exit 2 otherwise).
 set -euo pipefail
 
 LAUNCH_NAME=gpu_local.sh
@@ -27,9 +30,12 @@ LAUNCH_NAME=gpu_local.sh
 # derm_jax.main flags: CONFIG / WORKDIR (or --config= / --workdir= among the trailing args).
 parse_main_args "the run directory" "$@"
 
+XLA_PYTHON_CLIENT_MEM_FRACTION="${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.9}"
+check_fraction XLA_PYTHON_CLIENT_MEM_FRACTION
+MEM_FRACTION="$XLA_PYTHON_CLIENT_MEM_FRACTION"
+
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python}"
-MEM_FRACTION="${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.9}"
 
 # The GPUs this process will see: CUDA_VISIBLE_DEVICES if set, else all that nvidia-smi lists.
 if [[ -n "${CUDA_VISIBLE_DEVICES+set}" ]]; then

@@ -21,15 +21,18 @@
 #   CONFIG          --config for derm_jax.main, e.g. configs/vae.py:paper.
 #   WORKDIR         --workdir: a directory on a filesystem shared by all nodes.
 #   EXTRA_ARGS      more derm_jax.main flags, split on whitespace (trailing args too).
-#   NODES           nodes to request; default 2.
-#   GPUS_PER_NODE   GPUs per node = processes per node; default 8.
-#   CPUS_PER_TASK   CPU cores per process (data loading); default: the node's cores
+#   NODES           nodes to request (1-4096); default 2.
+#   GPUS_PER_NODE   GPUs per node = processes per node (1-64); default 8.
+#   CPUS_PER_TASK   CPU cores per process (data loading, 1-4096); default: the node's cores
 #                   divided by GPUS_PER_NODE (SLURM_CPUS_ON_NODE / GPUS_PER_NODE).
 #   PARTITION, TIME, ACCOUNT   sbatch --partition / --time / --account; default: unset.
 #   JOB_NAME        default derm_jax.
 #   SBATCH_EXTRA    more sbatch flags, split on whitespace (e.g. "--qos=high --requeue").
 #   PYTHON          interpreter on the nodes; default python (the active venv's).
-#   DRY_RUN         1: print the commands instead of running them.
+#   DRY_RUN         1 (or true, yes, on): print the commands instead of running them; 0,
+#                   false, no, off or unset: run them. Anything else is refused.
+# Every setting is checked before sbatch or srun runs (one "error:" line and exit 2
+# otherwise).
 #
 #SBATCH --job-name=derm_jax
 #SBATCH --nodes=2
@@ -49,22 +52,20 @@ done
 [[ -n "$common" ]] || { echo "slurm_multinode.sh: error: launch/common.sh not found next to \
 $0, in DERM_JAX_REPO or in SLURM_SUBMIT_DIR: submit from the repository root" >&2; exit 2; }
 . "$common"
-is_count() { [[ "$1" =~ ^[1-9][0-9]*$ ]]; }
 
 # derm_jax.main flags: CONFIG / WORKDIR (or --config= / --workdir= among the trailing args).
 parse_main_args "a directory on a filesystem all nodes share" "$@"
 
 PYTHON="${PYTHON:-python}"
 GPUS_PER_NODE="${GPUS_PER_NODE:-8}"
-is_count "$GPUS_PER_NODE" || die "GPUS_PER_NODE must be a positive number, not '$GPUS_PER_NODE'"
-[[ -z "${CPUS_PER_TASK:-}" ]] || is_count "$CPUS_PER_TASK" \
-  || die "CPUS_PER_TASK must be a positive number, not '$CPUS_PER_TASK'"
+check_int GPUS_PER_NODE 1 64
+[[ -z "${CPUS_PER_TASK:-}" ]] || check_int CPUS_PER_TASK 1 4096
 
 if [[ -z "${SLURM_JOB_ID:-}" ]]; then
   # Not in an allocation: submit this script, with the resources as sbatch flags.
-  REPO_DIR="$(cd "$(dirname "$0")/.." && pwd)"
   NODES="${NODES:-2}"
-  is_count "$NODES" || die "NODES must be a positive number, not '$NODES'"
+  check_int NODES 1 4096
+  REPO_DIR="$(cd "$(dirname "$0")/.." && pwd)"
   sbatch_args=("--job-name=${JOB_NAME:-derm_jax}" "--nodes=$NODES"
                "--ntasks-per-node=$GPUS_PER_NODE" "--gpus-per-node=$GPUS_PER_NODE" --exclusive)
   [[ -z "${CPUS_PER_TASK:-}" ]] || sbatch_args+=("--cpus-per-task=$CPUS_PER_TASK")
@@ -80,23 +81,26 @@ if [[ -z "${SLURM_JOB_ID:-}" ]]; then
 fi
 
 # Inside the allocation (the batch script of the job, or salloc): one task per GPU.
-# sbatch runs a copy of this script, so the checkout is found from the environment.
-REPO_DIR="${DERM_JAX_REPO:-${SLURM_SUBMIT_DIR:-$PWD}}"
-[[ -f "$REPO_DIR/derm_jax/main.py" ]] \
-  || die "$REPO_DIR is not the derm_jax checkout: submit from the repository root"
-cd "$REPO_DIR"
+# The SLURM variables are checked first, before anything runs.
 NODES="${SLURM_JOB_NUM_NODES:-${SLURM_NNODES:-}}"
-is_count "$NODES" || die "SLURM_JOB_NUM_NODES is not set: run this under sbatch or salloc"
-if [[ -n "${SLURM_NTASKS_PER_NODE:-}" && "${SLURM_NTASKS_PER_NODE}" != "$GPUS_PER_NODE" ]]; then
-  log "warning: the job has ${SLURM_NTASKS_PER_NODE} task(s) per node but GPUS_PER_NODE=\
-$GPUS_PER_NODE; submit with --ntasks-per-node=$GPUS_PER_NODE (or without sbatch flags)"
-fi
+[[ -n "$NODES" ]] || die "SLURM_JOB_NUM_NODES is not set: run this under sbatch or salloc"
+check_int NODES 1 4096 SLURM_JOB_NUM_NODES
 if [[ -z "${CPUS_PER_TASK:-}" ]]; then
   # srun does not inherit sbatch's --cpus-per-task (SLURM >= 22.05); without it each task
   # could be pinned to one core, which starves the data pipeline.
   cpus="${SLURM_CPUS_ON_NODE:-$GPUS_PER_NODE}"
   cpus="${cpus%%(*}"  # "64(x2)" style values
+  check_int cpus 1 100000 SLURM_CPUS_ON_NODE
   CPUS_PER_TASK=$(( cpus / GPUS_PER_NODE > 0 ? cpus / GPUS_PER_NODE : 1 ))
+fi
+# sbatch runs a copy of this script, so the checkout is found from the environment.
+REPO_DIR="${DERM_JAX_REPO:-${SLURM_SUBMIT_DIR:-$PWD}}"
+[[ -f "$REPO_DIR/derm_jax/main.py" ]] \
+  || die "$REPO_DIR is not the derm_jax checkout: submit from the repository root"
+cd "$REPO_DIR"
+if [[ -n "${SLURM_NTASKS_PER_NODE:-}" && "${SLURM_NTASKS_PER_NODE}" != "$GPUS_PER_NODE" ]]; then
+  log "warning: the job has ${SLURM_NTASKS_PER_NODE} task(s) per node but GPUS_PER_NODE=\
+$GPUS_PER_NODE; submit with --ntasks-per-node=$GPUS_PER_NODE (or without sbatch flags)"
 fi
 log "$NODES node(s) x $GPUS_PER_NODE GPU(s): $((NODES * GPUS_PER_NODE)) processes, \
 $CPUS_PER_TASK CPU(s) each, one GPU each (SLURM_LOCALID)"

@@ -37,10 +37,13 @@
 #   QR_NAME           queued-resource name for SPOT=1; default ${TPU_NAME}-qr.
 #   CREATE            auto (default): create the TPU only if it does not exist (or was
 #                     preempted); 1: always create; 0: never (use an existing TPU).
-#   MAX_RESTARTS      relaunches after a preemption; default 10 with SPOT=1, else 0.
-#   POLL_SECONDS      wait between queued-resource state checks; default 60.
-#   DRY_RUN           1: print the commands instead of running them (assumes no TPU exists
-#                     yet; the read-only state queries are printed, not run).
+#   MAX_RESTARTS      relaunches after a preemption (0-1000); default 10 with SPOT=1, else 0.
+#   POLL_SECONDS      wait between queued-resource state checks (0-86400); default 60.
+#   DRY_RUN           1 (or true, yes, on): print the commands instead of running them
+#                     (assumes no TPU exists yet; the read-only state queries are printed,
+#                     not run); 0, false, no, off or unset: run them. Anything else is refused.
+# Every setting is checked before the first gcloud or git command (one "error:" line and exit
+# status 2 otherwise).
 # Needs the gcloud CLI, authenticated, and a git checkout (uncommitted edits are not shipped).
 set -euo pipefail
 
@@ -68,7 +71,8 @@ if [[ "$SPOT" == 1 ]]; then default_restarts=10; else default_restarts=0; fi
 MAX_RESTARTS="${MAX_RESTARTS:-$default_restarts}"
 [[ "$SPOT" == 0 || "$SPOT" == 1 ]] || die "SPOT must be 0 or 1, not '$SPOT'"
 [[ "$CREATE" =~ ^(auto|0|1)$ ]] || die "CREATE must be auto, 0 or 1, not '$CREATE'"
-[[ "$MAX_RESTARTS" =~ ^[0-9]+$ ]] || die "MAX_RESTARTS must be a number, not '$MAX_RESTARTS'"
+check_int MAX_RESTARTS 0 1000
+check_int POLL_SECONDS 0 86400
 
 # derm_jax.main flags: CONFIG / WORKDIR (or --config= / --workdir= among the trailing args).
 parse_main_args "" "$@"

@@ -148,3 +148,61 @@ def test_full_dermamnist(tmp_path):
   s = result.summary()
   assert s["split_pairs"]["train-test"]["test_images_with_near_duplicate"] == 32
   assert s["test_images_with_near_duplicate_in_train_or_val"] == 34
+
+
+def _audit_cli(tmp_path, *args, out=None):
+  """Runs the audit CLI on the HAM10000 sample config with extra `args`."""
+  out = tmp_path / "out" if out is None else out
+  return subprocess.run(
+      [sys.executable, "-m", "derm_jax.data.audit", "--config=configs/vae.py",
+       "--config.data.name=ham10000", f"--config.data.manual_dir={SAMPLE}",
+       f"--config.data.data_dir={tmp_path / 'tfds'}", "--config.data.stored_size=32",
+       f"--out={out}", *args], cwd=REPO, capture_output=True, text=True, timeout=300)
+
+
+def _one_line_error(r, *needles):
+  assert r.returncode == 1, (r.returncode, r.stderr[-2000:])
+  err = r.stderr.strip()
+  assert "\n" not in err and err.startswith("error: ") and "Traceback" not in err, err
+  for needle in needles:
+    assert needle in err, err
+  return err
+
+
+@pytest.mark.parametrize("flag, needle", [
+    ("--min_correlation=nan", "min_correlation=nan"),
+    ("--min_correlation=inf", "min_correlation=inf"),
+    ("--min_correlation=1.5", "min_correlation=1.5"),
+    ("--tolerance=65", "tolerance=65"),
+    ("--tolerance=-1", "tolerance=-1"),
+], ids=["nan", "inf", "above_one", "tolerance_65", "tolerance_negative"])
+def test_cli_refuses_bad_thresholds_before_work(tmp_path, flag, needle):
+  r = _audit_cli(tmp_path, flag)
+  _one_line_error(r, needle)
+  assert not (tmp_path / "out").exists() and not (tmp_path / "tfds").exists()
+
+
+def test_cli_refuses_out_that_is_a_file_before_work(tmp_path):
+  out = tmp_path / "summary.txt"
+  out.write_text("keep")
+  _one_line_error(_audit_cli(tmp_path, out=out), str(out), "not a folder")
+  assert out.read_text() == "keep" and not (tmp_path / "tfds").exists()  # no audit was run
+  _one_line_error(_audit_cli(tmp_path, out=out / "sub"), str(out), "not a folder")
+
+
+def test_cli_reports_data_problems_in_one_line(tmp_path):
+  truncated = tmp_path / "cut.npz"
+  buf = io.BytesIO()
+  np.savez(buf, train_images=np.zeros((4, 28, 28, 3), np.uint8))
+  truncated.write_bytes(buf.getvalue()[:300])
+  cases = [
+      (["--config.data.manual_dir=/nonexistent/ham"], "/nonexistent/ham"),
+      (["--config.data.name=no_such_dataset"], "no_such_dataset"),
+      (["--config.data.name=dermamnist", "--config.data.source=npz",
+        f"--config.data.npz_path={tmp_path / 'missing.npz'}"], "missing.npz"),
+      (["--config.data.name=dermamnist", "--config.data.source=npz",
+        f"--config.data.npz_path={truncated}"], "cut.npz"),
+  ]
+  for args, needle in cases:
+    _one_line_error(_audit_cli(tmp_path, *args), needle)
+    assert not (tmp_path / "out").exists()

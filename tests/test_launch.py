@@ -468,3 +468,114 @@ def test_gpu_local_rejects_no_gpu_and_missing_settings(stubs):
   p = run(GPU, {**stubs.env, "CONFIG": "a"}, "--config=b", "--workdir=/w", check=False)
   assert p.returncode != 0 and "CONFIG=a but --config=b" in p.stderr
   assert stubs.calls("python") == []
+
+
+# --- settings are validated before anything runs -------------------------------------------
+
+def refused(p, name: str, stubs) -> None:
+  """`p` stopped on a bad NAME: one error line naming it, non-zero exit, no stub called."""
+  assert p.returncode != 0, (p.returncode, p.stderr)
+  err = p.stderr.strip()
+  assert "\n" not in err and ": error: " in err and name in err, err
+  assert "unbound variable" not in err and p.stdout == "", (p.stdout, err)
+  assert stubs.calls() == [], stubs.calls()
+
+
+GPU_ENV = {"CONFIG": "configs/vae.py:paper", "WORKDIR": "/data/runs/vae"}
+SCRIPTS = {"gpu": (GPU, GPU_ENV), "slurm": (SLURM, SLURM_ENV),
+           "tpu": (LAUNCH / "tpu_vm.sh", TPU_ENV)}
+
+
+def script_env(kind, repo, stubs):
+  script, env = SCRIPTS[kind]
+  if kind == "tpu":
+    script = repo / "launch" / "tpu_vm.sh"
+  return script, {**stubs.env, **env}
+
+
+@pytest.mark.parametrize("kind", ["gpu", "slurm", "tpu"])
+@pytest.mark.parametrize("value", ["true", "yes", "on", "TRUE", "Yes", "1"])
+def test_every_spelling_of_dry_run_runs_nothing(repo, stubs, kind, value):
+  script, env = script_env(kind, repo, stubs)
+  p = run(script, {**env, "DRY_RUN": value})
+  assert printed(p.stdout)
+  assert [c["name"] for c in stubs.calls()] == (["nvidia-smi"] if kind == "gpu" else [])
+
+
+@pytest.mark.parametrize("kind", ["gpu", "slurm", "tpu"])
+@pytest.mark.parametrize("value", ["2", "maybe", "y", " 1", "-1"])
+def test_unknown_dry_run_value_is_refused_before_anything(repo, stubs, kind, value):
+  script, env = script_env(kind, repo, stubs)
+  refused(run(script, {**env, "DRY_RUN": value}, check=False), "DRY_RUN", stubs)
+
+
+@pytest.mark.parametrize("value", ["0", "false", "No", "OFF", ""])
+def test_dry_run_off_spellings_run_for_real(stubs, value):
+  run(SLURM, {**stubs.env, **SLURM_ENV, "DRY_RUN": value})
+  assert len(stubs.calls("sbatch")) == 1
+
+
+@pytest.mark.parametrize("name, value", [
+    ("GPUS_PER_NODE", "99999999999999999999999"),  # used to overflow and still submit
+    ("GPUS_PER_NODE", "4611686018427387904"),
+    ("GPUS_PER_NODE", "65"),
+    ("GPUS_PER_NODE", "8x"),
+    ("GPUS_PER_NODE", "-8"),
+    ("NODES", "0"),
+    ("NODES", "1e3"),
+    ("NODES", "99999999999999999999"),
+    ("CPUS_PER_TASK", "two"),
+    ("CPUS_PER_TASK", "0"),
+])
+def test_slurm_submit_refuses_bad_numbers(stubs, name, value):
+  for dry in ("0", "1"):
+    p = run(SLURM, {**stubs.env, **SLURM_ENV, name: value, "DRY_RUN": dry}, check=False)
+    refused(p, name, stubs)
+
+
+@pytest.mark.parametrize("name, value", [
+    ("SLURM_CPUS_ON_NODE", "abc"),  # used to end in "abc: unbound variable"
+    ("SLURM_CPUS_ON_NODE", "0"),
+    ("SLURM_CPUS_ON_NODE", "1" * 30),
+    ("SLURM_JOB_NUM_NODES", "99999999999999999999"),
+    ("SLURM_JOB_NUM_NODES", "two"),
+])
+def test_slurm_job_refuses_bad_slurm_variables(stubs, name, value):
+  env = {**stubs.env, **SLURM_ENV, "SLURM_JOB_ID": "4242", "SLURM_JOB_NUM_NODES": "2",
+         "SLURM_CPUS_ON_NODE": "96", "SLURM_SUBMIT_DIR": str(REPO), name: value}
+  refused(run(SLURM, env, check=False), name, stubs)
+  # "64(x2)" is SLURM's own format and still accepted.
+  p = run(SLURM, {**env, name: "64(x2)" if name == "SLURM_CPUS_ON_NODE" else "2",
+                  "DRY_RUN": "1"})
+  assert "--cpus-per-task=" in printed(p.stdout)[0][4]
+
+
+@pytest.mark.parametrize("value", ["banana", "0", "0.0", "1.5", "2", "-0.5", "", ".", "1e-1",
+                                   "0.9 "])
+def test_gpu_local_refuses_a_bad_memory_fraction(stubs, value):
+  env = {**stubs.env, **GPU_ENV, "XLA_PYTHON_CLIENT_MEM_FRACTION": value}
+  if value == "":  # empty = unset: the default 0.9
+    run(GPU, env)
+    assert stubs.calls("python")[0]["mem"] == "0.9"
+    return
+  refused(run(GPU, env, check=False), "XLA_PYTHON_CLIENT_MEM_FRACTION", stubs)
+
+
+@pytest.mark.parametrize("value", ["0.5", "1", ".75", "1.0"])
+def test_gpu_local_passes_a_good_memory_fraction(stubs, value):
+  run(GPU, {**stubs.env, **GPU_ENV, "XLA_PYTHON_CLIENT_MEM_FRACTION": value})
+  assert stubs.calls("python")[0]["mem"] == value
+
+
+@pytest.mark.parametrize("name, value", [
+    ("POLL_SECONDS", "soon"),  # used to fail only after the queued resource was requested
+    ("POLL_SECONDS", "-5"),
+    ("POLL_SECONDS", "99999999999999999999"),
+    ("MAX_RESTARTS", "99999999999999999999"),
+    ("MAX_RESTARTS", "lots"),
+])
+def test_tpu_refuses_bad_numbers_before_any_gcloud_call(repo, stubs, name, value):
+  for dry in ("0", "1"):
+    env = {**stubs.env, **TPU_ENV, "SPOT": "1", name: value, "DRY_RUN": dry}
+    refused(run(repo / "launch" / "tpu_vm.sh", env, check=False), name, stubs)
+  assert not stubs.gcloud("queued-resources", "create")

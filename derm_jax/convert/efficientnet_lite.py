@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from derm_jax.errors import DermJaxError
 from derm_jax.models import efficientnet_lite
 
 NUM_CLASSES = 1000
@@ -32,7 +33,7 @@ _LEAF_TO_TORCH = {
 }
 
 
-class ConversionError(ValueError):
+class ConversionError(DermJaxError, ValueError):
   """The state dict does not fit the flax model (missing / unexpected keys, wrong shapes)."""
 
 

@@ -25,7 +25,12 @@ Hostile files are refused before anything large is allocated:
 * a legacy storage may not claim more bytes than the file has left;
 * a tensor may not read outside its storage, and (beyond `EXPAND_SLACK_BYTES`) may not have
   more elements than its storage, so zero / overlapping strides cannot inflate it; all
-  arrays together may not exceed `OUTPUT_FACTOR` times the storage bytes plus `OUTPUT_SLACK`.
+  arrays together may not exceed `OUTPUT_FACTOR` times the storage bytes plus `OUTPUT_SLACK`;
+* a tensor whose non-zero dimensions multiply past what numpy can address (2**63 bytes, e.g.
+  an empty 2**61 x 2**61 x 0 tensor) is refused by name, never handed to numpy.
+
+Problems found while turning tensors into arrays name the tensor by its key path in the
+pickled object (e.g. `'state_dict'/'fc.weight'`).
 
 Public API: `load_state_dict(path) -> dict[str, np.ndarray]`; every problem with the file
 raises `PthError` (a `ValueError`) whose one-line message names the file and what is wrong.
@@ -46,6 +51,8 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from derm_jax.errors import DermJaxError
+
 __all__ = ["EXPAND_SLACK_BYTES", "MAX_DEPTH", "OUTPUT_FACTOR", "OUTPUT_SLACK", "PthError",
            "PthFileNotFoundError", "ZIP_RATIO", "load_state_dict"]
 
@@ -61,10 +68,11 @@ OUTPUT_SLACK = 16 << 20
 _MAX_RANK = 64  # numpy's limit
 _MAX_INT = 1 << 62  # sizes, strides, offsets, element counts
 _MAX_KEY_INT = (1 << 61) - 2  # hash(int) is the int itself below this: no crafted collisions
+_MAX_NBYTES = (1 << 63) - 1  # numpy's limit on an array's size in bytes
 _CHUNK = 1 << 20
 
 
-class PthError(ValueError):
+class PthError(DermJaxError, ValueError):
   """The file is not a readable PyTorch state dict (not a torch file, truncated, corrupt)."""
 
 
@@ -485,7 +493,8 @@ class _OutputBudget:
     self.left -= nbytes
 
 
-def _materialize(t: _LazyTensor, byteorder: str, budget: _OutputBudget) -> np.ndarray:
+def _materialize(t: _LazyTensor, byteorder: str, budget: _OutputBudget,
+                 name: str) -> np.ndarray:
   storage = t.storage
   dtype_name = t.dtype_name or storage.dtype_name
   dtype = _numpy_dtype(dtype_name)
@@ -500,7 +509,10 @@ def _materialize(t: _LazyTensor, byteorder: str, budget: _OutputBudget) -> np.nd
     base, numel = 0, numel_bytes // dtype.itemsize
   else:
     numel = storage.numel
-  what = f"tensor (offset {t.offset}, size {t.size}, stride {t.stride})"
+  what = f"tensor {name} (offset {t.offset}, size {t.size}, stride {t.stride})"
+  if math.prod(n for n in t.size if n) * dtype.itemsize > _MAX_NBYTES:
+    raise _Refused(f"{what} is too large: its non-zero dimensions alone exceed 2**63 bytes, "
+                   "more than numpy can address")
   count = math.prod(t.size)
   if count == 0:
     return np.zeros(t.size, dtype)
@@ -530,7 +542,7 @@ def _resolve(obj: Any, byteorder: str, storages: dict[str, _Storage]) -> Any:
   budget = _OutputBudget(storages)
   done: dict[int, Any] = {}
 
-  def walk(o: Any, depth: int) -> Any:
+  def walk(o: Any, depth: int, where: tuple[Any, ...]) -> Any:
     if isinstance(o, (str, bytes, int, float, type(None))):
       return o
     key = id(o)
@@ -539,21 +551,22 @@ def _resolve(obj: Any, byteorder: str, storages: dict[str, _Storage]) -> Any:
     if depth > MAX_DEPTH:
       raise _Refused(f"containers nested more than {MAX_DEPTH} levels deep")
     if isinstance(o, _LazyTensor):
-      out = done[key] = _materialize(o, byteorder, budget)
+      name = "/".join(_short.repr(k) for k in where) or "(top level)"
+      out = done[key] = _materialize(o, byteorder, budget, name)
     elif isinstance(o, dict):
       out = done[key] = type(o)() if isinstance(o, collections.OrderedDict) else {}
       for k, v in o.items():
-        out[k] = walk(v, depth + 1)
+        out[k] = walk(v, depth + 1, (*where[-3:], k))
     elif isinstance(o, list):
       out = done[key] = []
-      out.extend(walk(v, depth + 1) for v in o)
+      out.extend(walk(v, depth + 1, (*where[-3:], i)) for i, v in enumerate(o))
     elif isinstance(o, tuple):
-      out = done[key] = tuple(walk(v, depth + 1) for v in o)
+      out = done[key] = tuple(walk(v, depth + 1, (*where[-3:], i)) for i, v in enumerate(o))
     else:
       out = done[key] = o
     return out
 
-  return walk(obj, 0)
+  return walk(obj, 0, ())
 
 
 def _resolve_checked(obj: Any, byteorder: str, storages: dict[str, _Storage], path: str) -> Any:

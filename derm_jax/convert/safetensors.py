@@ -6,14 +6,23 @@ N, N bytes of UTF-8 JSON mapping each tensor name to {"dtype", "shape", "data_of
 "__metadata__" {str: str}, then the raw little-endian tensor bytes.
 
 Everything is validated before any tensor memory is allocated: the header length against the
-file size (and `MAX_HEADER_BYTES`), the JSON structure, each dtype (F64, F32, F16, BF16, I64,
-I32, I16, I8, U8, BOOL), shape and byte range (inside the data, size == prod(shape) *
-itemsize, no two ranges overlapping), so the arrays together never exceed the file's size.
+file size, the JSON structure, each dtype (F64, F32, F16, BF16, I64, I32, I16, I8, U8,
+BOOL), shape and byte range (inside the data, size == prod(shape) * itemsize, no two ranges
+overlapping), so the arrays together never exceed the file's size. A shape whose non-zero
+dimensions multiply past what numpy can address (2**63 bytes; e.g. 2**61 x 2**61 x 0) is
+refused by name too, never handed to numpy.
+
+The header itself is bounded so that a hostile one costs little to refuse:
+`MAX_HEADER_BYTES` = 8 MiB of JSON (checked before it is read) and `MAX_TENSORS` = 16384
+entries (counted while parsing, which stops at the first one past the limit). Real weight
+files are far below both: a ConvNeXt or EfficientNet header is tens of KiB with a few
+hundred tensors, and even large language-model shards list a few thousand.
 Tensors are then read from their exact byte ranges. BF16 becomes float32 (exact: the bf16
 bits are the high half of the float32), BOOL becomes np.bool_.
 
 Public API: `load_state_dict(path) -> dict[str, np.ndarray]` (writeable, C-contiguous arrays
-in the file's order) and `looks_like_safetensors(path)` (content sniffing); every problem
+in the file's order) and `looks_like_safetensors(path)` (content sniffing, False without
+opening anything that is not a regular file, such as a FIFO); every problem
 with the file raises `SafetensorsError` (a `ValueError`) whose one-line message names the file
 and what is wrong.
 """
@@ -23,17 +32,22 @@ from __future__ import annotations
 import json
 import math
 import os
+import stat
 import struct
 from typing import Any
 
 import numpy as np
 
-__all__ = ["MAX_HEADER_BYTES", "SafetensorsError", "SafetensorsFileNotFoundError",
-           "load_state_dict", "looks_like_safetensors"]
+from derm_jax.errors import DermJaxError
 
-MAX_HEADER_BYTES = 100_000_000  # the limit of the reference implementation
+__all__ = ["MAX_HEADER_BYTES", "MAX_TENSORS", "SafetensorsError",
+           "SafetensorsFileNotFoundError", "load_state_dict", "looks_like_safetensors"]
+
+MAX_HEADER_BYTES = 8 << 20  # JSON header bytes (the reference implementation allows 100 MB)
+MAX_TENSORS = 16384  # tensor entries in the header
 _MAX_RANK = 64
 _MAX_DIM = 1 << 62
+_MAX_NBYTES = (1 << 63) - 1  # numpy's limit on an array's size in bytes
 
 # safetensors dtype -> numpy dtype of the stored bytes (BF16 / BOOL are converted after)
 _DTYPES: dict[str, np.dtype] = {
@@ -44,7 +58,7 @@ _DTYPES: dict[str, np.dtype] = {
 _ENTRY_KEYS = {"dtype", "shape", "data_offsets"}
 
 
-class SafetensorsError(ValueError):
+class SafetensorsError(DermJaxError, ValueError):
   """The file is not a readable safetensors file (wrong format, truncated, inconsistent)."""
 
 
@@ -59,7 +73,10 @@ def _header_length(head: bytes) -> int:
 def looks_like_safetensors(path: str | os.PathLike) -> bool:
   """True if `path` starts like a safetensors file: a plausible header length and '{'."""
   try:
-    size = os.path.getsize(path)
+    info = os.stat(path)
+    if not stat.S_ISREG(info.st_mode):  # opening a FIFO would wait for a writer
+      return False
+    size = info.st_size
     with open(path, "rb") as f:
       head = f.read(9)
   except OSError:
@@ -70,13 +87,28 @@ def looks_like_safetensors(path: str | os.PathLike) -> bool:
   return 2 <= n <= min(MAX_HEADER_BYTES, size - 8) and head[8:9] == b"{"
 
 
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-  out: dict[str, Any] = {}
-  for k, v in pairs:
-    if k in out:
-      raise ValueError(f"duplicate key {k[:100]!r} in the header")
-    out[k] = v
-  return out
+class _TooManyTensors(Exception):
+  """Raised from inside json.loads to stop parsing a header with too many entries."""
+
+
+class _ObjectHook:
+  """json `object_pairs_hook`: refuses duplicate keys and stops the parse (by raising
+  `_TooManyTensors`) once the header has more JSON objects than MAX_TENSORS entries, the
+  top level and `__metadata__` can account for."""
+
+  def __init__(self):
+    self.objects = 0
+
+  def __call__(self, pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    self.objects += 1
+    if self.objects > MAX_TENSORS + 2:
+      raise _TooManyTensors
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+      if k in out:
+        raise ValueError(f"duplicate key {k[:100]!r} in the header")
+      out[k] = v
+    return out
 
 
 def _is_int(v: Any) -> bool:
@@ -95,7 +127,7 @@ def _read_header(path: str, f: Any, size: int) -> tuple[dict[str, Any], int]:
   n = _header_length(head)
   if n > MAX_HEADER_BYTES:
     raise fail(f"not a safetensors file (or corrupt): header length {n} exceeds the "
-               f"{MAX_HEADER_BYTES}-byte limit")
+               f"{MAX_HEADER_BYTES}-byte limit (MAX_HEADER_BYTES)")
   if 8 + n > size:
     raise fail(f"truncated or not a safetensors file: header length {n} but only {size - 8} "
                "bytes follow")
@@ -103,13 +135,19 @@ def _read_header(path: str, f: Any, size: int) -> tuple[dict[str, Any], int]:
   if len(raw) != n:
     raise fail(f"truncated file: header of {n} bytes, read {len(raw)}")
   try:
-    header = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates)
+    header = json.loads(raw.decode("utf-8"), object_pairs_hook=_ObjectHook())
+  except _TooManyTensors:
+    raise fail(f"the header lists more than {MAX_TENSORS} tensors (the MAX_TENSORS "
+               "limit of this reader)") from None
   except (UnicodeDecodeError, ValueError, RecursionError) as e:
     reason = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
     raise fail(f"not a safetensors file: the header is not valid JSON ({reason})") from e
   if not isinstance(header, dict):
     raise fail(f"not a safetensors file: the header is a JSON {type(header).__name__}, "
                "not an object")
+  if len(header) - ("__metadata__" in header) > MAX_TENSORS:
+    raise fail(f"the header lists more than {MAX_TENSORS} tensors (the MAX_TENSORS "
+               "limit of this reader)")
   return header, 8 + n
 
 
@@ -147,6 +185,9 @@ def _validate(path: str, header: dict[str, Any], data_len: int
     if end - begin != nbytes:
       raise SafetensorsError(f"{where}: data_offsets [{begin}, {end}] hold {end - begin} "
                              f"bytes, but {dtype_name}{shape} needs {nbytes}")
+    if math.prod(d for d in shape if d) * dtype.itemsize > _MAX_NBYTES:  # e.g. [2**61]*2+[0]
+      raise SafetensorsError(f"{where}: shape {shape} is too large: its non-zero dimensions "
+                             "alone exceed 2**63 bytes, more than numpy can address")
     entries.append((name, dtype, dtype_name, tuple(shape), begin, end))
   previous = None
   for name, _, _, _, begin, end in sorted(entries, key=lambda e: (e[4], e[5])):

@@ -33,6 +33,7 @@ import numpy as np
 
 import derm_jax
 from derm_jax import fileio
+from derm_jax.errors import DermJaxError
 
 FORMAT = "derm_jax.pretrained/1"
 META_FILE = "meta.json"
@@ -42,7 +43,7 @@ __all__ = ["PretrainedError", "check_output_dir", "load_meta", "load_pretrained"
            "output_path", "save_pretrained"]
 
 
-class PretrainedError(ValueError):
+class PretrainedError(DermJaxError, ValueError):
   """A converted-weights directory is missing, incomplete or cannot be written."""
 
 

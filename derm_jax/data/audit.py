@@ -41,6 +41,11 @@ Writes to DIR:
 
 For evaluation: `find_leaks(dataset, tolerance)` -> `AuditResult`, and
 `leak_free_test_ids(result)` -> the test ids to score without leaking images.
+
+The CLI checks its settings before any work (`--tolerance` in 0..64, `--min_correlation` a
+finite number in [-1, 1], `--out` a folder or a path one can be made at) and reports any
+problem the user can fix (those, a missing or damaged dataset, an unknown dataset name) as
+one line ``error: ...`` on stderr with exit status 1.
 """
 
 from __future__ import annotations
@@ -48,12 +53,15 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import math
 import os
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
 from PIL import Image
+
+from derm_jax import console, errors
 
 SPLITS = ("train", "val", "test")
 SPLIT_PAIRS = (("train", "val"), ("train", "test"), ("val", "test"))
@@ -251,6 +259,25 @@ def dataset_lesion_ids(dataset: Any, split: str) -> np.ndarray | None:
   return None if lesions is None else np.asarray(lesions, dtype=str)
 
 
+def check_thresholds(tolerance: Any, min_correlation: Any) -> tuple[int, float]:
+  """(tolerance, min_correlation) as int and float; ConfigError (a ValueError) unless the
+  tolerance is an integer in 0..64 bits and min_correlation a finite number in [-1, 1]."""
+  integral = (isinstance(tolerance, (int, np.integer)) or (
+      isinstance(tolerance, (float, np.floating)) and float(tolerance).is_integer()))
+  if isinstance(tolerance, bool) or not integral:
+    raise errors.ConfigError(f"tolerance={tolerance!r}: must be an integer in 0..64 bits.")
+  if not 0 <= tolerance <= 64:
+    raise errors.ConfigError(f"tolerance={tolerance}: must be in 0..64 bits.")
+  try:
+    corr = float(min_correlation)
+  except (TypeError, ValueError):
+    corr = math.nan
+  if isinstance(min_correlation, bool) or not (math.isfinite(corr) and -1.0 <= corr <= 1.0):
+    raise errors.ConfigError(f"min_correlation={min_correlation!r}: must be a finite number "
+                             "in [-1, 1] (a thumbnail correlation).")
+  return int(tolerance), corr
+
+
 def find_leaks(dataset: Any, tolerance: int = DEFAULT_TOLERANCE,
                min_correlation: float = DEFAULT_MIN_CORRELATION,
                splits: Sequence[str] = SPLITS) -> AuditResult:
@@ -261,9 +288,7 @@ def find_leaks(dataset: Any, tolerance: int = DEFAULT_TOLERANCE,
   `dataset.metadata(split)['lesion_id']` exists) every two images with the same non-empty
   lesion id, whatever they look like.
   """
-  tolerance = int(tolerance)
-  if not 0 <= tolerance <= 64:
-    raise ValueError(f"tolerance={tolerance}: must be in 0..64 bits.")
+  tolerance, min_correlation = check_thresholds(tolerance, min_correlation)
   ids, hashes, thumbs, lesions = {}, {}, {}, {}
   for split in splits:
     ids[split], hashes[split], thumbs[split] = _read_split(dataset.source(split))
@@ -275,7 +300,7 @@ def find_leaks(dataset: Any, tolerance: int = DEFAULT_TOLERANCE,
     if a not in ids or b not in ids:
       continue
     ia, ib, dist, corr, n_cand = _near_duplicates(hashes[a], thumbs[a], hashes[b], thumbs[b],
-                                                  tolerance, float(min_correlation))
+                                                  tolerance, min_correlation)
     candidates[f"{a}-{b}"] = int(n_cand)
     found = {(int(i), int(j)): (int(d), float(c), True)
              for i, j, d, c in zip(ia, ib, dist, corr, strict=True)}
@@ -295,7 +320,7 @@ def find_leaks(dataset: Any, tolerance: int = DEFAULT_TOLERANCE,
       pairs.append(Pair(a, i, int(ids[a][i]), b, j, int(ids[b][j]), d, same, round(c, 4),
                         near))
   describe = dataset.describe() if hasattr(dataset, "describe") else {}
-  return AuditResult(tolerance=tolerance, min_correlation=float(min_correlation), ids=ids,
+  return AuditResult(tolerance=tolerance, min_correlation=min_correlation, ids=ids,
                      hashes=hashes, thumbnails=thumbs,
                      lesion_ids=lesions if has_lesions else None, pairs=pairs,
                      dataset={k: describe[k] for k in ("name", "source", "splits", "image_size")
@@ -374,14 +399,44 @@ def write_outputs(result: AuditResult, dataset: Any, out_dir: str) -> dict[str, 
   return summary
 
 
+def check_out_dir(out_dir: str) -> str:
+  """`out_dir` (`~` expanded) if it is a folder or can be made one; ConfigError otherwise.
+  Creates nothing."""
+  path = os.path.abspath(os.path.expanduser(out_dir))
+  if os.path.exists(path):
+    if not os.path.isdir(path):
+      raise errors.ConfigError(f"--out={out_dir}: exists and is not a folder; choose "
+                               "another --out.")
+    if not os.access(path, os.W_OK | os.X_OK):
+      raise errors.ConfigError(f"--out={out_dir}: folder is not writable.")
+    return path
+  parent = os.path.dirname(path)
+  while not os.path.exists(parent):
+    parent = os.path.dirname(parent)
+  if not os.path.isdir(parent):
+    raise errors.ConfigError(f"--out={out_dir}: cannot be created, {parent} is not a folder.")
+  if not os.access(parent, os.W_OK | os.X_OK):
+    raise errors.ConfigError(f"--out={out_dir}: cannot be created, {parent} is not "
+                             "writable.")
+  return path
+
+
+@errors.cli_main
 def main(argv: Sequence[str]) -> None:
   from absl import app
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  # Every setting is checked before the dataset is read or anything is written.
+  tolerance, min_correlation = check_thresholds(_TOLERANCE.value, _MIN_CORRELATION.value)
+  out_dir = check_out_dir(_OUT.value)
   from derm_jax.data import registry
   dataset = registry.get(_CONFIG.value.data)
-  result = find_leaks(dataset, _TOLERANCE.value, _MIN_CORRELATION.value)
-  summary = write_outputs(result, dataset, os.path.expanduser(_OUT.value))
+  result = find_leaks(dataset, tolerance, min_correlation)
+  try:
+    summary = write_outputs(result, dataset, out_dir)
+  except OSError as e:
+    raise errors.ConfigError(f"--out={_OUT.value}: cannot write the audit outputs "
+                             f"({e.strerror or e}).") from e
   print(json.dumps({k: summary[k] for k in (
       "dataset", "tolerance_bits", "min_correlation", "images",
       "test_images_with_near_duplicate_in_train_or_val",
@@ -400,4 +455,4 @@ if __name__ == "__main__":
   _MIN_CORRELATION = flags.DEFINE_float("min_correlation", DEFAULT_MIN_CORRELATION,
                                         "Minimum thumbnail correlation of a near-duplicate.")
   flags.mark_flags_as_required(["config", "out"])
-  app.run(main)
+  app.run(main, flags_parser=console.parse_flags)

@@ -13,8 +13,17 @@ with a warning naming the dead holder. A clean release empties the file (it is n
 deleted, so that two runs never lock two different files of the same name). In
 multi-process runs only process 0 takes the lock (`is_main`); the other processes do
 nothing. On a filesystem without flock support the recorded pid decides instead: a live
-pid on this host, or any pid on another host, holds the workdir. Re-entrant within one
-process: acquiring a workdir this process already holds just counts.
+pid on this host, or any pid on another host, holds the workdir.
+
+Re-entrant within one process: a module-level registry counts, per resolved lock path (the
+workdir's real path + `.lock`, so `runs/a`, `./runs/a/` and a symlink to it are one
+workdir), how often this process holds it. Acquiring a workdir this process already holds
+(nested `with WorkdirLock(d): with WorkdirLock(d): ...`) just counts, without blocking or
+raising; only the outermost release empties the file and drops the flock.
+
+The lock file is never followed or replaced: a `.lock` that is a symbolic link (which a
+run would otherwise write through, truncating its target), a directory or anything else
+but a regular file is refused with a `ConfigError` naming it and saying to remove it.
 
 A workdir on cloud storage (`gs://...`, through `derm_jax.fileio`) has no flock and no
 atomic create-if-absent through etils.epath, so there the lock is advisory and NOT atomic:
@@ -37,20 +46,22 @@ import fcntl
 import json
 import os
 import socket
+import stat
 import sys
 import threading
 import time
 import uuid
+from typing import NoReturn
 
 from absl import logging
 
 from derm_jax import fileio
-from derm_jax.errors import WorkdirBusyError
+from derm_jax.errors import ConfigError, WorkdirBusyError
 
 LOCK_NAME = ".lock"
 REMOTE_SETTLE_S = 2.0  # cloud workdirs: wait between writing the record and reading it back
 
-_held: dict[str, tuple[int, int]] = {}  # realpath of lock file -> (fd, count); URL -> (-1, n)
+_held: dict[str, tuple[int, int]] = {}  # resolved lock path -> (fd, count); URL -> (-1, n)
 _remote_tokens: dict[str, str] = {}  # URL of a lock object this process holds -> its token
 _held_guard = threading.Lock()
 
@@ -139,15 +150,20 @@ class WorkdirLock:
       return self
     if self.remote:
       return self._acquire_remote()
-    os.makedirs(self.workdir, exist_ok=True)
-    key = os.path.realpath(self.path)
+    try:
+      os.makedirs(self.workdir, exist_ok=True)
+    except OSError as e:
+      raise ConfigError(f"workdir {self.workdir} cannot be created or is not a folder "
+                        f"({e.strerror or e}); choose another --workdir.") from e
+    # The workdir resolved, the lock file itself not: a symlinked `.lock` is refused below.
+    key = os.path.join(os.path.realpath(self.workdir), LOCK_NAME)
     with _held_guard:
       if key in _held:  # this process holds it already
         fd, count = _held[key]
         _held[key] = (fd, count + 1)
         self._key = key
         return self
-      fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+      fd = self._open_lock_file(self.path)
       try:
         self._lock_fd(fd)
         previous = _read_record(fd)
@@ -164,6 +180,49 @@ class WorkdirLock:
       _held[key] = (fd, 1)
       self._key = key
     return self
+
+  def _refuse_lock_file(self, path: str, what: str) -> NoReturn:
+    raise ConfigError(f"workdir {self.workdir}: its lock file {path} is {what}, not a regular "
+                      f"file; a run never writes through it. Remove {path} (after checking "
+                      "what it is) and run again.")
+
+  def _check_lock_file(self, path: str, st: os.stat_result) -> None:
+    """ConfigError unless `st` (an lstat of `path`) is a regular file."""
+    if stat.S_ISREG(st.st_mode):
+      return
+    if stat.S_ISLNK(st.st_mode):
+      try:
+        target = os.readlink(path)
+      except OSError:
+        target = "?"
+      self._refuse_lock_file(path, f"a symbolic link (to {target})")
+    if stat.S_ISDIR(st.st_mode):
+      self._refuse_lock_file(path, "a directory")
+    self._refuse_lock_file(path, "a special file (FIFO, socket or device)")
+
+  def _open_lock_file(self, path: str) -> int:
+    """An fd on the regular lock file `path` (created if absent), never through a symlink."""
+    try:
+      self._check_lock_file(path, os.lstat(path))
+    except FileNotFoundError:
+      pass
+    flags = (os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK
+             | getattr(os, "O_CLOEXEC", 0))
+    try:
+      fd = os.open(path, flags, 0o644)
+    except OSError as e:  # swapped for a link / folder since the lstat, or no permission
+      try:
+        self._check_lock_file(path, os.lstat(path))
+      except FileNotFoundError:
+        pass
+      raise ConfigError(f"workdir {self.workdir}: cannot open its lock file {path} "
+                        f"({e.strerror or e}).") from e
+    try:
+      self._check_lock_file(path, os.fstat(fd))
+    except BaseException:
+      os.close(fd)
+      raise
+    return fd
 
   def _lock_fd(self, fd: int) -> None:
     try:
