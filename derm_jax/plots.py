@@ -9,7 +9,9 @@
     samples) tiled into one PNG with PIL, optionally with row labels and a title;
   * `save_latent_map`: 2-D projection of VAE latents (e.g. `stats.pca_2d`) coloured by class;
   * `save_reliability_diagram`: calibration (accuracy vs confidence per bin);
-  * `save_interval_groups`: estimates with interval bars, grouped (e.g. per evaluation set).
+  * `save_interval_groups`: estimates with interval bars, grouped (e.g. per evaluation set);
+  * `save_label_efficiency`: metrics against the fraction of training labels (log x axis),
+    a line per arm and protocol, with interval bars.
 Figures are meant to be read without the code: plain-language titles and axis labels,
 class codes explained (`CLASS_DESCRIPTIONS`). No display is ever opened; every function
 creates the parent folder of `path`, which may be a `gs://` URL (`derm_jax.fileio`).
@@ -28,6 +30,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib import ticker
 from PIL import Image
 
 from derm_jax import fileio
@@ -43,6 +46,7 @@ __all__ = [
   "save_curves",
   "save_image_grid",
   "save_interval_groups",
+  "save_label_efficiency",
   "save_latent_map",
   "save_reliability_diagram",
 ]
@@ -562,5 +566,87 @@ def save_interval_groups(
     ax.legend(fontsize=9)
   fig.tight_layout()
   _savefig(fig, path, dpi=100)
+  plt.close(fig)
+  return path
+
+
+def _percent(fraction: float) -> str:
+  return f"{format(100 * fraction, '.3g')}%"
+
+
+def save_label_efficiency(
+  panels: dict[str, dict[tuple[str, str], Sequence[tuple[float, Any, Any, Any]]]],
+  path: str | os.PathLike,
+  title: str,
+  xlabel: str = "fraction of the training labels (log scale)",
+) -> str:
+  """A metric against the fraction of training labels the model was trained on, log x axis.
+
+  panels: panel title (also its y label, e.g. 'test balanced accuracy') -> (arm, protocol)
+  -> points (fraction, estimate, lo, hi), any of estimate / lo / hi None (no point / no
+  bar). One line per (arm, protocol): colour = arm, line style = protocol (solid, dashed,
+  dotted, dash-dot in order of first appearance), with interval bars; lines are nudged
+  sideways a little so their bars do not hide each other. The x ticks are the fractions
+  present, written as percentages. Returns `path`.
+  """
+  if not panels:
+    raise ValueError("save_label_efficiency needs at least one panel")
+  path = _ensure_parent(path)
+  keys = list(dict.fromkeys(k for lines in panels.values() for k in lines))
+  arms = list(dict.fromkeys(a for a, _ in keys))
+  protocols = list(dict.fromkeys(p for _, p in keys))
+  fractions = sorted(
+    {float(pt[0]) for lines in panels.values() for pts in lines.values() for pt in pts}
+  )
+  if any(not f > 0 for f in fractions):
+    raise ValueError(f"fractions must be > 0 for a log axis, got {fractions}")
+  fig, axes = plt.subplots(1, len(panels), figsize=(6.0 * len(panels), 4.8), squeeze=False)
+  for ax, (name, lines) in zip(axes[0], panels.items(), strict=True):
+    for i, key in enumerate(keys):
+      pts = [pt for pt in lines.get(key, []) if pt[1] is not None]
+      if not pts:
+        continue
+      arm, protocol = key
+      nudge = 10 ** (0.015 * (i - (len(keys) - 1) / 2))
+      xs = np.array([float(pt[0]) for pt in pts]) * nudge
+      est = np.array([float(pt[1]) for pt in pts])
+      lo = np.array([_as_float(pt[2]) for pt in pts])
+      hi = np.array([_as_float(pt[3]) for pt in pts])
+      colour = f"C{arms.index(arm) % 10}"
+      style = _LINESTYLES[protocols.index(protocol) % len(_LINESTYLES)]
+      ax.plot(
+        xs,
+        est,
+        linestyle=style,
+        marker="o",
+        markersize=5,
+        color=colour,
+        label=f"{arm} ({protocol})",
+      )
+      bars = np.isfinite(lo) & np.isfinite(hi)
+      if bars.any():
+        ax.errorbar(
+          xs[bars],
+          est[bars],
+          yerr=[np.maximum(est - lo, 0.0)[bars], np.maximum(hi - est, 0.0)[bars]],
+          fmt="none",
+          ecolor=colour,
+          capsize=4,
+          linewidth=1,
+        )
+    ax.set_xscale("log")
+    ax.set_xticks(fractions)
+    ax.set_xticklabels([_percent(f) for f in fractions])
+    ax.xaxis.set_minor_formatter(ticker.NullFormatter())
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(name)
+    ax.set_title(name[:1].upper() + name[1:])
+    ax.grid(True, alpha=0.3)
+  handles, labels = axes[0][0].get_legend_handles_labels()
+  if handles:
+    axes[0][-1].legend(handles, labels, fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5))
+  fig.suptitle(title)
+  fig.tight_layout()
+  _savefig(fig, path, dpi=100, bbox_inches="tight")
   plt.close(fig)
   return path

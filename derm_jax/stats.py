@@ -10,8 +10,8 @@
 
 Metrics. `metric_fn` is either the name of a built-in vectorised metric, 'accuracy',
 'balanced_accuracy', 'macro_f1' or 'macro_auc' (same definitions as
-`derm_jax.evaluation.metrics.classification_metrics`: balanced accuracy = mean recall over the classes
-present in the (resampled) labels; macro-F1 over all K classes; macro AUC = mean exact
+`derm_jax.evaluation.metrics.classification_metrics`: balanced accuracy = mean recall over
+the classes present in the (resampled) labels; macro-F1 over all K classes; macro AUC = mean exact
 Mann-Whitney one-vs-rest AUC over the classes with positives and negatives), or any
 callable f(labels, probs) -> float | None, evaluated resample by resample (slower).
 The built-ins score all resamples at once from the multiplicity of each image in each
@@ -27,7 +27,10 @@ images for the seed-averaged metric (not the seed-to-seed spread, reported separ
 Intervals are percentile intervals of the resampled statistic; the estimate is the
 statistic on the full sample. Resamples where the metric is undefined (e.g. macro AUC
 with a single class drawn) are left out. Resample indices depend only on (seed, N,
-n_boot), so two calls with the same seed on the same N images resample identically.
+n_boot), so two calls with the same seed on the same N images resample identically (what
+makes differences between arms paired); two different image sets that are to be resampled
+independently of each other (e.g. a difference on a shifted set minus the same difference
+in distribution) must get different seeds.
 """
 
 from __future__ import annotations

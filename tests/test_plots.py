@@ -46,8 +46,9 @@ def test_confusion_and_curves_write_png(tmp_path):
   )
 
   def hist(n, off):
-    return [{"epoch": e, "train/loss": 1.0 / e + off, "val/loss": 1.2 / e + off}
-            for e in range(1, n + 1)]
+    return [
+      {"epoch": e, "train/loss": 1.0 / e + off, "val/loss": 1.2 / e + off} for e in range(1, n + 1)
+    ]
 
   runs = {"vae": [hist(5, 0.0), hist(5, 0.1)], "imagenet": [hist(3, 0.05)]}
   assert _is_png(plots.save_curves(runs, ["train/loss", "val/loss"], tmp_path / "c.png", "loss"))
@@ -158,3 +159,56 @@ def test_latent_map_reliability_and_interval_figures(tmp_path):
       baseline=[0.14, None],
     )
   )
+
+
+def test_label_efficiency_figure(tmp_path, monkeypatch):
+  figs = _capture_figures(monkeypatch)
+  panels = {
+    "test balanced accuracy": {
+      ("vae", "identical classifier"): [
+        (0.01, 0.3, 0.25, 0.35),
+        (0.1, 0.4, None, None),
+        (1.0, 0.5, 0.45, 0.55),
+      ],
+      ("vae", "linear probe"): [(0.01, 0.2, 0.15, 0.25), (1.0, 0.45, 0.4, 0.5)],
+      ("imagenet", "identical classifier"): [
+        (0.01, 0.35, 0.3, 0.4),
+        (0.1, None, None, None),
+        (1.0, 0.6, 0.55, 0.65),
+      ],
+    },
+    "test macro AUC": {("vae", "identical classifier"): [(0.01, 0.7, 0.65, 0.75)]},
+  }
+  assert _is_png(plots.save_label_efficiency(panels, tmp_path / "le.png", "label efficiency"))
+  fig = figs[-1]
+  ax, ax_auc = fig.axes[:2]
+  assert ax.get_xscale() == "log" and ax_auc.get_xscale() == "log"
+  assert [t.get_text() for t in ax.get_xticklabels()] == ["1%", "10%", "100%"]
+  assert "fraction of the training labels" in ax.get_xlabel()
+  assert ax.get_ylabel() == "test balanced accuracy"
+  lines = {
+    line.get_label(): line for line in ax.get_lines() if not line.get_label().startswith("_")
+  }
+  assert set(lines) == {
+    "vae (identical classifier)",
+    "vae (linear probe)",
+    "imagenet (identical classifier)",
+  }
+  # colour = arm, line style = protocol
+  assert lines["vae (identical classifier)"].get_color() == lines["vae (linear probe)"].get_color()
+  assert lines["vae (identical classifier)"].get_color() != (
+    lines["imagenet (identical classifier)"].get_color()
+  )
+  assert lines["vae (identical classifier)"].get_linestyle() == "-"
+  assert lines["vae (linear probe)"].get_linestyle() == "--"
+  # points at the fractions (nudged by under 5%), a missing estimate left out
+  x = lines["imagenet (identical classifier)"].get_xdata()
+  np.testing.assert_allclose(x, [0.01, 1.0], rtol=0.05)
+  np.testing.assert_allclose(lines["vae (identical classifier)"].get_ydata(), [0.3, 0.4, 0.5])
+  # interval bars: one per point with lo and hi (2 + 2 + 2 in the first panel)
+  bars = [c for c in ax.collections if len(c.get_segments())]
+  assert sum(len(c.get_segments()) for c in bars) == 6
+  with pytest.raises(ValueError, match="fractions must be > 0"):
+    plots.save_label_efficiency(
+      {"m": {("a", "p"): [(0.0, 0.5, None, None)]}}, tmp_path / "bad.png", "x"
+    )

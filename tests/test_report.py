@@ -7,15 +7,16 @@ import os
 import pathlib
 import subprocess
 import sys
+import zlib
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from derm_jax import stats
+from derm_jax import plots, stats
 from derm_jax.evaluation import metrics
 from derm_jax.evaluation.predictions import read_predictions_csv, write_predictions_csv
-from derm_jax.report import ReportError, write_report
+from derm_jax.report import ReportError, analysis, runs, write_report
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 CLASSES = ["akiec", "bcc", "nv"]
@@ -250,6 +251,12 @@ def test_missing_metrics_file_is_a_clear_error(tmp_path):
   assert "Traceback" not in proc.stderr
 
 
+def test_report_package_does_not_import_jax():
+  code = "import sys, derm_jax.report; sys.exit(1 if 'jax' in sys.modules else 0)"
+  env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+  assert subprocess.run([sys.executable, "-c", code], env=env, timeout=120).returncode == 0
+
+
 def test_missing_arms_dir(tmp_path):
   with pytest.raises(ReportError, match="arms"):
     write_report(str(tmp_path))
@@ -271,7 +278,8 @@ def _labels(n, classes, seed):
 
 
 def _arm_probs(labels, kind, seed):
-  """'good': informative probabilities; 'weak': barely informative; 'nv': always nv."""
+  """'good': informative probabilities; 'weak': barely informative; 'nv': always nv; a number:
+  the logit added to the true class (the larger, the better the arm)."""
   rng = np.random.default_rng(seed)
   n = labels.shape[0]
   if kind == "nv":
@@ -279,7 +287,7 @@ def _arm_probs(labels, kind, seed):
     p[:, NV] = 0.7
     return p + rng.random((n, 7)) * 1e-3
   logits = rng.normal(size=(n, 7))
-  logits[np.arange(n), labels] += {"good": 3.0, "weak": 0.4}[kind]
+  logits[np.arange(n), labels] += {"good": 3.0, "weak": 0.4}.get(kind, kind)
   p = np.exp(logits)
   return p / p.sum(axis=1, keepdims=True)
 
@@ -295,16 +303,29 @@ def _eval_files(d, ids, labels, probs, train_labels, metrics_name, preds_name):
 
 
 def _make_new_workdir(
-  root, kinds, frozen, data_name="dermamnist", source="embedded", seeds=2, external=False
+  root,
+  kinds,
+  frozen,
+  data_name="dermamnist",
+  source="embedded",
+  seeds=2,
+  external=False,
+  folder="arms",
+  label_fraction=None,
+  linear=False,
 ):
-  """kinds: arm -> probability kind per seed ('good' / 'weak' / 'nv'); frozen: arm -> "
-  "freeze_backbone."""
+  """kinds: arm -> probability kind per seed ('good' / 'weak' / 'nv' / a logit boost); frozen:
+  arm -> freeze_backbone. folder: where the runs go ('arms', 'probes', 'fractions/0.1/arms',
+  ...); label_fraction: written to each run's config; linear: a linear head (head.hidden 0).
+  The test split (300 images) and the outside set are the same in every folder."""
   train_labels = _labels(1000, list(range(7)), 1)
   test_labels = _labels(300, list(range(7)), 2)
   test_ids = [f"{1000 + i}" for i in range(300)]
   ext_labels = _labels(120, [1, 4, 5], 3)  # an outside set with bcc, mel, nv only
   ext_ids = [f"ISIC_{i:07d}" for i in range(120)]
   (root / "config.json").parent.mkdir(parents=True, exist_ok=True)
+  # Other probabilities in every folder (arms/ keeps offset 0).
+  offset = 0 if folder == "arms" else zlib.crc32(folder.encode()) % 10_000
   (root / "config.json").write_text(
     json.dumps(
       {
@@ -316,7 +337,7 @@ def _make_new_workdir(
   )
   for a, (arm, kind) in enumerate(kinds.items()):
     for s in range(seeds):
-      d = root / "arms" / arm / f"seed_{s}"
+      d = root / folder / arm / f"seed_{s}"
       d.mkdir(parents=True)
       config = {
         "seed": s,
@@ -326,15 +347,19 @@ def _make_new_workdir(
         "model": {"backbone": "convnext_tiny"},
         "train": {"num_epochs": 5, "batch_size": 32},
       }
+      if label_fraction is not None:
+        config["label_fraction"] = label_fraction
+      if linear:
+        config["head"] = {"hidden": 0}
       (d / "config.json").write_text(json.dumps(config))
       hist = _history(5, 1.0, 0.7, 0.5, 0.6 + 0.01 * a, 0.02 + 0.1 * a, 0.03 + 0.1 * a)
       (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in hist))
-      probs = _arm_probs(test_labels, kind, 100 * a + s)
+      probs = _arm_probs(test_labels, kind, offset + 100 * a + s)
       _eval_files(
         d, test_ids, test_labels, probs, train_labels, "test_metrics.json", "test_predictions.csv"
       )
       if external:
-        probs = _arm_probs(ext_labels, kind, 200 + 100 * a + s)
+        probs = _arm_probs(ext_labels, kind, offset + 200 + 100 * a + s)
         _eval_files(
           d / "external" / "isic_subset",
           ext_ids,
@@ -349,6 +374,19 @@ def _make_new_workdir(
 
 def _row(text, start):
   return next(line for line in text.splitlines() if line.startswith(start))
+
+
+def _cells(text, start):
+  """The cells of the first table row starting with `start`."""
+  return [c.strip() for c in _row(text, start).strip().strip("|").split("|")]
+
+
+def _section(text, heading):
+  """The text from `heading` to the next heading of the same or a higher level."""
+  level = heading.split(" ", 1)[0]
+  part = text.split(heading, 1)[1]
+  stops = [i for i in (part.find(f"\n{'#' * n} ") for n in range(1, len(level) + 1)) if i >= 0]
+  return part[: min(stops)] if stops else part
 
 
 def test_dataset_named_from_config_and_frozen_wording(tmp_path):
@@ -400,7 +438,9 @@ def test_dataset_named_from_config_and_frozen_wording(tmp_path):
     source="download",
   )
   text = pathlib.Path(write_report(str(wd), n_boot=N_BOOT, figures=False)).read_text()
-  assert "Data: **isic2019** (`data.name` = `isic2019`), source `download`" in text
+  # data.source is DermaMNIST's field (every config carries it): not shown for others.
+  assert "Data: **isic2019** (`data.name` = `isic2019`);" in text
+  assert "source `download`" not in text
   assert "MedMNIST v2 ResNet-18" not in text
   assert "the MedMNIST v2 numbers are for DermaMNIST, and this run's data are `isic2019`" in text
   assert "frozen backbone (only" not in text and "A frozen backbone" not in text
@@ -467,9 +507,12 @@ def test_report_numbers_equal_metric_files_and_bootstrap(tmp_path):
   pb = np.stack([p.probs for p in preds["imagenet"]])
   d = stats.paired_bootstrap_diff(labels, pa, pb, "balanced_accuracy", n_boot=N_BOOT, seed=0)
   assert d.lo > 0
-  assert (
-    f"| balanced accuracy | `vae` − `imagenet` = {d.estimate:+.3f} [{d.lo:+.3f}, {d.hi:+.3f}] |"
-  ) in text
+  header = _cells(text, "| A − B | paired seeds |")
+  row = _cells(text, "| `vae` − `imagenet` |")
+  assert row[1] == "0, 1"
+  assert row[header.index("balanced accuracy")].startswith(
+    f"{d.estimate:+.3f} [{d.lo:+.3f}, {d.hi:+.3f}]; 2 of 2 seeds exclude 0; per seed "
+  )
   assert (
     "Test balanced accuracy (higher is better): **`vae`** is higher: `vae` − `imagenet` = "
     f"{d.estimate:+.3f} [{d.lo:+.3f}, {d.hi:+.3f}] (95% paired bootstrap over 300 images, mean "
@@ -493,7 +536,8 @@ def test_identical_arms_no_difference_detectable(tmp_path):
       src = wd / "arms" / "vae" / f"seed_{s}" / name
       (wd / "arms" / "imagenet" / f"seed_{s}" / name).write_bytes(src.read_bytes())
   text = pathlib.Path(write_report(str(wd), n_boot=N_BOOT, figures=False)).read_text()
-  assert "| balanced accuracy | `vae` − `imagenet` = +0.000 [+0.000, +0.000] |" in text
+  cell = "+0.000 [+0.000, +0.000]; 0 of 2 seeds exclude 0; per seed +0.000 ± 0.000"
+  assert _cells(text, "| `vae` − `imagenet` |") == ["`vae` − `imagenet`", "0, 1", *[cell] * 4]
   assert "Test balanced accuracy (higher is better): no difference detectable" in text
   assert "**Overall: no difference detectable on the test set.**" in text
 
@@ -575,13 +619,14 @@ def test_shift_section_with_partial_outside_set(tmp_path):
   labels = read_predictions_csv(
     wd / "arms" / "vae" / "seed_0" / "external" / "isic_subset" / "predictions.csv"
   ).labels
+  # The outside set is resampled with its own seed, independently of the test split.
+  ext_seed = analysis.bootstrap_seed(0, "isic_subset")
+  assert ext_seed != analysis.bootstrap_seed(0, "test") == 0
   d = stats.paired_bootstrap_diff(
-    labels, preds["vae"], preds["imagenet"], "balanced_accuracy", n_boot=N_BOOT
+    labels, preds["vae"], preds["imagenet"], "balanced_accuracy", n_boot=N_BOOT, seed=ext_seed
   )
-  assert (
-    f"| balanced accuracy | `vae` − `imagenet` = {d.estimate:+.3f} [{d.lo:+.3f}, {d.hi:+.3f}] |"
-    in part
-  )
+  row = _cells(part, "| `vae` − `imagenet` | 0, 1 |")
+  assert row[3].startswith(f"{d.estimate:+.3f} [{d.lo:+.3f}, {d.hi:+.3f}]; ")
   assert (
     "Verdict (`isic_subset` (shifted), balanced accuracy): **`vae` generalised better**" in shift
   )
@@ -589,7 +634,26 @@ def test_shift_section_with_partial_outside_set(tmp_path):
     "Verdict (test split (in distribution), balanced accuracy): **`vae` generalised better**"
     in shift
   )
-  assert "- `isic_subset`: the answer is the same as in distribution." in shift
+  # The change under shift: (vae − imagenet on the outside set) − (on the test split).
+  test_ba = {
+    arm: np.mean(
+      [
+        json.loads((wd / "arms" / arm / f"seed_{s}" / "test_metrics.json").read_text())[
+          "balanced_accuracy"
+        ]
+        for s in (0, 1)
+      ]
+    )
+    for arm in ("vae", "imagenet")
+  }
+  ext_ba = {
+    arm: np.mean([m["balanced_accuracy"] for m in ext[2 * i : 2 * i + 2]])
+    for i, arm in enumerate(("vae", "imagenet"))
+  }
+  change = (ext_ba["vae"] - ext_ba["imagenet"]) - (test_ba["vae"] - test_ba["imagenet"])
+  row = _cells(shift, "| `vae` − `imagenet` | `isic_subset` |")
+  assert row[5].startswith(f"{change:+.3f} [")
+  assert row[3].startswith(f"{test_ba['vae'] - test_ba['imagenet']:+.3f} [")
   assert _is_png(wd / "figures" / "shift_balanced_accuracy.png")
   assert (
     "figures/shift_balanced_accuracy.png" in text
@@ -617,4 +681,394 @@ def test_shift_answer_changes(tmp_path):
   assert (
     "Verdict (`isic_subset` (shifted), balanced accuracy): **no difference detectable**" in text
   )
-  assert "- `isic_subset`: **the answer changes** between in-distribution and shifted data." in text
+  # The change itself is tested: imagenet's deficit vanishes on the outside set, so
+  # (vae − imagenet shifted) − (vae − imagenet in distribution) = −(the test-split difference).
+  in_dist = _cells(text, "| `vae` − `imagenet` | 0, 1 |")[3].split(" [")[0]
+  row = _cells(text, "| `vae` − `imagenet` | `isic_subset` |")
+  assert row[4].startswith("+0.000 [+0.000, +0.000]") and row[3].startswith(in_dist)
+  assert row[5].startswith(f"{-float(in_dist):+.3f} [")
+  assert row[7] == "**changes**: smaller on the shifted set"
+  assert (
+    "- `isic_subset`: **the answer changes under shift**: `vae` − `imagenet` in balanced "
+    "accuracy is smaller on the shifted set (shifted − test split = "
+  ) in text
+
+
+# ----------------------------------------------------------------------------- planted outcomes
+# Arms whose right and wrong images are chosen per seed, so that every number the report
+# prints about them follows from simple counting.
+
+
+def _planted_run(d, ids, labels, right, names, metrics_name, preds_name):
+  """A run that is right exactly on the images where `right` is true (probability 0.6 on the
+  predicted class), wrong elsewhere (it predicts the next class)."""
+  k = len(names)
+  labels = np.asarray(labels)
+  pred = np.where(right, labels, (labels + 1) % k)
+  probs = np.full((labels.shape[0], k), 0.4 / (k - 1))
+  probs[np.arange(labels.shape[0]), pred] = 0.6
+  m = metrics.classification_metrics(labels, probs, k, loss=0.5)
+  m["class_names"] = list(names)
+  m["majority_baseline"] = metrics.majority_baseline(labels, labels, k)
+  d.mkdir(parents=True, exist_ok=True)
+  (d / metrics_name).write_text(json.dumps(m))
+  write_predictions_csv(d / preds_name, ids, labels, probs, names)
+
+
+def _planted_study(root, test_right, ext_right=None, n_test=None, n_ext=None):
+  """test_right / ext_right: arm -> one boolean mask per seed over the test / outside images;
+  labels cycle through 3 classes (i % 3)."""
+  for arm, masks in test_right.items():
+    for s, right in enumerate(masks):
+      d = root / "arms" / arm / f"seed_{s}"
+      labels = np.arange(len(right)) % 3
+      _planted_run(
+        d,
+        [str(i) for i in range(len(right))],
+        labels,
+        right,
+        CLASSES,
+        "test_metrics.json",
+        "test_predictions.csv",
+      )
+      config = {"seed": s, "data": {"name": "dermamnist"}, "init": {"source": arm}}
+      (d / "config.json").write_text(json.dumps(config))
+      hist = _history(3, 1.0, 0.8, 0.5, 0.6, 0.02, 0.03)
+      (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in hist))
+      if ext_right is not None:
+        right = ext_right[arm][s]
+        _planted_run(
+          d / "external" / "outside",
+          [f"ISIC_{i:07d}" for i in range(len(right))],
+          np.arange(len(right)) % 3,
+          right,
+          CLASSES,
+          "metrics.json",
+          "predictions.csv",
+        )
+  return root
+
+
+def _mask(n, *ranges):
+  m = np.zeros(n, bool)
+  for lo, hi in ranges:
+    m[lo:hi] = True
+  return m
+
+
+def test_paired_cells_equal_planted_differences(tmp_path):
+  """Per seed, vae − imagenet is planted: seed 0 vae is right on 30 more images (10 per class),
+  seed 1 both are right on the same images, seed 2 vae gains 15 images and loses 15 (5 per
+  class each). So per seed the difference in accuracy and in balanced accuracy is 1/3, 0, 0,
+  and only seed 0's own interval can exclude 0 (seed 1's is exactly [0, 0])."""
+  n = 90
+  right = {
+    "vae": [_mask(n, (0, 72)), _mask(n, (0, 60)), _mask(n, (0, 45))],
+    "imagenet": [_mask(n, (0, 42)), _mask(n, (0, 60)), _mask(n, (0, 30), (45, 60))],
+  }
+  wd = _planted_study(tmp_path / "p", right)
+  text = pathlib.Path(write_report(str(wd), n_boot=N_BOOT, figures=False)).read_text()
+  per_seed = [
+    (ra.sum() - rb.sum()) / n for ra, rb in zip(right["vae"], right["imagenet"], strict=True)
+  ]
+  assert per_seed == [1 / 3, 0.0, 0.0]
+  mean, std = np.mean(per_seed), np.std(per_seed, ddof=1)
+  header = _cells(text, "| A − B | paired seeds |")
+  row = _cells(text, "| `vae` − `imagenet` |")
+  assert row[1] == "0, 1, 2"
+  for metric in ("accuracy", "balanced accuracy"):
+    cell = row[header.index(metric)]
+    assert cell.startswith(f"{mean:+.3f} [")
+    assert cell.endswith(f"; 1 of 3 seeds exclude 0; per seed {mean:+.3f} ± {std:.3f}"), cell
+  # The pooled interval: seed 0's gain is in every resample, seed 2's swaps average out.
+  lo = float(row[header.index("accuracy")].split("[")[1].split(",")[0])
+  assert 0 < lo < mean
+  assert (
+    "Test balanced accuracy (higher is better): **`vae`** is higher: `vae` − `imagenet` = "
+    f"{mean:+.3f} [" in text
+  )
+
+
+def test_paper_arm_is_exact_and_unknown_arms_come_last(tmp_path):
+  assert runs.paper_arm("vae") == "self_supervised" and runs.paper_arm("imagenet") == "imagenet"
+  for name in ("imagenet_simclr", "simclr", "micle", "scratch", "vae_large"):
+    assert runs.paper_arm(name) is None, name
+  assert runs.is_self_supervised("imagenet_simclr") and not runs.is_self_supervised("scratch")
+  assert sorted(["zeta", "micle", "alpha", "imagenet", "vae"], key=runs.arm_sort_key) == [
+    "vae",
+    "imagenet",
+    "micle",
+    "alpha",
+    "zeta",
+  ]
+
+
+# Every pair of arms, in the report's order: A − B with ImageNet, then scratch, as B.
+SIX_ARM_PAIRS = [
+  ("vae", "imagenet"),
+  ("scratch", "imagenet"),
+  ("simclr", "imagenet"),
+  ("imagenet_simclr", "imagenet"),
+  ("zeta", "imagenet"),
+  ("vae", "scratch"),
+  ("simclr", "scratch"),
+  ("imagenet_simclr", "scratch"),
+  ("zeta", "scratch"),
+  ("vae", "simclr"),
+  ("vae", "imagenet_simclr"),
+  ("simclr", "imagenet_simclr"),
+  ("vae", "zeta"),
+  ("simclr", "zeta"),
+  ("imagenet_simclr", "zeta"),
+]
+
+
+def test_every_pair_of_arms_in_one_table_and_who_beats_imagenet(tmp_path):
+  kinds = {"zeta": 1.0, "simclr": 3.0, "imagenet": 1.0, "scratch": 0.6, "vae": 0.2}
+  kinds["imagenet_simclr"] = 2.2
+  wd = _make_new_workdir(tmp_path / "six", kinds, {a: False for a in kinds})
+  text = pathlib.Path(write_report(str(wd), n_boot=100, figures=False)).read_text()
+  order = ["vae", "imagenet", "scratch", "simclr", "imagenet_simclr", "zeta"]
+  setup = _section(text, "## Setup")
+  table = setup.split("| arm | dataset |", 1)[1].split("\n\n", 1)[0]
+  assert [line.split("`")[1] for line in table.splitlines() if line.startswith("| `")] == order
+  assert "`zeta` = an arm this report does not know" in setup
+  assert "`imagenet_simclr` = self-supervised, contrastive" in setup
+  # imagenet_simclr is not the paper's ImageNet arm; the paper's table covers every arm.
+  assert "### `imagenet_simclr` (2 seeds) — no matching paper arm" in text
+  assert "### `imagenet` (2 seeds) — paper arm: ImageNet transfer" in text
+  assert "### `scratch` (2 seeds) — no matching paper arm" in text
+
+  test_part = _section(text, "### Differences between the arms (paired bootstrap, test split)")
+  rows = [line for line in test_part.splitlines() if line.startswith("| `")]
+  assert [tuple(c.strip("`") for c in r.split("|")[1].strip().split(" − ")) for r in rows] == (
+    SIX_ARM_PAIRS
+  )
+  acc = {
+    arm: np.mean(
+      [
+        json.loads((wd / "arms" / arm / f"seed_{s}" / "test_metrics.json").read_text())["accuracy"]
+        for s in (0, 1)
+      ]
+    )
+    for arm in order
+  }
+  for a, b in SIX_ARM_PAIRS:
+    cells = _cells(test_part, f"| `{a}` − `{b}` |")
+    assert cells[2].startswith(f"{acc[a] - acc[b]:+.3f} ["), (a, b, cells[2])
+
+  # The conclusion: the paper's question first, then the self-supervised arms vs ImageNet.
+  concl = text.split("## Conclusion", 1)[1]
+  paper = concl.index("### The paper's question: `vae` (self-supervised VAE) vs `imagenet`")
+  assert paper < concl.index("### Self-supervised arms vs ImageNet")
+  # Only vae and imagenet enter the headline verdict (zeta has the smallest gap of all arms,
+  # simclr the best test scores).
+  assert "**Overall: `imagenet` generalised better on these data**" in concl
+  assert "Test balanced accuracy (higher is better): **`imagenet`** is higher" in concl
+  label = "identical classifier, all training labels"
+  assert (
+    f"**Self-supervised arms that beat ImageNet:** `simclr` ({label}) and `imagenet_simclr` "
+    f"({label})."
+  ) in concl
+  assert f"**Where self-supervision loses to ImageNet:** `vae` ({label})." in concl
+  board = _cells(concl, "| `simclr` |")
+  assert board[1].startswith("**beats**: balanced accuracy +")
+  assert _cells(concl, "| `vae` |")[1].startswith("**loses**: balanced accuracy -")
+  assert "| `scratch` |" not in concl and "| `zeta` |" not in concl  # not self-supervised
+
+
+def test_linear_probe_and_label_fractions(tmp_path, monkeypatch):
+  # Of the figures only label_efficiency.png is tested here: the others are not drawn (time).
+  for name in ("save_curves", "save_confusion_matrix", "save_reliability_diagram"):
+    monkeypatch.setattr(plots, name, lambda *args, **kwargs: None)
+  root = tmp_path / "lf"
+  signal = {0.01: 0.3, 0.1: 1.0, 1.0: 2.5}  # more labels, a better arm
+  for protocol, folder in (("classifier", "arms"), ("probe", "probes")):
+    for f, boost in signal.items():
+      where = folder if f == 1.0 else f"fractions/{format(f, 'g')}/{folder}"
+      _make_new_workdir(
+        root,
+        {"vae": boost - 0.2, "imagenet": boost + (0.5 if protocol == "probe" else 0.0)},
+        {"vae": protocol == "probe", "imagenet": protocol == "probe"},
+        folder=where,
+        label_fraction=f,
+        linear=protocol == "probe",
+      )
+  # Two config contradictions the report must flag.
+  p = root / "probes" / "imagenet" / "seed_1" / "config.json"
+  p.write_text(json.dumps({**json.loads(p.read_text()), "freeze_backbone": False}))
+  p = root / "fractions" / "0.1" / "arms" / "vae" / "seed_0" / "config.json"
+  p.write_text(json.dumps({**json.loads(p.read_text()), "label_fraction": 0.5}))
+  text = pathlib.Path(write_report(str(root), n_boot=100)).read_text()
+
+  warnings = _section(text, "## Warnings")
+  assert (
+    "`probes/imagenet/seed_1`: a linear-probe run whose config.json has `freeze_backbone` = false"
+  ) in warnings
+  assert (
+    "`fractions/0.1/arms/vae/seed_0`: config.json says `label_fraction` = 0.5, but the run is in "
+    "the folder for 0.1"
+  ) in warnings
+  setup = _section(text, "## Setup")
+  assert "- **linear probe** (`probes/`): the arm's backbone frozen" in setup
+  assert (
+    "- **1% of the training labels** (`fractions/0.01/`, a class-stratified subset): identical "
+    "classifier: `vae`, `imagenet`; linear probe: `vae`, `imagenet`."
+  ) in setup
+
+  def mean_metric(folder, arm, metric):
+    return np.mean(
+      [
+        json.loads((root / folder / arm / f"seed_{s}" / "test_metrics.json").read_text())[metric]
+        for s in (0, 1)
+      ]
+    )
+
+  def preds(folder, arm):
+    ps = [
+      read_predictions_csv(root / folder / arm / f"seed_{s}" / "test_predictions.csv")
+      for s in (0, 1)
+    ]
+    return ps[0].labels, np.stack([p.probs for p in ps])
+
+  # The second protocol: both protocols' rows side by side, the probe's own tables.
+  probe = _section(text, "## Second evaluation protocol: linear probe")
+  for arm in ("vae", "imagenet"):
+    for protocol, folder in (("identical classifier", "arms"), ("linear probe", "probes")):
+      cells = _cells(probe, f"| `{arm}` | {protocol} |")
+      want = mean_metric(folder, arm, "balanced_accuracy")
+      assert cells[4].startswith(f"{want:.3f} ["), (arm, protocol, cells)
+  probe_table = _section(probe, "### Linear probe: test-set metrics")
+  acc = [
+    json.loads((root / "probes" / "vae" / f"seed_{s}" / "test_metrics.json").read_text())[
+      "accuracy"
+    ]
+    for s in (0, 1)
+  ]
+  assert _cells(probe_table, "| `vae` |")[2] == f"{np.mean(acc):.3f} ± {np.std(acc, ddof=1):.3f}"
+  diffs = _section(probe, "### Linear probe: differences between the arms")
+  want = mean_metric("probes", "vae", "macro_auc") - mean_metric("probes", "imagenet", "macro_auc")
+  assert _cells(diffs, "| `vae` − `imagenet` |")[5].startswith(f"{want:+.3f} [")
+  assert "| `vae` | 2 | +0.020 ± 0.000 |" in _section(probe, "### Linear probe: overfitting gap")
+
+  # Label efficiency: every fraction's cell is the metric averaged over seeds [its interval].
+  eff = _section(text, "## Label efficiency")
+  for metric, name in (("balanced_accuracy", "balanced accuracy"), ("macro_auc", "macro AUC")):
+    table = eff.split(f"Test {name} by fraction of the training labels:", 1)[1]
+    assert _cells(table, "| arm | protocol |") == ["arm", "protocol", "seeds", "1%", "10%", "100%"]
+    for arm in ("vae", "imagenet"):
+      for protocol, folder in (("identical classifier", "arms"), ("linear probe", "probes")):
+        want = [arm, protocol, "2"]
+        for f in (0.01, 0.1, 1.0):
+          where = folder if f == 1.0 else f"fractions/{format(f, 'g')}/{folder}"
+          labels, probs = preds(where, arm)
+          est, lo, hi = stats.bootstrap_ci(labels, probs, metric, n_boot=100, seed=0)
+          assert est == pytest.approx(mean_metric(where, arm, metric))
+          want.append(f"{mean_metric(where, arm, metric):.3f} [{lo:.3f}, {hi:.3f}]")
+        assert _cells(table, f"| `{arm}` | {protocol} |") == [f"`{want[0]}`", *want[1:]]
+  assert _is_png(root / "figures" / "label_efficiency.png")
+  assert "![label efficiency](figures/label_efficiency.png)" in text
+
+  # The conclusion compares vae with imagenet under every protocol and fraction.
+  board = _section(text, "### Self-supervised arms vs ImageNet")
+  assert _cells(board, "| A (vs `imagenet`) |") == [
+    "A (vs `imagenet`)",
+    "identical classifier, all training labels",
+    "linear probe, all training labels",
+    "identical classifier, 1% of the training labels",
+    "linear probe, 1% of the training labels",
+    "identical classifier, 10% of the training labels",
+    "linear probe, 10% of the training labels",
+  ]
+  assert _cells(board, "| `vae` |")[2].startswith("**loses**: balanced accuracy -")
+
+
+def test_shift_change_is_tested_on_the_change_itself(tmp_path):
+  """vae − imagenet is +0.1 on both sets. On 600 test images that interval excludes 0, on 60
+  outside images it does not: the verdicts differ, but the change (0) is not detectable, and
+  the report must not say that the answer changes. Then imagenet becomes better outside: a
+  change of −0.4 that it must report."""
+  n, m = 600, 60
+  test = {  # vae: +1 on 90 images (30 per class), −1 on 30 (10 per class)
+    "vae": [_mask(n, (0, 390), (420, 510))] * 2,
+    "imagenet": [_mask(n, (0, 420))] * 2,
+  }
+  ext = {  # +1 on 9 images (3 per class), −1 on 3 (1 per class)
+    "vae": [_mask(m, (0, 30), (33, 42))] * 2,
+    "imagenet": [_mask(m, (0, 33))] * 2,
+  }
+  wd = _planted_study(tmp_path / "same", test, ext)
+  text = pathlib.Path(write_report(str(wd), n_boot=400, figures=False)).read_text()
+  assert "Verdict (test split (in distribution), balanced accuracy): **`vae` generalised" in text
+  assert "Verdict (`outside` (shifted), balanced accuracy): **no difference detectable**" in text
+  row = _cells(text, "| `vae` − `imagenet` | `outside` |")
+  assert row[3].startswith("+0.100 [") and row[4].startswith("+0.100 [")
+  assert row[5].startswith("+0.000 [") and row[7] == "no detectable change"
+  assert "**the answer changes" not in text and "**changes**" not in text
+  assert (
+    "- `outside`: no detectable change of `vae` − `imagenet` under shift (shifted − test split = "
+    "+0.000 ["
+  ) in text
+  assert "although the two sets' verdicts differ" in text
+
+  ext["vae"] = [_mask(m, (0, 30), (51, 54))] * 2  # +1 on 3 images, −1 on 21: −0.3
+  ext["imagenet"] = [_mask(m, (0, 51))] * 2
+  wd = _planted_study(tmp_path / "changed", test, ext)
+  text = pathlib.Path(write_report(str(wd), n_boot=400, figures=False)).read_text()
+  row = _cells(text, "| `vae` − `imagenet` | `outside` |")
+  assert row[4].startswith("-0.300 [") and row[5].startswith("-0.400 [")
+  assert row[7] == "**changes**: smaller on the shifted set"
+  assert "- `outside`: **the answer changes under shift**" in text
+
+
+def test_shift_change_resamples_both_sets_independently(tmp_path):
+  """The outside set is a copy of the test split (other image ids, same size): a change
+  computed on the same resamples of both would be exactly 0 in every resample; resampling
+  both sets independently gives a half-width of about sqrt(2) times either set's."""
+  n = 300
+  right = {"vae": [_mask(n, (0, 240))], "imagenet": [_mask(n, (0, 210))]}
+  wd = _planted_study(tmp_path / "copy", right, right)
+  text = pathlib.Path(write_report(str(wd), n_boot=1000, figures=False)).read_text()
+  row = _cells(text, "| `vae` − `imagenet` | `outside` |")
+
+  def half_width(cell):
+    lo, hi = (float(x) for x in cell.split("[")[1].split("]")[0].split(","))
+    return (hi - lo) / 2
+
+  h_in, h_out, h_change = (half_width(row[i]) for i in (3, 4, 5))
+  assert h_in > 0 and h_out > 0
+  assert h_change == pytest.approx(np.hypot(h_in, h_out), rel=0.15)
+  # and the expected size from the planted design: 30 of 300 images differ, all in vae's favour
+  p = 30 / n
+  assert h_change == pytest.approx(1.96 * np.sqrt(2 * p * (1 - p) / n), rel=0.15)
+
+
+def test_latent_map_of_the_first_vae_seed(tmp_path):
+  wd = _make_workdir(tmp_path / "cmp", winner="vae", seeds=1)
+  for s in (3, 1):
+    (wd / "vae" / f"seed_{s}").mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(wd / "vae" / f"seed_{s}" / "latent_pca.png")
+  (wd / "vae" / "seed_0").mkdir()  # a seed folder without a latent map
+  text = pathlib.Path(write_report(str(wd), figures=False)).read_text()
+  assert "![VAE latent PCA](vae/seed_1/latent_pca.png)" in text
+  assert "seed_3" not in text
+
+
+def test_bad_fraction_folders_are_clear_errors(tmp_path):
+  wd = _make_workdir(tmp_path / "cmp", winner="vae", seeds=1)
+  (wd / "fractions" / "half" / "arms").mkdir(parents=True)
+  with pytest.raises(ReportError, match="fractions/half: expected a label fraction"):
+    write_report(str(wd), figures=False)
+  (wd / "fractions" / "half" / "arms").rmdir()
+  (wd / "fractions" / "half").rmdir()
+  (wd / "fractions" / "1").mkdir()  # all labels are arms/ and probes/, not a fraction
+  with pytest.raises(ReportError, match="fractions/1: expected a label fraction"):
+    write_report(str(wd), figures=False)
+  (wd / "fractions" / "1").rmdir()
+  (wd / "fractions" / "0.1").mkdir()
+  with pytest.raises(ReportError, match="holds neither arms/ nor probes/"):
+    write_report(str(wd), figures=False)
+  (wd / "fractions" / "0.10" / "arms").mkdir(parents=True)
+  (wd / "fractions" / "0.1" / "arms").mkdir()
+  with pytest.raises(ReportError, match="are the same label fraction"):
+    write_report(str(wd), figures=False)

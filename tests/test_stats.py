@@ -51,11 +51,61 @@ def test_macro_auc_pair_matrix_and_sort_paths_agree(data, monkeypatch):
     np.testing.assert_allclose(fast, slow, atol=1e-12)
 
 
-def test_bootstrap_ci_contains_estimate_and_is_reproducible(data):
+def _scored(correct, k=2, rng=None):
+  """(labels, probs) of a classifier that is right exactly where `correct` is true."""
+  rng = rng or np.random.default_rng(0)
+  correct = np.asarray(correct, bool)
+  labels = rng.integers(0, k, size=correct.shape[0])
+  pred = np.where(correct, labels, (labels + 1) % k)
+  probs = np.full((correct.shape[0], k), 0.1 / (k - 1))
+  probs[np.arange(correct.shape[0]), pred] = 0.9
+  return labels, probs
+
+
+def test_bootstrap_ci_is_reproducible(data):
   labels, _, good, _ = data
   est, lo, hi = stats.bootstrap_ci(labels, good, "balanced_accuracy", n_boot=500, seed=1)
   assert lo < est < hi and 0.0 <= lo and hi <= 1.0
   assert stats.bootstrap_ci(labels, good, "balanced_accuracy", n_boot=500, seed=1) == (est, lo, hi)
+  assert stats.bootstrap_ci(labels, good, "balanced_accuracy", n_boot=500, seed=2) != (est, lo, hi)
+
+
+def test_bootstrap_width_matches_the_normal_approximation():
+  """Accuracy of n = 5000 Bernoulli(0.7) outcomes: the 95% interval's half-width is
+  1.96 sqrt(p (1 - p) / n) (about 0.0127), and the interval is centred on the estimate."""
+  rng = np.random.default_rng(11)
+  n = 5000
+  labels, probs = _scored(rng.random(n) < 0.7, rng=rng)
+  est, lo, hi = stats.bootstrap_ci(labels, probs, "accuracy", n_boot=2000, seed=0)
+  p = float(np.mean(np.argmax(probs, axis=1) == labels))
+  assert est == pytest.approx(p)
+  want = 1.96 * np.sqrt(p * (1 - p) / n)
+  assert (hi - lo) / 2 == pytest.approx(want, rel=0.10)
+  assert (lo + hi) / 2 == pytest.approx(p, abs=0.15 * want)
+
+
+def test_bootstrap_coverage_on_simulated_test_sets():
+  """200 simulated test sets of 200 images from a classifier whose true accuracy is 0.7 (and a
+  second one at 0.6, scored on the same images): the 95% interval of the accuracy, and the
+  paired interval of the difference, cover the true value (0.7; 0.1) in 90-99% of the sets."""
+  rng = np.random.default_rng(2024)
+  n, sets = 200, 200
+  cover_acc = cover_diff = 0
+  for i in range(sets):
+    u = rng.random(n)
+    labels, pa = _scored(u < 0.7, rng=rng)
+    # the second classifier: right on a random 6/7 of the first one's right images, so
+    # P(right) = 0.6 and the two are correlated, as two arms on the same images are.
+    right_b = (u < 0.7) & (rng.random(n) < 6 / 7)
+    pred_b = np.where(right_b, labels, (labels + 1) % 2)
+    pb = np.full((n, 2), 0.1)
+    pb[np.arange(n), pred_b] = 0.9
+    _, lo, hi = stats.bootstrap_ci(labels, pa, "accuracy", n_boot=400, seed=i)
+    cover_acc += lo <= 0.7 <= hi
+    _, lo, hi = stats.paired_bootstrap_diff(labels, pa, pb, "accuracy", n_boot=400, seed=i)
+    cover_diff += lo <= 0.1 <= hi
+  assert 0.90 <= cover_acc / sets <= 0.99, cover_acc
+  assert 0.90 <= cover_diff / sets <= 0.99, cover_diff
 
 
 def test_paired_diff_detects_planted_difference(data):
@@ -77,16 +127,45 @@ def test_paired_diff_identical_arms_contains_zero(data):
   assert d.lo < 0 < d.hi
 
 
-def test_seed_axis_pools_runs(data):
-  labels, _, good, bad = data
-  both = np.stack([good, bad])
-  est, lo, hi = stats.bootstrap_ci(labels, both, "accuracy", n_boot=200)
-  assert est == pytest.approx(
-    (stats.metric_value(labels, good, "accuracy") + stats.metric_value(labels, bad, "accuracy")) / 2
+def test_seed_axis_pools_runs():
+  """Two runs (seeds) scored on the same images: the statistic is the mean of their accuracies
+  on each resample of the images, drawn once for both runs. Its spread is then that of the
+  per-image mean correctness (c1 + c2) / 2; resampling each run's images separately would give
+  the narrower sqrt(var c1 + var c2) / 2, which this test tells apart."""
+  rng = np.random.default_rng(5)
+  n = 4000
+  c1 = rng.random(n) < 0.75
+  c2 = np.where(rng.random(n) < 0.15, ~c1, c1)  # the second seed agrees on 85% of images
+  labels = rng.integers(0, 2, size=n)
+  runs = []
+  for c in (c1, c2):
+    pred = np.where(c, labels, 1 - labels)
+    p = np.full((n, 2), 0.2)
+    p[np.arange(n), pred] = 0.8
+    runs.append(p)
+  both = np.stack(runs)
+  est, lo, hi = stats.bootstrap_ci(labels, both, "accuracy", n_boot=2000, seed=0)
+  assert est == pytest.approx((c1.mean() + c2.mean()) / 2)
+  pooled = 1.96 * np.std((c1.astype(float) + c2) / 2) / np.sqrt(n)
+  separate = 1.96 * np.sqrt(c1.var() + c2.var()) / 2 / np.sqrt(n)
+  assert pooled > 1.2 * separate  # the two expectations are far enough apart to tell
+  assert (hi - lo) / 2 == pytest.approx(pooled, rel=0.08)
+  # Identical seeds add nothing: the interval is that of one run.
+  assert stats.bootstrap_ci(labels, np.stack([runs[0], runs[0]]), "accuracy", n_boot=300) == (
+    stats.bootstrap_ci(labels, runs[0], "accuracy", n_boot=300)
   )
-  assert lo < est < hi
-  d = stats.paired_bootstrap_diff(labels, both, both[::-1], "accuracy", n_boot=200)
-  assert d.estimate == pytest.approx(0.0, abs=1e-12)
+  # Paired over seeds: seed s of A with seed s of B, one resample of the images for all four.
+  d = stats.paired_bootstrap_diff(labels, both, both[::-1], "accuracy", n_boot=2000, seed=0)
+  assert d.estimate == pytest.approx(0.0, abs=1e-12) and d.lo == pytest.approx(-d.hi, abs=1e-12)
+  other = np.stack([runs[1], np.roll(runs[0], 1, axis=0)])  # another arm, same images
+  d = stats.paired_bootstrap_diff(labels, both, other, "accuracy", n_boot=2000, seed=0)
+
+  def right(p):
+    return (np.argmax(p, axis=1) == labels).astype(float)
+
+  per_image = ((right(both[0]) - right(other[0])) + (right(both[1]) - right(other[1]))) / 2
+  assert d.estimate == pytest.approx(per_image.mean())
+  assert (d.hi - d.lo) / 2 == pytest.approx(1.96 * per_image.std() / np.sqrt(n), rel=0.08)
 
 
 def test_bootstrap_is_fast_enough():

@@ -1,12 +1,17 @@
 """Numbers behind the report: per-seed summaries over seeds and, per evaluation set, bootstrap
-intervals, paired differences between the arms, calibration and majority-class checks.
+intervals, paired differences between every pair of arms, calibration and majority-class
+checks; the change of a paired difference between the test split and a shifted set; the
+label-efficiency points (a metric against the fraction of training labels).
 
-Does not import jax.
+Resampling: within one set every arm, seed and metric is scored on the same resamples
+(paired); different sets are resampled independently (`bootstrap_seed` gives each set its
+own resampling seed). Does not import jax.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import zlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -14,10 +19,21 @@ import numpy as np
 
 from derm_jax import stats
 from derm_jax.evaluation.predictions import Predictions
-from derm_jax.report.runs import TEST_SET, ArmRuns, EvalSet, SeedRun, num
+from derm_jax.report.runs import (
+  TEST_SET,
+  ArmRuns,
+  Condition,
+  EvalSet,
+  SeedRun,
+  arm_pairs,
+  arm_sort_key,
+  num,
+)
 
 # Metrics with bootstrap intervals, in table order, and their plain names.
 CI_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc")
+# The metrics of the label-efficiency table and figure (and of the fraction runs' intervals).
+EFFICIENCY_METRICS = ("balanced_accuracy", "macro_auc")
 METRIC_NAMES = {
   "accuracy": "accuracy",
   "balanced_accuracy": "balanced accuracy",
@@ -104,6 +120,8 @@ class SetAnalysis:
   name: str
   shifted: bool
   runs: dict[str, list[tuple[int, EvalSet]]]  # arm -> [(seed, evaluation)]
+  metrics: tuple[str, ...] = CI_METRICS  # the metrics with intervals
+  boot_seed: int = 0  # this set's resampling seed (`bootstrap_seed`)
   class_names: list[str] | None = None
   support: list[int] | None = None  # images per class
   n_images: int | None = None
@@ -111,7 +129,13 @@ class SetAnalysis:
     default_factory=dict
   )  # arm -> metric
   ci_seeds: dict[str, list[int]] = dataclasses.field(default_factory=dict)  # seeds with predictions
-  diffs: dict[tuple[str, str], dict[str, PairDiff]] = dataclasses.field(default_factory=dict)
+  diffs: dict[tuple[str, str], dict[str, PairDiff]] = dataclasses.field(
+    default_factory=dict
+  )  # (a, b) -> metric -> a − b, every pair in `arm_pairs` order
+  # arm -> metric -> (n_boot, seeds) resampled values, in the order of ci_seeds[arm]
+  values: dict[str, dict[str, np.ndarray]] = dataclasses.field(default_factory=dict)
+  # arm -> metric -> per-seed metric on all the set's images, in the order of ci_seeds[arm]
+  estimates: dict[str, dict[str, list[float | None]]] = dataclasses.field(default_factory=dict)
   notes: list[str] = dataclasses.field(
     default_factory=list
   )  # why intervals are (partly) unavailable
@@ -177,14 +201,29 @@ def _cm_labels_probs(cm: Any) -> tuple[np.ndarray, np.ndarray] | None:
   return labels, probs
 
 
+def bootstrap_seed(seed: int, set_name: str) -> int:
+  """The resampling seed of one evaluation set: `seed` for the test split, and for an outside
+  set a seed derived from (seed, its name), so that different sets are resampled
+  independently even when they hold the same number of images."""
+  if set_name == TEST_SET:
+    return int(seed)
+  ss = np.random.SeedSequence([int(seed), zlib.crc32(set_name.encode("utf-8"))])
+  return int(ss.generate_state(1)[0])
+
+
 def _analyse_set(
   name: str,
   runs: dict[str, list[tuple[int, EvalSet]]],
   majority: tuple[int | None, str | None],
   n_boot: int,
   seed: int,
+  metrics: Sequence[str] = CI_METRICS,
+  calibration: bool = True,
 ) -> SetAnalysis:
-  sa = SetAnalysis(name=name, shifted=name != TEST_SET, runs=runs)
+  seed = bootstrap_seed(seed, name)
+  sa = SetAnalysis(
+    name=name, shifted=name != TEST_SET, runs=runs, metrics=tuple(metrics), boot_seed=seed
+  )
   all_evals = [ev for rs in runs.values() for _, ev in rs]
   sa.class_names = _first(ev.metrics.get("class_names") for ev in all_evals)
   support = _first(ev.metrics.get("support") for ev in all_evals)
@@ -232,13 +271,12 @@ def _analyse_set(
     sa.n_images = sa.n_images or int(labels.shape[0])
 
   # Bootstrap values: the same resamples (seed, N) for every arm, seed and metric.
-  values: dict[str, dict[str, np.ndarray]] = {}
-  estimates: dict[str, dict[str, list[float | None]]] = {}
+  values, estimates = sa.values, sa.estimates
   for arm, items in aligned.items():
     probs = np.stack([p for _, p in items])
     sa.ci_seeds[arm] = [s for s, _ in items]
     values[arm], estimates[arm], sa.ci[arm] = {}, {}, {}
-    for metric in CI_METRICS:
+    for metric in sa.metrics:
       vals = stats.bootstrap_values(labels, probs, metric, n_boot=n_boot, seed=seed)
       est = [stats.metric_value(labels, p, metric) for p in probs]
       values[arm][metric], estimates[arm][metric] = vals, est
@@ -259,35 +297,33 @@ def _analyse_set(
             f"`{arm}` seed {s}: {METRIC_NAMES[metric]} {want:.4f} in the metrics file but "
             f"{got:.4f} from the predictions file"
           )
-    if not sa.shifted:
+    if calibration and not sa.shifted:
       sa.ece[arm] = [stats.expected_calibration_error(labels, p) for p in probs]
       sa.reliability[arm] = stats.reliability_bins(labels, probs)
 
-  arm_names = list(runs)
-  for i, a in enumerate(arm_names):
-    for b in arm_names[i + 1 :]:
-      if a not in values or b not in values:
-        continue
-      common = [s for s in sa.ci_seeds[a] if s in sa.ci_seeds[b]]
-      if not common:
-        continue
-      ia = [sa.ci_seeds[a].index(s) for s in common]
-      ib = [sa.ci_seeds[b].index(s) for s in common]
-      sa.diffs[(a, b)] = {}
-      for metric in CI_METRICS:
-        va, vb = values[a][metric], values[b][metric]
-        ea, eb = estimates[a][metric], estimates[b][metric]
-        per_seed = []
-        for s, ja, jb in zip(common, ia, ib, strict=True):
-          est = None if ea[ja] is None or eb[jb] is None else ea[ja] - eb[jb]
-          per_seed.append((s, stats.interval_from_values(va[:, ja] - vb[:, jb], est)))
-        with np.errstate(invalid="ignore"):
-          pooled_vals = np.mean(va[:, ia] - vb[:, ib], axis=1)
-        ests = [iv.estimate for _, iv in per_seed if iv.estimate is not None]
-        sa.diffs[(a, b)][metric] = PairDiff(
-          pooled=stats.interval_from_values(pooled_vals, float(np.mean(ests)) if ests else None),
-          per_seed=per_seed,
-        )
+  for a, b in arm_pairs(list(runs)):
+    if a not in values or b not in values:
+      continue
+    common = [s for s in sa.ci_seeds[a] if s in sa.ci_seeds[b]]
+    if not common:
+      continue
+    ia = [sa.ci_seeds[a].index(s) for s in common]
+    ib = [sa.ci_seeds[b].index(s) for s in common]
+    sa.diffs[(a, b)] = {}
+    for metric in sa.metrics:
+      va, vb = values[a][metric], values[b][metric]
+      ea, eb = estimates[a][metric], estimates[b][metric]
+      per_seed = []
+      for s, ja, jb in zip(common, ia, ib, strict=True):
+        est = None if ea[ja] is None or eb[jb] is None else ea[ja] - eb[jb]
+        per_seed.append((s, stats.interval_from_values(va[:, ja] - vb[:, jb], est)))
+      with np.errstate(invalid="ignore"):
+        pooled_vals = np.mean(va[:, ia] - vb[:, ib], axis=1)
+      ests = [iv.estimate for _, iv in per_seed if iv.estimate is not None]
+      sa.diffs[(a, b)][metric] = PairDiff(
+        pooled=stats.interval_from_values(pooled_vals, float(np.mean(ests)) if ests else None),
+        per_seed=per_seed,
+      )
 
   # Is any run no better than always predicting the majority class?
   if sa.majority_class is not None:
@@ -321,16 +357,24 @@ def _analyse_set(
 
 
 def analyse_sets(
-  arms: dict[str, ArmRuns], n_boot: int = 2000, seed: int = 0
+  arms: dict[str, ArmRuns],
+  n_boot: int = 2000,
+  seed: int = 0,
+  metrics: Sequence[str] = CI_METRICS,
+  test_only: bool = False,
+  calibration: bool = True,
 ) -> dict[str, SetAnalysis]:
   """Intervals, paired differences, calibration and majority checks per evaluation set.
 
-  Keys: TEST_SET ('test') first, then each outside set found under any run's external/.
+  Keys: TEST_SET ('test') first, then each outside set found under any run's external/
+  (none with `test_only`). `metrics`: the metrics given intervals and paired differences;
+  `calibration`: whether to compute ECE and reliability bins (test split only).
   """
   names = [TEST_SET]
-  for arm in arms.values():
-    for r in arm.runs:
-      names += [n for n in r.evals if n not in names]
+  if not test_only:
+    for arm in arms.values():
+      for r in arm.runs:
+        names += [n for n in r.evals if n not in names]
   # The train-majority class: recorded in the test metrics; else the most frequent test class.
   tests = [r.test for arm in arms.values() for r in arm.runs]
   recorded = next((m for m in map(_majority_class_of, tests) if m is not None), None)
@@ -357,5 +401,119 @@ def analyse_sets(
       a: [(r.seed, r.evals[name]) for r in arm.runs if name in r.evals] for a, arm in arms.items()
     }
     runs = {a: rs for a, rs in runs.items() if rs}
-    out[name] = _analyse_set(name, runs, majority, n_boot, seed)
+    out[name] = _analyse_set(name, runs, majority, n_boot, seed, metrics, calibration)
   return out
+
+
+# ----------------------------------------------------------------------------- under shift
+
+
+@dataclasses.dataclass
+class ShiftChange:
+  """How a paired difference `first` − `second` changes from the test split to a shifted set.
+
+  in_distribution / shifted: the paired difference (mean over `seeds`) on each set;
+  change: shifted − in_distribution, with the interval of its bootstrap distribution when
+  both sets' images are resampled, each set independently of the other.
+  """
+
+  first: str
+  second: str
+  metric: str
+  seeds: list[int]
+  in_distribution: stats.Interval
+  shifted: stats.Interval
+  change: stats.Interval
+
+
+def _pooled_pair(
+  sa: SetAnalysis, a: str, b: str, metric: str, seeds: Sequence[int]
+) -> tuple[np.ndarray, float | None]:
+  """(n_boot,) resampled mean over `seeds` of metric(a) − metric(b) on one set, and its estimate."""
+  ia = [sa.ci_seeds[a].index(s) for s in seeds]
+  ib = [sa.ci_seeds[b].index(s) for s in seeds]
+  va, vb = sa.values[a][metric], sa.values[b][metric]
+  ea, eb = sa.estimates[a][metric], sa.estimates[b][metric]
+  with np.errstate(invalid="ignore"):
+    vals = np.mean(va[:, ia] - vb[:, ib], axis=1)
+  ests = [
+    ea[i] - eb[j] for i, j in zip(ia, ib, strict=True) if ea[i] is not None and eb[j] is not None
+  ]
+  return vals, (float(np.mean(ests)) if len(ests) == len(seeds) else None)
+
+
+def shift_change(
+  base: SetAnalysis, shifted: SetAnalysis, a: str, b: str, metric: str = "balanced_accuracy"
+) -> ShiftChange | None:
+  """The change of a − b from `base` (the test split) to `shifted`, over the seeds both arms
+  have predictions for on both sets; None when there are none (or `metric` has no values).
+
+  The two sets' resamples are independent (each set has its own `boot_seed`), so the
+  interval of the change reflects the sampling of both sets' images. An answer "changes
+  under shift" only when this interval excludes 0: one set's interval excluding 0 beside
+  another's containing it is not evidence of a change.
+  """
+  if base.boot_seed == shifted.boot_seed:
+    raise ValueError("the two sets share a resampling seed: their resamples are not independent")
+  sas = (base, shifted)
+  if any(x not in sa.values or metric not in sa.values[x] for sa in sas for x in (a, b)):
+    return None
+  seeds = [s for s in base.ci_seeds[a] if all(s in sa.ci_seeds[x] for sa in sas for x in (a, b))]
+  if not seeds:
+    return None
+  v_in, e_in = _pooled_pair(base, a, b, metric, seeds)
+  v_out, e_out = _pooled_pair(shifted, a, b, metric, seeds)
+  est = None if e_in is None or e_out is None else e_out - e_in
+  return ShiftChange(
+    first=a,
+    second=b,
+    metric=metric,
+    seeds=seeds,
+    in_distribution=stats.interval_from_values(v_in, e_in),
+    shifted=stats.interval_from_values(v_out, e_out),
+    change=stats.interval_from_values(v_out - v_in, est),
+  )
+
+
+# ----------------------------------------------------------------------------- label efficiency
+
+
+@dataclasses.dataclass
+class EfficiencyPoint:
+  """One arm's test metric at one label fraction under one protocol.
+
+  estimate: the metric averaged over the seeds with predictions (over all seeds from the
+  metrics files when none has predictions); interval: its 95% bootstrap interval over the
+  test images (None without predictions); seeds: the seeds behind the estimate.
+  """
+
+  fraction: float
+  estimate: float | None
+  interval: stats.Interval | None
+  seeds: list[int]
+
+
+def label_efficiency(
+  tests: dict[Condition, SetAnalysis], metrics: Sequence[str] = EFFICIENCY_METRICS
+) -> dict[str, dict[str, dict[str, list[EfficiencyPoint]]]]:
+  """protocol -> arm -> metric -> points in ascending fraction, from each condition's test-split
+  analysis (fraction 1.0 is arms/ resp. probes/)."""
+  out: dict[str, dict[str, dict[str, list[EfficiencyPoint]]]] = {}
+  for cond in sorted(tests, key=lambda c: c.fraction):
+    sa = tests[cond]
+    for arm, rs in sa.runs.items():
+      for metric in metrics:
+        iv = sa.ci.get(arm, {}).get(metric)
+        if iv is not None:
+          point = EfficiencyPoint(cond.fraction, iv.estimate, iv, list(sa.ci_seeds[arm]))
+        else:
+          vals = [(s, num(ev.metrics.get(metric))) for s, ev in rs]
+          vals = [(s, v) for s, v in vals if v is not None]
+          point = EfficiencyPoint(
+            cond.fraction,
+            float(np.mean([v for _, v in vals])) if vals else None,
+            None,
+            [s for s, _ in vals],
+          )
+        out.setdefault(cond.protocol, {}).setdefault(arm, {}).setdefault(metric, []).append(point)
+  return {p: {a: by[a] for a in sorted(by, key=arm_sort_key)} for p, by in out.items()}

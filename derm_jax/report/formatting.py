@@ -11,6 +11,11 @@ from typing import Any
 from derm_jax import stats
 
 
+def _no_negative_zero(x: float, digits: int) -> float:
+  """0.0 for a number that rounds to zero, so that it is never printed as '-0.000'."""
+  return 0.0 if abs(x) < 0.5 * 10.0**-digits else x
+
+
 def fmt(
   mean: float | None,
   std: float | None = None,
@@ -22,7 +27,7 @@ def fmt(
   if mean is None:
     return "n/a"
   spec = f"{'+' if sign else ''}.{digits}f"
-  text = f"{mean * scale:{spec}}"
+  text = f"{_no_negative_zero(mean * scale, digits):{spec}}"
   if std is not None:
     text += f" ± {std * scale:.{digits}f}"
   return text + suffix
@@ -73,20 +78,21 @@ def fmt_value(v: Any) -> str:
   return str(v)
 
 
-
 def fmt_ci(iv: stats.Interval | None, digits: int = 3, sign: bool = False) -> str:
   """'[lo, hi]' of an interval, 'n/a' without one."""
   if iv is None or iv.lo is None or iv.hi is None:
     return "n/a"
   spec = f"{'+' if sign else ''}.{digits}f"
-  return f"[{iv.lo:{spec}}, {iv.hi:{spec}}]"
+  lo, hi = _no_negative_zero(iv.lo, digits), _no_negative_zero(iv.hi, digits)
+  return f"[{lo:{spec}}, {hi:{spec}}]"
 
 
 def fmt_diff(iv: stats.Interval | None, digits: int = 3) -> str:
   """'+0.050 [+0.010, +0.090]'."""
   if iv is None or iv.estimate is None:
     return "n/a"
-  return f"{iv.estimate:+.{digits}f} {fmt_ci(iv, digits, sign=True)}"
+  est = _no_negative_zero(iv.estimate, digits)
+  return f"{est:+.{digits}f} {fmt_ci(iv, digits, sign=True)}"
 
 
 def int_list(values: Sequence[Any]) -> str:

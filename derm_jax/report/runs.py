@@ -1,7 +1,18 @@
-"""Reading a compare workdir: its arms, their seed runs and each run's evaluations.
+"""Reading a study workdir: its arms under each evaluation protocol and label fraction, their
+seed runs and each run's evaluations.
 
-Raises ReportError naming any missing or unreadable file; predictions files are optional.
-Does not import jax.
+Layout (every run folder holds config.json, metrics.jsonl, test_metrics.json, optionally
+test_predictions.csv and external/<set>/{metrics.json,predictions.csv}):
+
+  arms/<arm>/seed_<s>/                    the identical classifier, all training labels
+  probes/<arm>/seed_<s>/                  linear probe (frozen backbone, linear head), all labels
+  fractions/<f>/arms/<arm>/seed_<s>/      the identical classifier on a fraction f of the labels
+  fractions/<f>/probes/<arm>/seed_<s>/    linear probe on a fraction f of the labels
+  vae/seed_<s>/latent_pca.png             the VAE's latent map (older studies: vae/latent_pca.png)
+
+`load_study` reads all of it into a `Study` (one `Condition` per protocol and fraction);
+`load_compare_dir` reads arms/ only. Raises ReportError naming any missing or unreadable
+file; predictions files are optional. Does not import jax.
 """
 
 from __future__ import annotations
@@ -10,16 +21,38 @@ import dataclasses
 import json
 import math
 import re
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 from derm_jax import fileio
+from derm_jax.errors import DermJaxError
 from derm_jax.evaluation.metrics import overfitting_gap
 from derm_jax.evaluation.predictions import Predictions, PredictionsError, read_predictions_csv
 
 TEST_SET = "test"
 
+# Evaluation protocols, the study folder each lives in, and their names in the report.
+CLASSIFIER = "classifier"
+PROBE = "probe"
+PROTOCOLS = (CLASSIFIER, PROBE)
+PROTOCOL_DIRS = {CLASSIFIER: "arms", PROBE: "probes"}
+PROTOCOL_LABELS = {CLASSIFIER: "identical classifier", PROBE: "linear probe"}
+FULL = 1.0  # the label fraction of arms/ and probes/
 
-class ReportError(RuntimeError):
+# The arms a study may have, in report order (any other name comes after these, by name).
+KNOWN_ARMS = ("vae", "imagenet", "scratch", "simclr", "imagenet_simclr", "micle")
+SELF_SUPERVISED_ARMS = ("vae", "simclr", "imagenet_simclr", "micle")
+ARM_DESCRIPTIONS = {
+  "vae": "self-supervised: VAE pretrained on the training images (the paper's arm)",
+  "imagenet": "ImageNet transfer (the paper's comparison arm)",
+  "scratch": "random initialisation, no pretraining",
+  "simclr": "self-supervised, contrastive: SimCLR from random initialisation",
+  "imagenet_simclr": "self-supervised, contrastive: SimCLR continued from ImageNet weights",
+  "micle": "self-supervised, contrastive: MICLe (multi-instance SimCLR)",
+}
+
+
+class ReportError(DermJaxError, RuntimeError):
   """A problem with the compare workdir (missing or unreadable file, no runs)."""
 
 
@@ -46,8 +79,12 @@ class SeedRun:
 
 @dataclasses.dataclass
 class ArmRuns:
+  """One arm's seed runs under one evaluation protocol and label fraction."""
+
   name: str
   runs: list[SeedRun]
+  protocol: str = CLASSIFIER
+  fraction: float = FULL
 
 
 def read_json(path: str) -> Any:
@@ -132,61 +169,253 @@ def _load_eval(metrics: dict[str, Any], pred_path: str) -> EvalSet:
   return EvalSet(metrics, p, None)
 
 
-def load_compare_dir(workdir: str) -> dict[str, ArmRuns]:
-  """Reads every DIR/arms/<arm>/seed_<s>/ run; raises ReportError naming any missing path.
+class Condition(NamedTuple):
+  """An evaluation protocol (CLASSIFIER or PROBE) at a fraction of the training labels."""
 
-  Predictions files are optional: a missing or malformed one leaves that run without
-  intervals (EvalSet.note says why) rather than failing the report.
+  protocol: str
+  fraction: float
+
+  @property
+  def folder(self) -> str:
+    """The condition's folder inside the study workdir: 'arms', 'fractions/0.1/probes', ..."""
+    base = PROTOCOL_DIRS[self.protocol]
+    return base if self.fraction == FULL else f"fractions/{fraction_name(self.fraction)}/{base}"
+
+  @property
+  def label(self) -> str:
+    """'identical classifier, all training labels', 'linear probe, 10% of the training labels'."""
+    return f"{PROTOCOL_LABELS[self.protocol]}, {fraction_label(self.fraction)}"
+
+
+@dataclasses.dataclass
+class Study:
+  """Everything a study workdir holds for the report.
+
+  groups: Condition -> arm -> ArmRuns, in report order (the identical classifier on all
+  labels first, then the linear probe on all labels, then each fraction ascending, the
+  classifier before the probe); arms in `arm_sort_key` order. latent_map: the VAE's latent
+  map relative to the workdir, or None. warnings: runs whose config.json contradicts the
+  folder they are in (a probe that is not frozen or not linear, another label fraction).
   """
-  arms_dir = fileio.join(workdir, "arms")
-  if not fileio.isdir(arms_dir):
-    raise ReportError(f"missing directory: {arms_dir} (expected DIR/arms/<arm>/seed_<s>/)")
-  arm_names = sorted(d for d in fileio.listdir(arms_dir)
-                     if fileio.isdir(fileio.join(arms_dir, d)))
-  if not arm_names:
-    raise ReportError(f"no arm directories in {arms_dir}")
-  # Conventional order: self-supervised arm first, then ImageNet, then the rest.
-  arm_names.sort(key=lambda a: ({"self_supervised": 0, "imagenet": 1}.get(paper_arm(a), 2), a))
-  arms: dict[str, ArmRuns] = {}
-  for arm in arm_names:
-    arm_dir = fileio.join(arms_dir, arm)
-    seeds = []
-    for d in fileio.listdir(arm_dir):
-      m = re.fullmatch(r"seed_(\d+)", d)
-      if m and fileio.isdir(fileio.join(arm_dir, d)):
-        seeds.append((int(m.group(1)), fileio.join(arm_dir, d)))
-    if not seeds:
-      raise ReportError(f"no seed_<s> directories in {arm_dir}")
-    runs = []
-    for seed, seed_dir in sorted(seeds):
-      config = read_json(fileio.join(seed_dir, "config.json"))
-      history = _normalize_history(_read_jsonl(fileio.join(seed_dir, "metrics.jsonl")))
-      test = read_json(fileio.join(seed_dir, "test_metrics.json"))
-      if not isinstance(config, dict) or not isinstance(test, dict):
-        raise ReportError(f"expected JSON objects in {seed_dir}/config.json and test_metrics.json")
-      evals = {TEST_SET: _load_eval(test, fileio.join(seed_dir, "test_predictions.csv"))}
-      ext_dir = fileio.join(seed_dir, "external")
-      if fileio.isdir(ext_dir):
-        for name in sorted(fileio.listdir(ext_dir)):
-          set_dir = fileio.join(ext_dir, name)
-          if not fileio.isdir(set_dir):
-            continue
-          m = read_json(fileio.join(set_dir, "metrics.json"))
-          if not isinstance(m, dict):
-            raise ReportError(f"expected a JSON object in {set_dir}/metrics.json")
-          key = name if name != TEST_SET else f"{name} (external)"
-          evals[key] = _load_eval(m, fileio.join(set_dir, "predictions.csv"))
-      runs.append(
-        SeedRun(seed=seed, path=seed_dir, config=config, history=history, test=test, evals=evals)
-      )
-    arms[arm] = ArmRuns(name=arm, runs=runs)
-  return arms
+
+  workdir: str
+  groups: dict[Condition, dict[str, ArmRuns]]
+  latent_map: str | None = None
+  warnings: list[str] = dataclasses.field(default_factory=list)
+
+  def arms(self, protocol: str = CLASSIFIER, fraction: float = FULL) -> dict[str, ArmRuns]:
+    """The arms of one condition ({} when the study has none)."""
+    return self.groups.get(Condition(protocol, fraction), {})
+
+  @property
+  def protocols(self) -> list[str]:
+    return [p for p in PROTOCOLS if any(c.protocol == p for c in self.groups)]
+
+  @property
+  def fractions(self) -> list[float]:
+    """The label fractions below 1 present under fractions/, ascending."""
+    return sorted({c.fraction for c in self.groups if c.fraction != FULL})
+
+
+def fraction_name(fraction: float) -> str:
+  """The folder name of a label fraction: format(f, 'g') ('0.01', '0.1')."""
+  return format(fraction, "g")
+
+
+def fraction_label(fraction: float) -> str:
+  """'all training labels' or '10% of the training labels'."""
+  if fraction == FULL:
+    return "all training labels"
+  return f"{format(100 * fraction, '.3g')}% of the training labels"
+
+
+def arm_sort_key(name: str) -> tuple[int, str]:
+  """The known arms in KNOWN_ARMS order, then any other name alphabetically."""
+  return (KNOWN_ARMS.index(name) if name in KNOWN_ARMS else len(KNOWN_ARMS), name)
 
 
 def paper_arm(name: str) -> str | None:
-  n = name.lower()
-  if "imagenet" in n or "in1k" in n:
-    return "imagenet"
-  if any(t in n for t in ("vae", "ssl", "self")):  # not 'scratch': compare.py's random-init arm
-    return "self_supervised"
+  """The paper's arm an arm stands for: 'self_supervised' (exactly `vae`), 'imagenet' (exactly
+  `imagenet`) or None. The contrastive arms (simclr, imagenet_simclr, micle) are
+  self-supervised but not the paper's VAE; scratch is neither."""
+  return {"vae": "self_supervised", "imagenet": "imagenet"}.get(name)
+
+
+def is_self_supervised(name: str) -> bool:
+  return name in SELF_SUPERVISED_ARMS
+
+
+def _reference_rank(name: str) -> int:
+  return {"imagenet": 0, "scratch": 1}.get(name, 2)
+
+
+def arm_pairs(names: Sequence[str]) -> list[tuple[str, str]]:
+  """Every pair of arms, oriented A − B with the reference arm second (ImageNet, then scratch),
+  else in arm order; pairs against ImageNet first, then against scratch, then the others."""
+  names = list(names)
+  pairs = []
+  for i, a in enumerate(names):
+    for b in names[i + 1 :]:
+      pairs.append((b, a) if _reference_rank(a) < _reference_rank(b) else (a, b))
+  return sorted(pairs, key=lambda p: (_reference_rank(p[1]), names.index(p[1]), names.index(p[0])))
+
+
+def _seed_dirs(parent: str) -> list[tuple[int, str]]:
+  out = []
+  for d in fileio.listdir(parent):
+    m = re.fullmatch(r"seed_(\d+)", d)
+    if m and fileio.isdir(fileio.join(parent, d)):
+      out.append((int(m.group(1)), fileio.join(parent, d)))
+  return sorted(out)
+
+
+def _load_run(seed: int, seed_dir: str) -> SeedRun:
+  config = read_json(fileio.join(seed_dir, "config.json"))
+  history = _normalize_history(_read_jsonl(fileio.join(seed_dir, "metrics.jsonl")))
+  test = read_json(fileio.join(seed_dir, "test_metrics.json"))
+  if not isinstance(config, dict) or not isinstance(test, dict):
+    raise ReportError(f"expected JSON objects in {seed_dir}/config.json and test_metrics.json")
+  evals = {TEST_SET: _load_eval(test, fileio.join(seed_dir, "test_predictions.csv"))}
+  ext_dir = fileio.join(seed_dir, "external")
+  if fileio.isdir(ext_dir):
+    for name in sorted(fileio.listdir(ext_dir)):
+      set_dir = fileio.join(ext_dir, name)
+      if not fileio.isdir(set_dir):
+        continue
+      m = read_json(fileio.join(set_dir, "metrics.json"))
+      if not isinstance(m, dict):
+        raise ReportError(f"expected a JSON object in {set_dir}/metrics.json")
+      key = name if name != TEST_SET else f"{name} (external)"
+      evals[key] = _load_eval(m, fileio.join(set_dir, "predictions.csv"))
+  return SeedRun(seed=seed, path=seed_dir, config=config, history=history, test=test, evals=evals)
+
+
+def _config_warnings(run: SeedRun, cond: Condition, where: str) -> list[str]:
+  """What in a run's config.json contradicts the folder it is in."""
+  out = []
+  frac = num(run.config.get("label_fraction"))
+  if frac is not None and abs(frac - cond.fraction) > 1e-9:
+    out.append(
+      f"`{where}`: config.json says `label_fraction` = {format(frac, 'g')}, but the run is in "
+      f"the folder for {fraction_name(cond.fraction)} ({cond.label})"
+    )
+  if cond.protocol == PROBE:
+    frozen = run.config.get("freeze_backbone")
+    head = run.config.get("head")
+    hidden = num(head.get("hidden")) if isinstance(head, dict) else None
+    if frozen is not True:
+      out.append(
+        f"`{where}`: a linear-probe run whose config.json has `freeze_backbone` = "
+        f"{json.dumps(frozen)}, not true: its backbone was not (recorded as) frozen"
+      )
+    if hidden is not None and hidden != 0:
+      out.append(
+        f"`{where}`: a linear-probe run whose config.json has `head.hidden` = {hidden:g}, not 0: "
+        "its head is not linear"
+      )
+  return out
+
+
+def _load_group(
+  workdir: str, cond: Condition, warnings: list[str], folder: str | None = None
+) -> dict[str, ArmRuns]:
+  """Reads every <arm>/seed_<s>/ of one condition's folder (`folder`, relative to the workdir;
+  default `cond.folder`)."""
+  folder = folder or cond.folder
+  base = fileio.join(workdir, *folder.split("/"))
+  layout = f"{folder}/<arm>/seed_<s>/"
+  arm_names = sorted(
+    (d for d in fileio.listdir(base) if fileio.isdir(fileio.join(base, d))), key=arm_sort_key
+  )
+  if not arm_names:
+    raise ReportError(f"no arm directories in {base} (expected DIR/{layout})")
+  arms: dict[str, ArmRuns] = {}
+  for arm in arm_names:
+    arm_dir = fileio.join(base, arm)
+    seeds = _seed_dirs(arm_dir)
+    if not seeds:
+      raise ReportError(f"no seed_<s> directories in {arm_dir}")
+    runs = []
+    for seed, seed_dir in seeds:
+      run = _load_run(seed, seed_dir)
+      warnings += _config_warnings(run, cond, f"{folder}/{arm}/seed_{seed}")
+      runs.append(run)
+    arms[arm] = ArmRuns(name=arm, runs=runs, protocol=cond.protocol, fraction=cond.fraction)
+  return arms
+
+
+def _fraction_dirs(workdir: str) -> list[tuple[float, str]]:
+  """(fraction, folder name) of each DIR/fractions/<f>/, ascending; ReportError on a bad name."""
+  root = fileio.join(workdir, "fractions")
+  if not fileio.isdir(root):
+    return []
+  out = []
+  for d in fileio.listdir(root):
+    if not fileio.isdir(fileio.join(root, d)):
+      continue
+    try:
+      f = float(d)
+    except ValueError:
+      f = math.nan
+    if not 0 < f < 1:
+      raise ReportError(
+        f"{fileio.join(root, d)}: expected a label fraction strictly between 0 and 1 as the "
+        "folder name (format(f, 'g'), e.g. 0.1; all labels are arms/ and probes/)"
+      )
+    same = [name for g, name in out if g == f]
+    if same:
+      raise ReportError(f"{root}: the folders {same[0]} and {d} are the same label fraction")
+    out.append((f, d))
+  return sorted(out)
+
+
+def _latent_map(workdir: str) -> str | None:
+  """vae/seed_<s>/latent_pca.png of the first seed that has one, else vae/latent_pca.png."""
+  vae_dir = fileio.join(workdir, "vae")
+  if not fileio.isdir(vae_dir):
+    return None
+  for seed, d in _seed_dirs(vae_dir):
+    if fileio.isfile(fileio.join(d, "latent_pca.png")):
+      return f"vae/seed_{seed}/latent_pca.png"
+  if fileio.isfile(fileio.join(vae_dir, "latent_pca.png")):
+    return "vae/latent_pca.png"
   return None
+
+
+def load_study(workdir: str) -> Study:
+  """Reads arms/, probes/ and fractions/ of a study workdir; arms/ is required.
+
+  Raises ReportError naming any missing path (arms/ itself, an arm without seed folders, a
+  run without its config.json, metrics.jsonl or test_metrics.json) or a fractions/<f>/
+  folder whose name is not a fraction in (0, 1) or that holds neither arms/ nor probes/.
+  Predictions files are optional: a missing or malformed one leaves that run without
+  intervals (EvalSet.note says why) rather than failing the report.
+  """
+  arms_dir = fileio.join(workdir, PROTOCOL_DIRS[CLASSIFIER])
+  if not fileio.isdir(arms_dir):
+    raise ReportError(f"missing directory: {arms_dir} (expected DIR/arms/<arm>/seed_<s>/)")
+  warnings: list[str] = []
+  conds = {Condition(CLASSIFIER, FULL): PROTOCOL_DIRS[CLASSIFIER]}  # condition -> its folder
+  if fileio.isdir(fileio.join(workdir, PROTOCOL_DIRS[PROBE])):
+    conds[Condition(PROBE, FULL)] = PROTOCOL_DIRS[PROBE]
+  for f, name in _fraction_dirs(workdir):
+    found = {
+      Condition(p, f): f"fractions/{name}/{PROTOCOL_DIRS[p]}"
+      for p in PROTOCOLS
+      if fileio.isdir(fileio.join(workdir, "fractions", name, PROTOCOL_DIRS[p]))
+    }
+    if not found:
+      raise ReportError(
+        f"{fileio.join(workdir, 'fractions', name)} holds neither arms/ nor probes/"
+      )
+    conds.update(found)
+  groups = {c: _load_group(workdir, c, warnings, folder) for c, folder in conds.items()}
+  return Study(workdir=workdir, groups=groups, latent_map=_latent_map(workdir), warnings=warnings)
+
+
+def load_compare_dir(workdir: str) -> dict[str, ArmRuns]:
+  """The identical-classifier arms (DIR/arms/<arm>/seed_<s>/) only; see `load_study`."""
+  arms_dir = fileio.join(workdir, PROTOCOL_DIRS[CLASSIFIER])
+  if not fileio.isdir(arms_dir):
+    raise ReportError(f"missing directory: {arms_dir} (expected DIR/arms/<arm>/seed_<s>/)")
+  return _load_group(workdir, Condition(CLASSIFIER, FULL), [])

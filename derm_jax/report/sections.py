@@ -1,5 +1,6 @@
 """The report's section lines: data and setup, reference numbers, warnings, interval and
-difference tables, in distribution vs shifted, and config differences between the arms.
+difference tables, in distribution vs shifted (with the test of the change itself), label
+efficiency, and config differences between the arms.
 """
 
 from __future__ import annotations
@@ -9,7 +10,15 @@ from collections.abc import Sequence
 from typing import Any
 
 from derm_jax import plots
-from derm_jax.report.analysis import CI_METRICS, METRIC_NAMES, SetAnalysis, mean_std
+from derm_jax.report.analysis import (
+  METRIC_NAMES,
+  EfficiencyPoint,
+  PairDiff,
+  SetAnalysis,
+  ShiftChange,
+  mean_std,
+  shift_change,
+)
 from derm_jax.report.formatting import (
   config_field,
   flatten,
@@ -18,9 +27,17 @@ from derm_jax.report.formatting import (
   fmt_ci,
   fmt_diff,
   fmt_value,
+  int_list,
   table,
 )
-from derm_jax.report.runs import TEST_SET, ArmRuns, num
+from derm_jax.report.runs import (
+  PROTOCOL_LABELS,
+  TEST_SET,
+  ArmRuns,
+  arm_pairs,
+  arm_sort_key,
+  num,
+)
 from derm_jax.report.verdicts import set_verdict
 
 # DermaMNIST test-split references (MedMNIST v2; 7 classes, 2,005 test images).
@@ -93,6 +110,7 @@ def _data_config(arm: ArmRuns, top: dict[str, Any]) -> dict[str, Any]:
     "source": get_or_described(["data.source"], "source"),
     "size": get(["data.size"]),
     "npz_path": get(["data.npz_path"]),
+    "path": get(["data.path"]),
     "splits": splits,
   }
 
@@ -109,6 +127,13 @@ def training_mode(arm: ArmRuns) -> tuple[bool | None, str]:
   return None, "backbone training mode not recorded (no `freeze_backbone` in config.json)"
 
 
+def _class_label(code: str, extra: str = "") -> str:
+  """'mel (melanoma)', or a class of the user's own as it is: 'benign_nevus'."""
+  desc = plots.describe_class(code)
+  inside = ", ".join(x for x in ((desc if desc != code else ""), extra) if x)
+  return f"{code} ({inside})" if inside else code
+
+
 def data_lines(
   arms: dict[str, ArmRuns], top: dict[str, Any], sa: SetAnalysis
 ) -> tuple[list[str], bool]:
@@ -122,7 +147,9 @@ def data_lines(
       if name
       else "a dataset whose name the config does not record (no `data.name`)"
     )
-    src = info["source"]
+    src = info["source"] if name in ("dermamnist", "", None) else ""  # DermaMNIST's field
+    if name == "folder" and info.get("path"):
+      text += f", images in `{info['path']}`"
     if src:
       text += f", source `{src}`" + (f" ({_SOURCES[src]}" if src in _SOURCES else "")
       if src == "download" and info["size"]:
@@ -155,7 +182,7 @@ def data_lines(
     lines.append(
       "Test images per class: "
       + ", ".join(
-        f"{c} ({plots.describe_class(c)}) {n:,}"
+        f"{_class_label(c)} {n:,}"
         for c, n in zip(sa.class_names, sa.support, strict=True)
       )
       + "."
@@ -202,8 +229,11 @@ def reference_sentence(
 # ----------------------------------------------------------------------------- sections
 
 
-def warning_lines(analysis: dict[str, SetAnalysis]) -> list[str]:
+def warning_lines(analysis: dict[str, SetAnalysis], context: str = "") -> list[str]:
+  """Majority-class and metrics-vs-predictions warnings; `context` (e.g. 'linear probe, 10% of
+  the training labels') names the runs' protocol and label fraction after each arm."""
   lines = []
+  where = f" ({context})" if context else ""
   for sa in analysis.values():
     names = sa.class_names or []
     maj = sa.majority_class
@@ -211,7 +241,7 @@ def warning_lines(analysis: dict[str, SetAnalysis]) -> list[str]:
       "n/a"
       if maj is None
       else (
-        f"`{names[maj]}` ({plots.describe_class(names[maj])})"
+        f"`{names[maj]}`" + _class_label(names[maj])[len(names[maj]):]
         if maj < len(names)
         else f"class {maj}"
       )
@@ -221,8 +251,8 @@ def warning_lines(analysis: dict[str, SetAnalysis]) -> list[str]:
       if flagged:
         seeds = ", ".join(str(s) for s, _ in flagged)
         lines.append(
-          f"- ⚠ **`{arm}` on the {sa.label}: predictions statistically indistinguishable from "
-          f"(or worse than) always predicting the majority class {maj_text}** "
+          f"- ⚠ **`{arm}`{where} on the {sa.label}: predictions statistically indistinguishable "
+          f"from (or worse than) always predicting the majority class {maj_text}** "
           f"(seed{'s' if len(flagged) > 1 else ''} {seeds} of {len(checks)}). "
           + " ".join(f"Seed {s}: {c.reason}." for s, c in flagged)
         )
@@ -231,7 +261,9 @@ def warning_lines(analysis: dict[str, SetAnalysis]) -> list[str]:
         f"- Note: {sa.majority_note} (used for the majority-class check on the {sa.label})."
       )
     for m in sa.mismatches:
-      lines.append(f"- ⚠ {sa.label}: the predictions file disagrees with the metrics file: {m}.")
+      lines.append(
+        f"- ⚠ {sa.label}{where}: the predictions file disagrees with the metrics file: {m}."
+      )
   return lines
 
 
@@ -249,16 +281,16 @@ def interval_lines(sa: SetAnalysis, n_boot: int, arms: Sequence[str]) -> list[st
   rows = []
   for a in arms:
     if a not in sa.ci:
-      rows.append([f"`{a}`", "—", *["n/a"] * len(CI_METRICS)])
+      rows.append([f"`{a}`", "—", *["n/a"] * len(sa.metrics)])
       continue
     rows.append(
       [
         f"`{a}`",
         ", ".join(str(s) for s in sa.ci_seeds[a]),
-        *[f"{fmt(sa.ci[a][m].estimate)} {fmt_ci(sa.ci[a][m])}" for m in CI_METRICS],
+        *[f"{fmt(sa.ci[a][m].estimate)} {fmt_ci(sa.ci[a][m])}" for m in sa.metrics],
       ]
     )
-  lines += table(["arm", "seeds", *[METRIC_NAMES[m] for m in CI_METRICS]], rows)
+  lines += table(["arm", "seeds", *[METRIC_NAMES[m] for m in sa.metrics]], rows)
   lines.append("")
   if sa.notes:
     lines += [f"- {n}" for n in sa.notes]
@@ -266,33 +298,42 @@ def interval_lines(sa: SetAnalysis, n_boot: int, arms: Sequence[str]) -> list[st
   return lines
 
 
-def diff_lines(sa: SetAnalysis) -> list[str]:
-  lines = []
+DIFF_LEGEND = (
+  "A row per pair of arms. Each cell: A − B, the metric averaged over the paired seeds [95% "
+  "paired bootstrap interval]; then how many of the paired seeds have their own paired "
+  "interval excluding 0 (k of n seeds exclude 0), and the mean ± std of the per-seed "
+  "differences."
+)
+
+
+def diff_cell(d: PairDiff) -> str:
+  """'+0.050 [+0.010, +0.090]; 2 of 2 seeds exclude 0; per seed +0.050 ± 0.014' (the per-seed
+  mean ± std only with several seeds)."""
+  n_ex = sum(iv.excludes_zero() for _, iv in d.per_seed)
+  cell = f"{fmt_diff(d.pooled)}; {n_ex} of {len(d.per_seed)} seeds exclude 0"
+  if len(d.per_seed) > 1:
+    cell += f"; per seed {fms(mean_std([iv.estimate for _, iv in d.per_seed]), sign=True)}"
+  return cell
+
+
+def diff_lines(sa: SetAnalysis, legend: bool = True) -> list[str]:
+  """Every pair of arms in one table, a row per pair: A − B per metric with its interval, and
+  per seed (`DIFF_LEGEND` above it with `legend`)."""
+  if not sa.diffs:
+    return []
+  lines = [DIFF_LEGEND, ""] if legend else []
+  rows = []
   for (a, b), diffs in sa.diffs.items():
-    rows = []
-    for m in CI_METRICS:
-      d = diffs[m]
-      per = [iv.estimate for _, iv in d.per_seed]
-      ms = mean_std(per)
-      n_ex = sum(iv.excludes_zero() for _, iv in d.per_seed)
-      rows.append(
-        [
-          METRIC_NAMES[m],
-          f"`{a}` − `{b}` = {fmt_diff(d.pooled)}",
-          fms(ms, sign=True) + f" (n={ms[2]})",
-          f"{n_ex} of {len(d.per_seed)}",
-        ]
-      )
-    lines += table(
+    seeds = [s for s, _ in diffs[sa.metrics[0]].per_seed]
+    rows.append(
       [
-        "metric",
-        "difference, mean over paired seeds [95% interval]",
-        "per seed: mean ± std",
-        "seeds whose own interval excludes 0",
-      ],
-      rows,
+        f"`{a}` − `{b}`",
+        ", ".join(str(s) for s in seeds),
+        *[diff_cell(diffs[m]) for m in sa.metrics],
+      ]
     )
-    lines.append("")
+  lines += table(["A − B", "paired seeds", *[METRIC_NAMES[m] for m in sa.metrics]], rows)
+  lines.append("")
   return lines
 
 
@@ -302,7 +343,7 @@ def _classes_covered(sa: SetAnalysis) -> str:
   if not sa.support:
     return "Classes covered: unknown (no support counts)."
   text = f"Covers {len(present)} of {len(names)} classes: " + ", ".join(
-    f"{names[i]} ({plots.describe_class(names[i])}, n={sa.support[i]:,})" for i in present
+    f"{_class_label(names[i], f'n={sa.support[i]:,}')}" for i in present
   )
   absent = [names[i] for i in range(len(names)) if i not in present]
   if absent:
@@ -314,16 +355,20 @@ def _classes_covered(sa: SetAnalysis) -> str:
   return text + "."
 
 
-
-def shift_lines(analysis: dict[str, SetAnalysis], arms: Sequence[str]) -> list[str]:
-  L = ["## In distribution vs shifted", ""]
+def shift_lines(
+  analysis: dict[str, SetAnalysis],
+  arms: Sequence[str],
+  pair: tuple[str, str] | None,
+  title: str = "## In distribution vs shifted",
+) -> list[str]:
+  """The in-distribution vs shifted section; `pair`: the arms whose verdict is given per set."""
+  L = [title, ""]
   L.append(
     "Each arm evaluated on the in-distribution test split and on outside (shifted) sets. Numbers "
-    "are "
-    "mean ± std over seeds from each run's metrics file; intervals are 95% bootstrap intervals "
-    "over "
-    "the set's images (metric averaged over seeds); differences are paired (same images for both "
-    "arms). The verdict per set uses balanced accuracy."
+    "are mean ± std over seeds from each run's metrics file; intervals are 95% bootstrap "
+    "intervals over the set's images (metric averaged over seeds); differences are paired "
+    "(same images for both arms; each set resampled independently of the others)."
+    + (f" The verdict per set is `{pair[0]}` vs `{pair[1]}` on balanced accuracy." if pair else "")
   )
   L.append("")
   verdicts = {}
@@ -416,33 +461,175 @@ def shift_lines(analysis: dict[str, SetAnalysis], arms: Sequence[str]) -> list[s
       L += table(["class", "images", *[f"`{a}`" for a in arms]], rows)
       L.append("")
     if sa.diffs:
-      L += diff_lines(sa)
+      L += diff_lines(sa, legend=False)
     elif sa.notes or not sa.ci:
       L.append(
         "No paired differences: " + (" ".join(sa.notes) if sa.notes else "no predictions files.")
       )
       L.append("")
-    verdicts[name] = set_verdict(sa, arms)
-    L.append(f"Verdict ({sa.label}, balanced accuracy): {verdicts[name]['text']}.")
-    L.append("")
+    if pair is not None:
+      verdicts[name] = set_verdict(sa, pair)
+      L.append(f"Verdict ({sa.label}, balanced accuracy): {verdicts[name]['text']}.")
+      L.append("")
 
-  L += ["### Does the answer change under shift?", ""]
-  base = verdicts.get(TEST_SET)
-  for name, v in verdicts.items():
-    L.append(f"- {analysis[name].label}: {v['text']}.")
+  L += shift_change_lines(analysis, arms, pair, verdicts)
+  return L
+
+
+def _change_word(ch: ShiftChange | None) -> str:
+  if ch is None or ch.change.lo is None:
+    return "cannot be tested (no interval)"
+  if not ch.change.excludes_zero():
+    return "no detectable change"
+  return "**changes**: " + (
+    "larger on the shifted set" if ch.change.lo > 0 else "smaller on the shifted set"
+  )
+
+
+def shift_change_lines(
+  analysis: dict[str, SetAnalysis],
+  arms: Sequence[str],
+  pair: tuple[str, str] | None,
+  verdicts: dict[str, dict[str, Any]],
+) -> list[str]:
+  """'Does the answer change under shift?': the per-set verdicts, then for each shifted set and
+  each pair of arms (the headline pair, and every pair both of whose arms have the set) the
+  change of the paired difference, tested with its own interval."""
+  L = ["### Does the answer change under shift?", ""]
+  base = analysis.get(TEST_SET)
+  if pair is not None:
+    L.append(f"Verdict per set, `{pair[0]}` vs `{pair[1]}`, balanced accuracy:")
+    L.append("")
+    L += [f"- {analysis[n].label}: {v['text']}." for n, v in verdicts.items()]
+    L.append("")
+  shifted = [sa for sa in analysis.values() if sa.shifted and sa.labelled]
+  if base is None or not shifted:
+    return L
+  L.append(
+    "The change is tested on itself: (A − B on the shifted set) − (A − B on the test split), "
+    "each the mean over the seeds both arms have on both sets, with a 95% bootstrap interval "
+    "that resamples the images of both sets, each set independently of the other. A "
+    "difference changes under shift only when this interval excludes 0; one interval "
+    "excluding 0 beside another containing it is no evidence of a change on its own."
+  )
   L.append("")
-  if base is not None:
-    for name, v in verdicts.items():
-      if name == TEST_SET:
+  rows = []
+  headline: dict[str, tuple[ShiftChange | None, str]] = {}
+  for sa in shifted:
+    for a, b in arm_pairs(arms):
+      both = a in sa.runs and b in sa.runs
+      if not both and (a, b) != pair:
         continue
-      if base["detectable"] is None or v["detectable"] is None:
+      ch = shift_change(base, sa, a, b, "balanced_accuracy") if both else None
+      auc = shift_change(base, sa, a, b, "macro_auc") if both else None
+      if (a, b) == pair:
+        headline[sa.name] = (ch, "" if both else "not both arms were scored on this set")
+      if ch is None:
+        why = "not both arms scored on this set" if not both else "no predictions for both arms"
+        rows.append([f"`{a}` − `{b}`", f"`{sa.name}`", "—", "n/a", "n/a", "n/a", "n/a", why])
+        continue
+      rows.append(
+        [
+          f"`{a}` − `{b}`",
+          f"`{sa.name}`",
+          ", ".join(str(s) for s in ch.seeds),
+          fmt_diff(ch.in_distribution),
+          fmt_diff(ch.shifted),
+          fmt_diff(ch.change),
+          fmt_diff(auc.change) if auc is not None else "n/a",
+          _change_word(ch),
+        ]
+      )
+  L += table(
+    [
+      "A − B",
+      "shifted set",
+      "seeds",
+      "balanced acc.: test split",
+      "balanced acc.: shifted",
+      "balanced acc.: shifted − test split",
+      "macro AUC: shifted − test split",
+      "does A − B change? (balanced acc.)",
+    ],
+    rows,
+  )
+  L.append("")
+  if pair is not None:
+    for sa in shifted:
+      ch, why = headline.get(sa.name, (None, ""))
+      a, b = (ch.first, ch.second) if ch is not None else pair
+      if ch is None or ch.change.lo is None:
         L.append(
-          f"- `{name}`: cannot be compared with the in-distribution result without intervals."
+          f"- `{sa.name}`: whether `{a}` − `{b}` changes under shift cannot be tested"
+          + (f" ({why})." if why else " without predictions files for both arms on both sets.")
         )
-      elif (base["winner"], base["detectable"]) == (v["winner"], v["detectable"]):
-        L.append(f"- `{name}`: the answer is the same as in distribution.")
-      else:
-        L.append(f"- `{name}`: **the answer changes** between in-distribution and shifted data.")
+        continue
+      change = f"shifted − test split = {fmt_diff(ch.change)}"
+      if ch.change.excludes_zero():
+        L.append(
+          f"- `{sa.name}`: **the answer changes under shift**: `{a}` − `{b}` in balanced "
+          f"accuracy is {'larger' if ch.change.lo > 0 else 'smaller'} on the shifted set "
+          f"({change}; the interval excludes 0)."
+        )
+        continue
+      text = (
+        f"- `{sa.name}`: no detectable change of `{a}` − `{b}` under shift ({change}; the "
+        "interval contains 0)"
+      )
+      v_in, v_out = verdicts.get(TEST_SET), verdicts.get(sa.name)
+      answers = [(v["winner"], v["detectable"]) for v in (v_in, v_out) if v]
+      if len(answers) == 2 and answers[0] != answers[1]:
+        text += (
+          ", although the two sets' verdicts differ: that alone does not show that the "
+          "answer changes"
+        )
+      L.append(text + ".")
+    L.append("")
+  return L
+
+
+def fraction_column(fraction: float) -> str:
+  """'1%', '10%', '100%'."""
+  return f"{format(100 * fraction, '.3g')}%"
+
+
+def efficiency_lines(
+  eff: dict[str, dict[str, dict[str, list[EfficiencyPoint]]]], metrics: Sequence[str]
+) -> list[str]:
+  """One table per metric: a row per arm and protocol, a column per label fraction; each cell
+  the metric averaged over seeds [95% bootstrap interval over the test images]."""
+  fractions = sorted(
+    {
+      p.fraction
+      for by_arm in eff.values()
+      for by_metric in by_arm.values()
+      for points in by_metric.values()
+      for p in points
+    }
+  )
+  arms = sorted({a for by_arm in eff.values() for a in by_arm}, key=arm_sort_key)
+  L = []
+  for metric in metrics:
+    rows = []
+    for arm in arms:
+      for protocol, by_arm in eff.items():
+        points = {p.fraction: p for p in by_arm.get(arm, {}).get(metric, [])}
+        if not points:
+          continue
+        cells = []
+        for f in fractions:
+          p = points.get(f)
+          if p is None or p.estimate is None:
+            cells.append("not run" if p is None else "n/a")
+          elif p.interval is None or p.interval.lo is None:
+            cells.append(f"{fmt(p.estimate)} (no interval)")
+          else:
+            cells.append(f"{fmt(p.estimate)} {fmt_ci(p.interval)}")
+        seeds = [len(points[f].seeds) for f in fractions if f in points]
+        rows.append([f"`{arm}`", PROTOCOL_LABELS[protocol], int_list(seeds), *cells])
+    L.append(f"Test {METRIC_NAMES[metric]} by fraction of the training labels:")
+    L.append("")
+    L += table(["arm", "protocol", "seeds", *[fraction_column(f) for f in fractions]], rows)
     L.append("")
   return L
 

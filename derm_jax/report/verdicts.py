@@ -1,5 +1,9 @@
 """Comparisons between the arms and the report's conclusion computed from them: per criterion
 from the paired bootstrap interval where there is one, else from the means and seed spread.
+
+The conclusion answers the paper's question first (`vae` vs `imagenet`, the headline pair),
+then, per protocol and label fraction, which self-supervised arm beats ImageNet and where
+self-supervision loses.
 """
 
 from __future__ import annotations
@@ -7,9 +11,26 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from derm_jax.report.analysis import PairDiff, SetAnalysis, mean_std
-from derm_jax.report.formatting import fms, fmt, fmt_diff
-from derm_jax.report.runs import num, paper_arm
+from derm_jax import stats
+from derm_jax.report.analysis import (
+  EFFICIENCY_METRICS,
+  METRIC_NAMES,
+  PairDiff,
+  SetAnalysis,
+  mean_std,
+)
+from derm_jax.report.formatting import fms, fmt, fmt_diff, table
+from derm_jax.report.runs import Condition, arm_sort_key, is_self_supervised, num, paper_arm
+
+PAPER_PAIR = ("vae", "imagenet")
+
+
+def headline_pair(arms: Sequence[str]) -> tuple[str, str] | None:
+  """The pair the report's verdicts are about: the paper's (`vae`, `imagenet`) when both are
+  present, else the first two arms (None with fewer than two)."""
+  if all(a in arms for a in PAPER_PAIR):
+    return PAPER_PAIR
+  return (arms[0], arms[1]) if len(arms) >= 2 else None
 
 
 def _compare(summary: dict[str, Any], key: str, mode: str) -> dict[str, Any]:
@@ -113,8 +134,43 @@ def _with_interval(c: dict[str, Any], sa: SetAnalysis | None, metric: str) -> di
 
 
 def conclusion(
-  summary: dict[str, Any], n_seeds: dict[str, int], sa: SetAnalysis | None = None
+  summary: dict[str, Any],
+  n_seeds: dict[str, int],
+  sa: SetAnalysis | None = None,
+  tests: dict[Condition, SetAnalysis] | None = None,
 ) -> list[str]:
+  """The conclusion: the headline pair (the paper's `vae` vs `imagenet`) on the identical
+  classifier's test split (`sa`), then each self-supervised arm against ImageNet under every
+  protocol and label fraction of `tests` (the test-split analysis per condition)."""
+  lines = ["## Conclusion (computed from the numbers above)", ""]
+  arms = list(summary)
+  pair = headline_pair(arms)
+  if pair is None:
+    return lines + ["Only one arm: nothing to compare.", ""]
+  if pair == PAPER_PAIR:
+    lines += [
+      "### The paper's question: `vae` (self-supervised VAE) vs `imagenet` (ImageNet transfer)",
+      "",
+    ]
+  else:
+    lines += [f"### `{pair[0]}` vs `{pair[1]}`", ""]
+    if len(arms) > 2:
+      lines += [
+        "The study lacks the paper's pair (`vae` and `imagenet`); the first two arms are "
+        "compared here (every pair is in the tables of differences above).",
+        "",
+      ]
+  lines += _pair_conclusion({a: summary[a] for a in pair}, {a: n_seeds[a] for a in pair}, sa)
+  if tests:
+    lines += versus_imagenet_lines(tests)
+  return lines
+
+
+def _pair_conclusion(
+  summary: dict[str, Any], n_seeds: dict[str, int], sa: SetAnalysis | None
+) -> list[str]:
+  """The criteria, overall verdict, caution, spread check and the paper's direction of one pair
+  (`summary` and `n_seeds` hold exactly its two arms)."""
   raw = {
     "gap_acc": _compare(summary, "gap_acc_final", "abs_lower"),
     "gap_loss": _compare(summary, "gap_loss_final", "abs_lower"),
@@ -124,7 +180,7 @@ def conclusion(
   crit = dict(raw)
   crit["ba"] = _with_interval(raw["ba"], sa, "balanced_accuracy")
   crit["auc"] = _with_interval(raw["auc"], sa, "macro_auc")
-  lines = ["## Conclusion (computed from the numbers above)", ""]
+  lines = []
   lines.append(
     _criterion_sentence(
       "Final overfitting gap, train − val accuracy (smaller |gap| = less overfitting)",
@@ -204,7 +260,7 @@ def conclusion(
   flagged = [
     a
     for a, checks in (sa.majority_checks if sa else {}).items()
-    if any(c.indistinguishable for _, c in checks)
+    if a in summary and any(c.indistinguishable for _, c in checks)
   ]
   if flagged:
     lines.append(
@@ -292,3 +348,136 @@ def set_verdict(sa: SetAnalysis, arms: Sequence[str]) -> dict[str, Any]:
     "text": f"no interval (predictions missing); mean balanced accuracy is higher for `{w}` "
     f"({fms(means[a])} vs {fms(means[b])})",
   }
+
+
+# ----------------------------------------------------------------------------- versus ImageNet
+
+
+def _oriented(sa: SetAnalysis, a: str, b: str, metric: str) -> stats.Interval | None:
+  """The pooled paired interval of metric(a) − metric(b), whichever way the pair is stored."""
+  if metric not in sa.metrics:
+    return None
+  got = _pair_diff(sa, a, b, metric)
+  if got is None:
+    return None
+  first, _, d = got
+  iv = d.pooled
+  if iv.estimate is None or iv.lo is None or iv.hi is None:
+    return None
+  return iv if first == a else stats.Interval(-iv.estimate, -iv.hi, -iv.lo)
+
+
+def versus(
+  sa: SetAnalysis | None, a: str, b: str, metrics: Sequence[str] = EFFICIENCY_METRICS
+) -> tuple[str, str]:
+  """(outcome, detail) of arm a against arm b from the paired intervals of `metrics`.
+
+  outcome: 'beats' (some interval above 0, none below), 'loses' (some below 0, none above),
+  'mixed' (one above, one below), 'no detectable difference' (all contain 0) or 'n/a' (no
+  interval); detail: 'balanced accuracy +0.050 [+0.010, +0.090]; macro AUC ...'.
+  """
+  ivs = {m: (_oriented(sa, a, b, m) if sa is not None else None) for m in metrics}
+  known = {m: iv for m, iv in ivs.items() if iv is not None}
+  if not known:
+    return "n/a", "no paired interval (predictions missing, or an arm not run)"
+  up = any(iv.lo > 0 for iv in known.values())
+  down = any(iv.hi < 0 for iv in known.values())
+  outcome = (
+    "mixed" if up and down else "beats" if up else "loses" if down else "no detectable difference"
+  )
+  detail = "; ".join(
+    f"{METRIC_NAMES[m]} " + (fmt_diff(iv) if iv is not None else "n/a") for m, iv in ivs.items()
+  )
+  return outcome, detail
+
+
+def _join(items: Sequence[str]) -> str:
+  return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def versus_imagenet_lines(tests: dict[Condition, SetAnalysis]) -> list[str]:
+  """Each self-supervised arm against `imagenet`, per protocol and label fraction, and plain
+  sentences naming the arms that beat ImageNet and those that lose to it. Empty when there is
+  no ImageNet arm, or when it would only repeat the headline pair on one condition."""
+  present = {a for sa in tests.values() for a in sa.runs}
+  ssl = sorted((a for a in present if is_self_supervised(a)), key=arm_sort_key)
+  if "imagenet" not in present or not ssl:
+    return []
+  if ssl == ["vae"] and len(tests) == 1:
+    return []
+  conds = list(tests)
+  lines = ["### Self-supervised arms vs ImageNet", ""]
+  lines.append(
+    "Each self-supervised arm A against `imagenet` under each protocol and fraction of the "
+    "training labels, from the paired bootstrap intervals of A − `imagenet` in test balanced "
+    "accuracy and macro AUC (mean over paired seeds): **beats** = at least one interval above 0 "
+    "and none below; **loses** = at least one below 0 and none above; **mixed** = one above "
+    "and one below; otherwise no detectable difference."
+  )
+  lines.append("")
+  outcomes: dict[str, dict[Condition, str]] = {}
+  rows = []
+  for a in ssl:
+    row = [f"`{a}`"]
+    for c in conds:
+      sa = tests[c]
+      if a not in sa.runs or "imagenet" not in sa.runs:
+        row.append("not run")
+        continue
+      outcome, detail = versus(sa, a, "imagenet")
+      outcomes.setdefault(a, {})[c] = outcome
+      word = f"**{outcome}**" if outcome in ("beats", "loses", "mixed") else outcome
+      row.append(word if outcome == "n/a" else f"{word}: {detail}")
+    rows.append(row)
+  lines += table(["A (vs `imagenet`)", *[c.label for c in conds]], rows)
+  lines.append("")
+
+  def where(outcome: str) -> list[str]:
+    return [
+      f"`{a}` ({'; '.join(c.label for c, o in by.items() if o == outcome)})"
+      for a, by in outcomes.items()
+      if outcome in by.values()
+    ]
+
+  beats, loses, mixed = where("beats"), where("loses"), where("mixed")
+  if beats:
+    lines.append(f"**Self-supervised arms that beat ImageNet:** {_join(beats)}.")
+  else:
+    lines.append(
+      "**No self-supervised arm beats ImageNet** under any protocol or label fraction evaluated."
+    )
+  lines.append("")
+  if loses:
+    lines.append(f"**Where self-supervision loses to ImageNet:** {_join(loses)}.")
+  else:
+    lines.append("No self-supervised arm is detectably worse than ImageNet anywhere.")
+  lines.append("")
+  if mixed:
+    lines.append(f"Mixed (better on one metric, worse on the other): {_join(mixed)}.")
+    lines.append("")
+  missing = [a for a, by in outcomes.items() if "n/a" in by.values()]
+  if missing:
+    lines.append(
+      "Without intervals (no predictions files) for some conditions: "
+      + ", ".join(f"`{a}`" for a in missing)
+      + "."
+    )
+    lines.append("")
+  flagged = sorted(
+    {
+      a
+      for sa in tests.values()
+      for a, checks in sa.majority_checks.items()
+      if (a in ssl or a == "imagenet") and any(c.indistinguishable for _, c in checks)
+    },
+    key=arm_sort_key,
+  )
+  if flagged:
+    lines.append(
+      "Caution: "
+      + ", ".join(f"`{a}`" for a in flagged)
+      + " cannot be told apart from always predicting the majority class for at least one "
+      "protocol, fraction and seed (see Warnings)."
+    )
+    lines.append("")
+  return lines

@@ -1,40 +1,65 @@
-"""write_report: DIR/report.md and DIR/figures/*.png of a compare workdir, assembled from the
-analysis, the section lines and the conclusion. Does not import jax.
+"""write_report: DIR/report.md and DIR/figures/*.png of a study workdir, assembled from the
+analysis of each protocol and label fraction, the section lines, the figures and the
+conclusion. Does not import jax.
 """
 
 from __future__ import annotations
 
 import os
-import re
 from typing import Any
 
-import numpy as np
-
 from derm_jax import fileio, plots
-from derm_jax.report.analysis import analyse_sets, mean_std, seed_summary, summarize
+from derm_jax.report import figures as report_figures
+from derm_jax.report.analysis import (
+  EFFICIENCY_METRICS,
+  SetAnalysis,
+  analyse_sets,
+  label_efficiency,
+  mean_std,
+  seed_summary,
+  summarize,
+)
 from derm_jax.report.formatting import (
   config_field,
   flatten,
   fms,
   fmt,
+  fmt_ci,
   fmt_value,
   int_list,
   table,
 )
-from derm_jax.report.runs import TEST_SET, load_compare_dir, num, paper_arm, read_json
+from derm_jax.report.runs import (
+  ARM_DESCRIPTIONS,
+  CLASSIFIER,
+  FULL,
+  PROBE,
+  PROTOCOL_LABELS,
+  TEST_SET,
+  ArmRuns,
+  Condition,
+  Study,
+  fraction_name,
+  load_study,
+  num,
+  paper_arm,
+  read_json,
+)
 from derm_jax.report.sections import (
   CONFIG_FIELDS,
   REFERENCES,
   config_differences,
   data_lines,
   diff_lines,
+  efficiency_lines,
+  fraction_column,
   interval_lines,
   reference_sentence,
   shift_lines,
   training_mode,
   warning_lines,
 )
-from derm_jax.report.verdicts import conclusion
+from derm_jax.report.verdicts import conclusion, headline_pair
 
 # Numbers reported in the paper's abstract (see shared NOTES.md). Accuracies in %.
 PAPER = {
@@ -56,140 +81,231 @@ PAPER = {
   },
 }
 
+TEST_HEADER = [
+  "arm",
+  "seeds",
+  "test accuracy",
+  "test balanced acc.",
+  "test macro-F1",
+  "test macro AUC",
+  "test loss",
+  "best val accuracy",
+]
 
-def _safe_name(name: str) -> str:
-  return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+
+def _analyse(
+  study: Study, n_boot: int, seed: int
+) -> tuple[dict[str, SetAnalysis], dict[str, SetAnalysis], dict[Condition, SetAnalysis]]:
+  """(identical classifier's sets, linear probe's sets, test-split analysis per condition).
+
+  All labels: every evaluation set, the four interval metrics; the classifier also gets
+  calibration. Label fractions: the test split, the label-efficiency metrics only."""
+  classifier = analyse_sets(study.arms(), n_boot=n_boot, seed=seed)
+  probe_arms = study.arms(PROBE)
+  probe = analyse_sets(probe_arms, n_boot, seed, calibration=False) if probe_arms else {}
+  tests: dict[Condition, SetAnalysis] = {}
+  for cond, arms in study.groups.items():
+    if cond == Condition(CLASSIFIER, FULL):
+      tests[cond] = classifier[TEST_SET]
+    elif cond == Condition(PROBE, FULL):
+      tests[cond] = probe[TEST_SET]
+    else:
+      tests[cond] = analyse_sets(
+        arms, n_boot, seed, metrics=EFFICIENCY_METRICS, test_only=True, calibration=False
+      )[TEST_SET]
+  return classifier, probe, tests
+
+
+def _test_table(arms: dict[str, ArmRuns], derma: bool) -> list[str]:
+  """Mean ± std over seeds of each arm's test_metrics.json, the majority row and (DermaMNIST)
+  the MedMNIST reference rows."""
+  summary = summarize(arms)
+  rows = []
+  for a, arm in arms.items():
+    s = summary[a]
+    best = fms(s["val_acc_best"])
+    best_epochs = [seed_summary(r)["best_epoch"] for r in arm.runs]
+    if any(e is not None for e in best_epochs):
+      best += f" (ep {int_list(best_epochs)})"
+    rows.append(
+      [
+        f"`{a}`",
+        str(len(arm.runs)),
+        fms(s["test_accuracy"]),
+        fms(s["test_balanced_accuracy"]),
+        fms(s["test_macro_f1"]),
+        fms(s["test_macro_auc"]),
+        fms(s["test_loss"]),
+        best,
+      ]
+    )
+  # Majority baseline: the same for every run when the splits are fixed; averaged over all runs.
+  maj = {
+    k: mean_std([seed_summary(r)[f"majority_{k}"] for arm in arms.values() for r in arm.runs])
+    for k in ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc")
+  }
+  rows.append(
+    [
+      "majority class (train majority, always predicted)",
+      "—",
+      fmt(maj["accuracy"][0]),
+      fmt(maj["balanced_accuracy"][0]),
+      fmt(maj["macro_f1"][0]),
+      fmt(maj["macro_auc"][0]),
+      "—",
+      "—",
+    ]
+  )
+  if derma:
+    for label, acc_ref, auc_ref in REFERENCES:
+      rows.append([label, "—", f"{acc_ref:.3f}", "—", "—", f"{auc_ref:.3f}", "—", "—"])
+  return table(TEST_HEADER, rows) + [""]
+
+
+def _protocol_lines(study: Study) -> list[str]:
+  """Arms (when there are others than the paper's two), protocols and label fractions."""
+  L = []
+  names = list(study.arms())
+  if any(a not in ("vae", "imagenet") for a in names):
+    L.append(
+      "Arms: "
+      + "; ".join(
+        f"`{a}` = {ARM_DESCRIPTIONS.get(a, 'an arm this report does not know')}" for a in names
+      )
+      + "."
+    )
+    L.append("")
+  probes = study.arms(PROBE)
+  if not probes and not study.fractions:
+    return L
+  L.append("Evaluation protocols:")
+  L.append("")
+  L.append(
+    "- **identical classifier** (`arms/`): the classifier of `config.classifier` on each "
+    "arm's backbone, fine-tuned or frozen as its config says, all training labels: "
+    + ", ".join(f"`{a}`" for a in names)
+    + "."
+  )
+  if probes:
+    L.append(
+      "- **linear probe** (`probes/`): the arm's backbone frozen, a linear head on its pooled "
+      "features, all training labels: " + ", ".join(f"`{a}`" for a in probes) + "."
+    )
+  for f in study.fractions:
+    parts = [
+      f"{PROTOCOL_LABELS[p]}: " + ", ".join(f"`{a}`" for a in study.arms(p, f))
+      for p in (CLASSIFIER, PROBE)
+      if study.arms(p, f)
+    ]
+    L.append(
+      f"- **{fraction_column(f)} of the training labels** (`fractions/{fraction_name(f)}/`, a "
+      f"class-stratified subset): " + "; ".join(parts) + "."
+    )
+  L.append("")
+  return L
+
+
+def _probe_lines(
+  study: Study, classifier_sa: SetAnalysis, probe: dict[str, SetAnalysis], derma: bool
+) -> list[str]:
+  """The second protocol: both protocols' intervals side by side, the probe's test table,
+  paired differences and overfitting gaps."""
+  probes = study.arms(PROBE)
+  sa = probe[TEST_SET]
+  L = ["## Second evaluation protocol: linear probe (frozen backbone, linear head)", ""]
+  L.append(
+    "Each arm's pretrained backbone frozen and a linear head trained on its pooled features "
+    "with all training labels (`probes/<arm>/seed_<s>/`): how linearly separable the classes "
+    "are in the pretrained features. The identical-classifier numbers above are the first "
+    "protocol."
+  )
+  L.append("")
+  L += ["### Both protocols side by side (test split, bootstrap 95% intervals)", ""]
+  L.append(
+    "Each cell: the metric averaged over seeds [95% percentile bootstrap interval over the test "
+    "images]."
+  )
+  L.append("")
+  rows = []
+  names = list(dict.fromkeys([*study.arms(), *probes]))
+  for a in names:
+    for label, s in ((PROTOCOL_LABELS[CLASSIFIER], classifier_sa), (PROTOCOL_LABELS[PROBE], sa)):
+      if a not in s.runs:
+        continue
+      if a not in s.ci:
+        rows.append([f"`{a}`", label, "—", *["n/a"] * len(s.metrics)])
+        continue
+      rows.append(
+        [
+          f"`{a}`",
+          label,
+          ", ".join(str(x) for x in s.ci_seeds[a]),
+          *[f"{fmt(s.ci[a][m].estimate)} {fmt_ci(s.ci[a][m])}" for m in s.metrics],
+        ]
+      )
+  L += table(
+    ["arm", "protocol", "seeds", "accuracy", "balanced accuracy", "macro-F1", "macro AUC"], rows
+  )
+  L.append("")
+  if sa.notes:
+    L += [f"- {n}" for n in sa.notes] + [""]
+  L += ["### Linear probe: test-set metrics (mean ± std over seeds)", ""]
+  L += _test_table(probes, derma=False)  # the reference rows are in the first protocol's table
+  if sa.diffs:
+    L += ["### Linear probe: differences between the arms (paired bootstrap, test split)", ""]
+    L += diff_lines(sa)
+  summary = summarize(probes)
+  L += ["### Linear probe: overfitting gap at the final epoch (mean ± std over seeds)", ""]
+  L += table(
+    [
+      "arm",
+      "seeds",
+      "train − val accuracy",
+      "val − train loss",
+      "largest train − val accuracy gap over epochs",
+    ],
+    [
+      [
+        f"`{a}`",
+        str(len(arm.runs)),
+        fms(summary[a]["gap_acc_final"], sign=True),
+        fms(summary[a]["gap_loss_final"], sign=True),
+        fms(summary[a]["gap_acc_max"], sign=True),
+      ]
+      for a, arm in probes.items()
+    ],
+  )
+  L.append("")
+  return L
 
 
 def write_report(workdir: str, n_boot: int = 2000, seed: int = 0, figures: bool = True) -> str:
   """Writes DIR/report.md and DIR/figures/*.png; returns the path of report.md.
 
   n_boot: bootstrap resamples per interval; seed: the resampling seed (the same resamples
-  for every arm, seed and metric, which makes the arm differences paired); figures=False
-  skips drawing the figures (faster; the report then says they were not drawn).
+  for every arm, seed and metric of a set, which makes the arm differences paired; each
+  outside set gets its own seed derived from it); figures=False skips drawing the figures
+  (faster; the report then says they were not drawn).
   """
   workdir = os.fspath(workdir)
-  arms = load_compare_dir(workdir)
+  study = load_study(workdir)
+  arms = study.arms()
   top_path = fileio.join(workdir, "config.json")
   top = read_json(top_path) if fileio.isfile(top_path) else {}
   top = top if isinstance(top, dict) else {}
   summary = summarize(arms)
   n_seeds = {a: len(arm.runs) for a, arm in arms.items()}
-  analysis = analyse_sets(arms, n_boot=n_boot, seed=seed)
+  analysis, probe, tests = _analyse(study, n_boot, seed)
   test_sa = analysis[TEST_SET]
   arm_names = list(arms)
+  pair = headline_pair(arm_names)
+  eff = label_efficiency(tests) if study.fractions else {}
   fig_dir = fileio.join(workdir, "figures")
   if figures:
     fileio.makedirs(fig_dir)
-
-  # --- figures
-
-  def draw(fn: Any, *args: Any, **kwargs: Any) -> None:
-    if figures:
-      fn(*args, **kwargs)
-
-  runs = {a: [r.history for r in arm.runs] for a, arm in arms.items()}
-  draw(
-    plots.save_curves,
-    runs,
-    ["train/loss", "val/loss"],
-    fileio.join(fig_dir, "loss.png"),
-    "Loss per epoch (solid: training, dashed: validation)",
-    ylabel="cross-entropy loss",
+  confusion_files, class_names, reliability_files = _draw_figures(
+    study, analysis, probe, eff, fig_dir, figures
   )
-  draw(
-    plots.save_curves,
-    runs,
-    ["train/accuracy", "val/accuracy"],
-    fileio.join(fig_dir, "accuracy.png"),
-    "Accuracy per epoch (solid: training, dashed: validation)",
-    ylabel="accuracy",
-  )
-  draw(
-    plots.save_curves,
-    runs,
-    ["gap/accuracy", "gap/loss"],
-    fileio.join(fig_dir, "gap.png"),
-    "Overfitting gap per epoch (above 0 = the model does better on training than on "
-    "validation data)",
-    separate_panels=True,
-    hline=0.0,
-    panel_titles={
-      "gap/accuracy": "Training accuracy − validation accuracy",
-      "gap/loss": "Validation loss − training loss",
-    },
-  )
-  confusion_files = {}
-  class_names: list[str] | None = None
-  for a, arm in arms.items():
-    cms = [
-      np.asarray(r.test["confusion_matrix"], dtype=np.int64)
-      for r in arm.runs
-      if r.test.get("confusion_matrix") is not None
-    ]
-    names = next((r.test.get("class_names") for r in arm.runs if r.test.get("class_names")), None)
-    if class_names is None and names:
-      class_names = list(names)
-    if not cms or len({c.shape for c in cms}) != 1:
-      continue
-    total = np.sum(cms, axis=0)
-    names = list(names) if names else [f"class {i}" for i in range(total.shape[0])]
-    fname = f"confusion_{_safe_name(a)}.png"
-    draw(
-      plots.save_confusion_matrix,
-      total,
-      names,
-      fileio.join(fig_dir, fname),
-      f"{a}: test confusion matrix (counts summed over {len(cms)} seed(s))",
-    )
-    confusion_files[a] = (fname, len(cms))
-  reliability_files = {}
-  for a, bins in test_sa.reliability.items():
-    fname = f"reliability_{_safe_name(a)}.png"
-    k = len(test_sa.ci_seeds.get(a, []))
-    draw(
-      plots.save_reliability_diagram,
-      bins.confidence,
-      bins.accuracy,
-      bins.count,
-      fileio.join(fig_dir, fname),
-      f"{a}: calibration on the test split ({k} seed(s) pooled)",
-      edges=bins.edges,
-      ece=bins.ece,
-    )
-    reliability_files[a] = fname
-  shifted = len(analysis) > 1
-  if shifted:
-    sets = [sa for sa in analysis.values() if sa.labelled or not sa.shifted]
-    series = {}
-    for a in arm_names:
-      vals = []
-      for sa in sets:
-        ms = mean_std([num(ev.metrics.get("balanced_accuracy")) for _, ev in sa.runs.get(a, [])])
-        ci = sa.ci.get(a, {}).get("balanced_accuracy")
-        vals.append((ms[0], ci.lo if ci else None, ci.hi if ci else None))
-      series[a] = vals
-    baseline = [
-      mean_std(
-        [
-          num((ev.metrics.get("majority_baseline") or {}).get("balanced_accuracy"))
-          for rs in sa.runs.values()
-          for _, ev in rs
-        ]
-      )[0]
-      for sa in sets
-    ]
-    draw(
-      plots.save_interval_groups,
-      [sa.short_label for sa in sets],
-      series,
-      fileio.join(fig_dir, "shift_balanced_accuracy.png"),
-      "Balanced accuracy in distribution and on shifted data\n"
-      "(points: mean over seeds; bars: 95% bootstrap interval)",
-      "balanced accuracy (mean recall over classes)",
-      baseline=baseline,
-      baseline_label="always predicting the majority class",
-    )
 
   # --- header and warnings
   L: list[str] = ["# Self-supervised VAE vs ImageNet transfer: comparison report", ""]
@@ -198,7 +314,12 @@ def write_report(workdir: str, n_boot: int = 2000, seed: int = 0, figures: bool 
     "(only its abstract's numbers are known)."
   )
   L.append("")
-  warnings = warning_lines(analysis)
+  warnings = [f"- ⚠ {w}." for w in study.warnings] + warning_lines(analysis)
+  for cond, sa in tests.items():
+    if cond == Condition(PROBE, FULL):
+      warnings += warning_lines(probe, cond.label)
+    elif cond != Condition(CLASSIFIER, FULL):
+      warnings += warning_lines({TEST_SET: sa}, cond.label)
   if warnings:
     L += ["## Warnings", ""] + warnings + [""]
 
@@ -226,11 +347,10 @@ def write_report(workdir: str, n_boot: int = 2000, seed: int = 0, figures: bool 
   data_text, derma = data_lines(arms, top, test_sa)
   L += data_text
   L.append(
-    "Training mode: "
-    + "; ".join(f"`{a}` {training_mode(arm)[1]}" for a, arm in arms.items())
-    + "."
+    "Training mode: " + "; ".join(f"`{a}` {training_mode(arm)[1]}" for a, arm in arms.items()) + "."
   )
   L.append("")
+  L += _protocol_lines(study)
   rec = {a: sorted({int(r.history[-1]["epoch"]) for r in arm.runs}) for a, arm in arms.items()}
   if len({tuple(v) for v in rec.values()}) > 1:
     L.append(
@@ -249,122 +369,27 @@ def write_report(workdir: str, n_boot: int = 2000, seed: int = 0, figures: bool 
   L += ["## The paper's measures (validation curves, final overfitting gap)", ""]
   L.append(
     "Mean ± sample std over seeds of per-run quantities. % changes are relative to each run's "
-    "first "
-    "epoch. Gaps: train − val accuracy and val − train loss (both > 0 when overfitting). The "
-    "paper's "
-    "values are from a different (proprietary) dataset and setup: compare directions, not levels."
+    "first epoch. Gaps: train − val accuracy and val − train loss (both > 0 when overfitting). "
+    "The paper's values are from a different (proprietary) dataset and setup: compare "
+    "directions, not levels."
   )
   L.append("")
   for a in arms:
-    s = summary[a]
-    pa = paper_arm(a)
-    p = PAPER.get(pa) if pa else None
-    pv = (lambda k, p=p: p[k]) if p else (lambda k: "—")
-    L.append(
-      f"### `{a}` ({n_seeds[a]} seed{'s' if n_seeds[a] != 1 else ''})"
-      + (f" — paper arm: {p['label']}" if p else " — no matching paper arm")
-    )
-    L.append("")
-    acc = (
-      f"{fms(s['val_acc_first'], digits=1, scale=100, suffix='%')} → "
-      f"{fms(s['val_acc_final'], digits=1, scale=100, suffix='%')}"
-    )
-    L += table(
-      ["quantity", "this run", "paper (reported)"],
-      [
-        ["final val loss", fms(s["val_loss_final"]), pv("final_val_loss")],
-        [
-          "val loss change, first → final epoch",
-          fms(s["val_loss_change"], digits=2, suffix="%", sign=True),
-          pv("val_loss_change"),
-        ],
-        ["val accuracy, first → final epoch", acc, pv("val_acc")],
-        [
-          "val accuracy change",
-          fms(s["val_acc_change"], digits=2, suffix="%", sign=True),
-          pv("val_acc_change"),
-        ],
-        [
-          "final gap: train − val accuracy",
-          fms(s["gap_acc_final"], sign=True),
-          pv("gap") + (" †" if p else ""),
-        ],
-        [
-          "final gap: val − train loss",
-          fms(s["gap_loss_final"], sign=True),
-          pv("gap") + (" †" if p else ""),
-        ],
-        ["largest train − val accuracy gap over epochs", fms(s["gap_acc_max"], sign=True), "—"],
-      ],
-    )
-    L.append("")
+    L += _paper_table(a, summary[a], n_seeds[a])
   L.append("† The paper does not say which definition its overfitting gap uses.")
   L.append("")
 
   # --- (c) what the paper lacks
   n_text = ", ".join(f"`{a}` n={k}" for a, k in n_seeds.items())
-  L += ["## Test-set metrics (not reported by the paper)", ""]
+  protocol = ": identical classifier" if probe else ""
+  L += [f"## Test-set metrics (not reported by the paper){protocol}", ""]
   L.append(
     f"Mean ± sample std over seeds ({n_text}), from each run's test_metrics.json. Best val "
-    "accuracy = "
-    "the highest per-epoch validation accuracy of each run (its epoch in brackets, per seed)."
+    "accuracy = the highest per-epoch validation accuracy of each run (its epoch in brackets, "
+    "per seed)."
   )
   L.append("")
-  rows = []
-  for a, arm in arms.items():
-    s = summary[a]
-    best = fms(s["val_acc_best"])
-    best_epochs = [seed_summary(r)["best_epoch"] for r in arm.runs]
-    if any(e is not None for e in best_epochs):
-      best += f" (ep {int_list(best_epochs)})"
-    rows.append(
-      [
-        f"`{a}`",
-        str(n_seeds[a]),
-        fms(s["test_accuracy"]),
-        fms(s["test_balanced_accuracy"]),
-        fms(s["test_macro_f1"]),
-        fms(s["test_macro_auc"]),
-        fms(s["test_loss"]),
-        best,
-      ]
-    )
-  # Majority baseline: the same for every run when the splits are fixed; averaged over all runs.
-  maj = {
-    k: mean_std(
-      [v for a in arms for v in [seed_summary(r)[f"majority_{k}"] for r in arms[a].runs]]
-    )
-    for k in ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc")
-  }
-  rows.append(
-    [
-      "majority class (train majority, always predicted)",
-      "—",
-      fmt(maj["accuracy"][0]),
-      fmt(maj["balanced_accuracy"][0]),
-      fmt(maj["macro_f1"][0]),
-      fmt(maj["macro_auc"][0]),
-      "—",
-      "—",
-    ]
-  )
-  if derma:
-    for label, acc_ref, auc_ref in REFERENCES:
-      rows.append([label, "—", f"{acc_ref:.3f}", "—", "—", f"{auc_ref:.3f}", "—", "—"])
-  L += table(
-    [
-      "arm",
-      "seeds",
-      "test accuracy",
-      "test balanced acc.",
-      "test macro-F1",
-      "test macro AUC",
-      "test loss",
-      "best val accuracy",
-    ],
-    rows,
-  )
-  L.append("")
+  L += _test_table(arms, derma)
   L.append(reference_sentence(arms, top, test_sa, derma))
   L.append("")
 
@@ -372,12 +397,9 @@ def write_report(workdir: str, n_boot: int = 2000, seed: int = 0, figures: bool 
   if test_sa.ci:
     L.append(
       f"Percentile bootstrap over the {test_sa.n_images:,} test images ({n_boot:,} resamples). "
-      "With "
-      "several seeds the statistic is the metric averaged over the seeds, each resample drawing "
-      "the "
-      "same images for every seed and arm. The interval shows the uncertainty due to the finite "
-      "test "
-      "set; the ± above shows the seed-to-seed spread."
+      "With several seeds the statistic is the metric averaged over the seeds, each resample "
+      "drawing the same images for every seed and arm. The interval shows the uncertainty due "
+      "to the finite test set; the ± above shows the seed-to-seed spread."
     )
     L.append("")
   L += interval_lines(test_sa, n_boot, arm_names)
@@ -390,51 +412,13 @@ def write_report(workdir: str, n_boot: int = 2000, seed: int = 0, figures: bool 
     )
     L.append("")
     L += diff_lines(test_sa)
-
-  # per-class recall
-  k = max(
-    (len(r.test.get("per_class_recall") or []) for arm in arms.values() for r in arm.runs),
-    default=0,
-  )
-  if k:
-    names = (
-      class_names if class_names and len(class_names) == k else [f"class {i}" for i in range(k)]
-    )
-    support = arms[next(iter(arms))].runs[0].test.get("support")
-    header = [
-      "class",
-      *(["test support"] if support and len(support) == k else []),
-      *[f"`{a}`" for a in arms],
-    ]
-    rows = []
-    for i in range(k):
-      row = [names[i], *([str(support[i])] if support and len(support) == k else [])]
-      for arm in arms.values():
-        vals = []
-        for r in arm.runs:
-          recall = r.test.get("per_class_recall") or []
-          vals.append(num(recall[i]) if i < len(recall) else None)
-        row.append(fms(mean_std(vals)))
-      rows.append(row)
-    L += [
-      "### Per-class test recall (mean ± std over seeds; n/a = class absent from the test split)",
-      "",
-    ]
-    L += table(header, rows)
-    L.append("")
-    caption = plots.class_caption(names)
-    if caption:
-      L += [f"Classes: {caption}.", ""]
-
-  # calibration
+  L += _recall_lines(arms, class_names)
   if test_sa.ece:
     L += ["### Calibration (test split)", ""]
     L.append(
       "Expected calibration error (ECE, top-label, 15 equal-width confidence bins, Guo et al. "
-      "2017): "
-      "the average gap between confidence and accuracy, weighted by the images per bin; 0 = "
-      "perfectly "
-      "calibrated. Mean ± std over seeds."
+      "2017): the average gap between confidence and accuracy, weighted by the images per bin; "
+      "0 = perfectly calibrated. Mean ± std over seeds."
     )
     L.append("")
     L += table(
@@ -443,16 +427,176 @@ def write_report(workdir: str, n_boot: int = 2000, seed: int = 0, figures: bool 
     )
     L.append("")
 
-  if shifted:
-    L += shift_lines(analysis, arm_names)
+  if probe:
+    L += _probe_lines(study, test_sa, probe, derma)
+  if eff:
+    L += ["## Label efficiency (class-stratified fractions of the training labels)", ""]
+    L.append(
+      "Each arm trained on a class-stratified fraction of the training labels "
+      "(`fractions/<f>/`; 100% = `arms/` and `probes/`) and scored on the same test split. "
+      "Each cell: the metric averaged over seeds [95% percentile bootstrap interval over the "
+      "test images]; seeds = seeds per fraction."
+    )
+    L.append("")
+    L += efficiency_lines(eff, EFFICIENCY_METRICS)
+
+  if len(analysis) > 1:
+    L += shift_lines(analysis, arm_names, pair)
+  if len(probe) > 1:
+    L += shift_lines(
+      probe,
+      list(study.arms(PROBE)),
+      headline_pair(list(study.arms(PROBE))),
+      title="## In distribution vs shifted: linear probe",
+    )
 
   # --- figures
-  L += ["## Figures", ""]
-  if not figures:
+  L += _figure_lines(
+    study, n_seeds, confusion_files, reliability_files, analysis, probe, eff, figures
+  )
+
+  # --- (e) conclusion
+  L += conclusion(summary, n_seeds, test_sa, tests)
+
+  return fileio.atomic_write_text(fileio.join(workdir, "report.md"), "\n".join(L).rstrip() + "\n")
+
+
+def _draw_figures(
+  study: Study,
+  analysis: dict[str, SetAnalysis],
+  probe: dict[str, SetAnalysis],
+  eff: dict[str, Any],
+  fig_dir: str,
+  draw: bool,
+) -> tuple[dict[str, tuple[str, int]], list[str] | None, dict[str, str]]:
+  """Draws every figure (when `draw`); returns the confusion and reliability file names and
+  the class names."""
+  arms = study.arms()
+  report_figures.curves(arms, fig_dir, draw)
+  confusion_files, class_names = report_figures.confusion_matrices(arms, fig_dir, draw)
+  reliability_files = report_figures.reliability(analysis[TEST_SET], fig_dir, draw)
+  if len(analysis) > 1:
+    report_figures.shift(
+      analysis,
+      list(arms),
+      fileio.join(fig_dir, "shift_balanced_accuracy.png"),
+      "Balanced accuracy in distribution and on shifted data\n"
+      "(points: mean over seeds; bars: 95% bootstrap interval)",
+      draw,
+    )
+  if len(probe) > 1:
+    report_figures.shift(
+      probe,
+      list(study.arms(PROBE)),
+      fileio.join(fig_dir, "shift_balanced_accuracy_probe.png"),
+      "Linear probe: balanced accuracy in distribution and on shifted data\n"
+      "(points: mean over seeds; bars: 95% bootstrap interval)",
+      draw,
+    )
+  if eff:
+    report_figures.label_efficiency(
+      eff, EFFICIENCY_METRICS, fileio.join(fig_dir, "label_efficiency.png"), draw
+    )
+  return confusion_files, class_names, reliability_files
+
+
+def _paper_table(a: str, s: dict[str, Any], n: int) -> list[str]:
+  """One arm's validation curve and overfitting-gap numbers next to the paper's."""
+  pa = paper_arm(a)
+  p = PAPER.get(pa) if pa else None
+  pv = (lambda k, p=p: p[k]) if p else (lambda k: "—")
+  L = [
+    f"### `{a}` ({n} seed{'s' if n != 1 else ''})"
+    + (f" — paper arm: {p['label']}" if p else " — no matching paper arm"),
+    "",
+  ]
+  acc = (
+    f"{fms(s['val_acc_first'], digits=1, scale=100, suffix='%')} → "
+    f"{fms(s['val_acc_final'], digits=1, scale=100, suffix='%')}"
+  )
+  L += table(
+    ["quantity", "this run", "paper (reported)"],
+    [
+      ["final val loss", fms(s["val_loss_final"]), pv("final_val_loss")],
+      [
+        "val loss change, first → final epoch",
+        fms(s["val_loss_change"], digits=2, suffix="%", sign=True),
+        pv("val_loss_change"),
+      ],
+      ["val accuracy, first → final epoch", acc, pv("val_acc")],
+      [
+        "val accuracy change",
+        fms(s["val_acc_change"], digits=2, suffix="%", sign=True),
+        pv("val_acc_change"),
+      ],
+      [
+        "final gap: train − val accuracy",
+        fms(s["gap_acc_final"], sign=True),
+        pv("gap") + (" †" if p else ""),
+      ],
+      [
+        "final gap: val − train loss",
+        fms(s["gap_loss_final"], sign=True),
+        pv("gap") + (" †" if p else ""),
+      ],
+      ["largest train − val accuracy gap over epochs", fms(s["gap_acc_max"], sign=True), "—"],
+    ],
+  )
+  L.append("")
+  return L
+
+
+def _recall_lines(arms: dict[str, ArmRuns], class_names: list[str] | None) -> list[str]:
+  """Per-class test recall, mean ± std over seeds, with the class names spelt out."""
+  k = max(
+    (len(r.test.get("per_class_recall") or []) for arm in arms.values() for r in arm.runs),
+    default=0,
+  )
+  if not k:
+    return []
+  names = class_names if class_names and len(class_names) == k else [f"class {i}" for i in range(k)]
+  support = arms[next(iter(arms))].runs[0].test.get("support")
+  with_support = bool(support) and len(support) == k
+  header = ["class", *(["test support"] if with_support else []), *[f"`{a}`" for a in arms]]
+  rows = []
+  for i in range(k):
+    row = [names[i], *([str(support[i])] if with_support else [])]
+    for arm in arms.values():
+      vals = []
+      for r in arm.runs:
+        recall = r.test.get("per_class_recall") or []
+        vals.append(num(recall[i]) if i < len(recall) else None)
+      row.append(fms(mean_std(vals)))
+    rows.append(row)
+  L = [
+    "### Per-class test recall (mean ± std over seeds; n/a = class absent from the test split)",
+    "",
+  ]
+  L += table(header, rows)
+  L.append("")
+  caption = plots.class_caption(names)
+  if caption:
+    L += [f"Classes: {caption}.", ""]
+  return L
+
+
+def _figure_lines(
+  study: Study,
+  n_seeds: dict[str, int],
+  confusion_files: dict[str, tuple[str, int]],
+  reliability_files: dict[str, str],
+  analysis: dict[str, SetAnalysis],
+  probe: dict[str, SetAnalysis],
+  eff: dict[str, Any],
+  drawn: bool,
+) -> list[str]:
+  L = ["## Figures", ""]
+  if not drawn:
     L += ["(Not drawn in this report: written with figures=False.)", ""]
-  if figures:
+  else:
     band = " Lines are means over seeds, bands ±1 sample std." if max(n_seeds.values()) > 1 else ""
-    L.append(f"Loss, train and validation, both arms.{band}")
+    which = "both arms" if len(n_seeds) == 2 else "all arms (identical classifier)"
+    L.append(f"Loss, train and validation, {which}.{band}")
     L += [
       "",
       "![loss](figures/loss.png)",
@@ -469,33 +613,37 @@ def write_report(workdir: str, n_boot: int = 2000, seed: int = 0, figures: bool 
     for a, (fname, n) in confusion_files.items():
       L.append(
         f"Test confusion matrix of `{a}`, counts **summed over {n} seed(s)**, colours "
-        "row-normalised "
-        f"(recall on the diagonal):"
+        "row-normalised (recall on the diagonal):"
       )
       L += ["", f"![confusion {a}](figures/{fname})", ""]
     for a, fname in reliability_files.items():
       L.append(
         f"Reliability diagram of `{a}` (test split, seeds pooled): bars on the diagonal = "
-        "calibrated; "
-        "bars below it = overconfident."
+        "calibrated; bars below it = overconfident."
       )
       L += ["", f"![reliability {a}](figures/{fname})", ""]
-    if shifted:
+    if len(analysis) > 1:
       L.append(
         "Balanced accuracy per evaluation set, in distribution and shifted side by side (dotted "
-        "line: "
-        "always predicting the majority class):"
+        "line: always predicting the majority class):"
       )
       L += ["", "![shift](figures/shift_balanced_accuracy.png)", ""]
-  if fileio.isfile(fileio.join(workdir, "vae", "latent_pca.png")):
+    if len(probe) > 1:
+      L.append("The same for the linear probe:")
+      L += ["", "![shift, linear probe](figures/shift_balanced_accuracy_probe.png)", ""]
+    if eff:
+      L.append(
+        "Label efficiency: test balanced accuracy (left) and macro AUC (right) against the "
+        "fraction of training labels, log scale; colour = arm, line style = protocol (solid: "
+        "identical classifier, dashed: linear probe), bars = 95% bootstrap intervals over the "
+        "test images:"
+      )
+      L += ["", "![label efficiency](figures/label_efficiency.png)", ""]
+  if study.latent_map:
+    seed_dir = study.latent_map.split("/")[1] if study.latent_map.count("/") == 2 else None
     L.append(
       "VAE latent space: a 2-D PCA of the VAE's latent means, coloured by class (written by the "
-      "VAE run):"
+      "VAE run" + (f", {seed_dir.replace('_', ' ')}" if seed_dir else "") + "):"
     )
-    L += ["", "![VAE latent PCA](vae/latent_pca.png)", ""]
-
-  # --- (e) conclusion
-  L += conclusion(summary, n_seeds, test_sa)
-
-  return fileio.atomic_write_text(fileio.join(workdir, "report.md"),
-                                  "\n".join(L).rstrip() + "\n")
+    L += ["", f"![VAE latent PCA]({study.latent_map})", ""]
+  return L
