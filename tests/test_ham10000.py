@@ -184,3 +184,11 @@ def test_missing_manual_dir(tmp_path):
   (tmp_path / "empty").mkdir()
   with pytest.raises(DataError, match="HAM10000_metadata.csv: file not found"):
     ham10000.Dataset(cfg(tmp_path, tmp_path / "empty"))
+
+
+def test_fixed_classes_refuse_config_classes(tmp_path):
+  """config.data.classes is for the folder dataset; HAM10000 says its classes are fixed."""
+  with pytest.raises(DataError, match=r"config.data.classes=\('nv', 'mel'\) is set, but "
+                     r"config.data.name='ham10000' has fixed classes \['akiec', 'bcc'"):
+    ham10000.Dataset(cfg(tmp_path / "tfds", classes=("nv", "mel")))
+  assert not (tmp_path / "tfds").exists()

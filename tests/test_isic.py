@@ -13,8 +13,8 @@ import pytest
 from PIL import Image
 
 from derm_jax.data import isic
-from derm_jax.data.dermamnist import CLASS_NAMES
 from derm_jax.data.errors import DataError
+from derm_jax.data.registry import HAM10000_CLASSES as CLASS_NAMES
 
 SAMPLE = Path(__file__).resolve().parent / "data" / "isic2018_sample"
 IMAGES = SAMPLE / "ISIC2018_Task3_Training_Input"
@@ -263,7 +263,7 @@ def test_all_rows_skipped(tmp_path):
   path = write_csv(tmp_path / "gt.csv", HEADER_2019,
                    [one_hot(HEADER_2019, "ISIC_1", "SCC"), one_hot(HEADER_2019, "ISIC_2", "UNK")])
   assert len(isic.read_ground_truth(path)) == 0
-  with pytest.raises(DataError, match="no rows with a DermaMNIST class"):
+  with pytest.raises(DataError, match="no rows with a class of the run"):
     isic.IsicSource(IMAGES, path)
 
 

@@ -44,10 +44,11 @@ from PIL import Image
 from tensorflow_datasets.core import utils as tfds_utils
 
 from derm_jax.data.errors import DataError
+from derm_jax.data.registry import HAM10000_CLASSES
 from derm_jax.data.tfds_source import TfdsSource, resolve_split
 
-CLASS_NAMES = ("akiec", "bcc", "bkl", "df", "mel", "nv", "vasc")
-NUM_CLASSES = 7
+CLASS_NAMES = HAM10000_CLASSES  # the MedMNIST label order
+NUM_CLASSES = len(CLASS_NAMES)
 SOURCES = ("embedded", "npz", "download")
 TFDS_SPLITS = ("train", "validation", "test")
 # TFDS split name -> key prefix in the MedMNIST npz.
@@ -551,10 +552,23 @@ class Dataset:
   """DermaMNIST through the dataset registry (`config.data.name='dermamnist'`)."""
 
   def __init__(self, data_config: Any):
+    from derm_jax.data import unlabeled
     from derm_jax.data.registry import DatasetMeta
     self._config = data_config
     self._builder = prepare(data_config)
     self.meta = DatasetMeta(name="dermamnist", class_names=CLASS_NAMES)
+    # config.data.unlabeled: prepared now, at the stored resolution, checked against val/test.
+    self._unlabeled = unlabeled.prepare(self, data_config)
+
+  @property
+  def version_dir(self) -> str:
+    """The prepared directory (ArrayRecords, dataset_info.json)."""
+    return os.fspath(self._builder.data_dir)
+
+  def unlabeled_source(self) -> TfdsSource | None:
+    """The `config.data.unlabeled` images (label -1; derm_jax/data/unlabeled.py), or None
+    when none are configured."""
+    return None if self._unlabeled is None else self._unlabeled.source()
 
   def source(self, split: str) -> TfdsSource:
     return TfdsSource(self._builder.data_dir, _tfds_split(split))
@@ -565,6 +579,9 @@ class Dataset:
   def describe(self) -> dict[str, Any]:
     splits = {s: int(self._builder.info.splits[_tfds_split(s)].num_examples)
               for s in ("train", "val", "test")}
-    return {"name": "dermamnist", "source": str(_field(self._config, "source", "embedded")),
-            "splits": splits,
-            "image_size": int(self._builder.info.features["image"].shape[0])}
+    out = {"name": "dermamnist", "source": str(_field(self._config, "source", "embedded")),
+           "splits": splits,
+           "image_size": int(self._builder.info.features["image"].shape[0])}
+    if self._unlabeled is not None:
+      out["unlabeled"] = self._unlabeled.summary()
+    return out

@@ -23,10 +23,10 @@ from collections import Counter
 from typing import ClassVar
 
 from derm_jax.data import fullres
-from derm_jax.data.dermamnist import CLASS_NAMES as DERMAMNIST_CLASSES
 from derm_jax.data.errors import DataError
+from derm_jax.data.registry import HAM10000_CLASSES
 
-CLASS_NAMES = DERMAMNIST_CLASSES  # HAM10000 dx codes, in DermaMNIST order
+CLASS_NAMES = HAM10000_CLASSES  # HAM10000 dx codes, in DermaMNIST order
 METADATA_CSV = "HAM10000_metadata.csv"
 IMAGE_DIRS = ("HAM10000_images_part_1", "HAM10000_images_part_2")
 COLUMNS = ("lesion_id", "image_id", "dx", "dx_type", "age", "sex", "localization")

@@ -29,10 +29,10 @@ from collections import Counter
 from typing import ClassVar
 
 from derm_jax.data import fullres, isic
-from derm_jax.data.dermamnist import CLASS_NAMES as DERMAMNIST_CLASSES
 from derm_jax.data.errors import DataError
+from derm_jax.data.registry import HAM10000_CLASSES
 
-CLASS_NAMES = DERMAMNIST_CLASSES + ("scc",)
+CLASS_NAMES = HAM10000_CLASSES + ("scc",)
 # ISIC 2019 ground-truth column -> class name here (None: skipped).
 COLUMN_CLASSES = {"MEL": "mel", "NV": "nv", "BCC": "bcc", "AK": "akiec", "BKL": "bkl",
                   "DF": "df", "VASC": "vasc", "SCC": "scc", "UNK": None}
@@ -66,12 +66,13 @@ def read_listing(manual_dir: str) -> fullres.Listing:
   gt_path = os.path.join(manual_dir, GROUND_TRUTH_CSV)
   meta_path = os.path.join(manual_dir, METADATA_CSV)
   image_dir = os.path.join(manual_dir, IMAGE_DIR)
-  gt = isic.read_ground_truth(gt_path)
+  gt = isic.read_ground_truth(gt_path, CLASS_NAMES)
   if gt.format != "2019":
-    raise DataError(f"{gt_path}: has the ISIC 2018 columns; expected the 2019 layout "
+    what = "the ISIC 2018 columns" if gt.format == "2018" else "the labels.csv columns"
+    raise DataError(f"{gt_path}: has {what}; expected the 2019 layout "
                     f"image,{','.join(COLUMN_CLASSES)}.")
   # (line, image_id, class name) of every row, in file order; UNK rows are counted only.
-  rows = [(line, image_id, DERMAMNIST_CLASSES[label])
+  rows = [(line, image_id, CLASS_NAMES[label])
           for line, image_id, label in zip(gt.lines, gt.image_ids, gt.labels.tolist(), strict=True)]
   rows += [(s.line, s.image_id, COLUMN_CLASSES[s.reason]) for s in gt.skipped]
   rows.sort()

@@ -8,6 +8,11 @@ call `get(config.data)` and use what it returns.
   ds.source('train')             # random access: [i] -> {'image': uint8 (S,S,3), 'label', 'id'}
   ds.labels('val')               # int64 labels, index i = label of source('val')[i]
   ds.describe()                  # {'name', 'source', 'splits': {split: n}, 'image_size', ...}
+  ds.unlabeled_source()          # config.data.unlabeled images ('label' -1), or None
+
+Class names and their order always come from the dataset (`meta.class_names`): the
+HAM10000 seven (`HAM10000_CLASSES`) for dermamnist and ham10000, those plus 'scc' for
+isic2019, and the data's own classes for folder (derm_jax/data/folder.py).
 
 Adding a dataset: one module defining a class with that interface (`Dataset` below), and
 one line in `_DATASETS`.
@@ -30,7 +35,13 @@ _DATASETS = {
     "dermamnist": "derm_jax.data.dermamnist:Dataset",
     "ham10000": "derm_jax.data.ham10000:Dataset",
     "isic2019": "derm_jax.data.isic2019:Dataset",
+    "folder": "derm_jax.data.folder:Dataset",
 }
+
+# The seven HAM10000 diagnosis codes, in the MedMNIST/DermaMNIST label order. The one place
+# this list is written down: dermamnist, ham10000, isic2019 and the ISIC outside-data reader
+# import it from here.
+HAM10000_CLASSES = ("akiec", "bcc", "bkl", "df", "mel", "nv", "vasc")
 
 # Plain-language names of the seven HAM10000 / DermaMNIST diagnoses.
 CLASS_DESCRIPTIONS = {
@@ -74,7 +85,14 @@ class Dataset(Protocol):
     """All int64 labels of `split`, without decoding images."""
 
   def describe(self) -> dict[str, Any]:
-    """JSON-safe summary: name, source, split sizes, stored image size."""
+    """JSON-safe summary: name, source, split sizes, stored image size (and, when
+    `config.data.unlabeled` is set, 'unlabeled': the pool's counts)."""
+
+  def unlabeled_source(self) -> Any | None:
+    """The `config.data.unlabeled` images for self-supervised pretraining, or None when
+    none are configured: len() and [i] -> {'image': uint8 (S, S, 3) at the stored
+    resolution, 'label': -1, 'id': int}; near-duplicates of val/test images are left out
+    (derm_jax/data/unlabeled.py)."""
 
 
 def available() -> list[str]:

@@ -38,6 +38,26 @@ def group_labels(labels: np.ndarray, group_index: np.ndarray, num_groups: int) -
   return np.argmax(score, axis=1).astype(np.int64)
 
 
+def groups_per_class(labels: Sequence[int] | np.ndarray, groups: Sequence[object] | np.ndarray,
+                     num_classes: int) -> np.ndarray:
+  """(num_classes,) int64: how many groups have each class as their label (`group_labels`).
+
+  A class can be in all three splits only if it labels at least three groups: this is what
+  a stratified split has to spread (a dataset checks it before splitting)."""
+  labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+  keys = np.asarray(groups, dtype=object).reshape(-1)
+  if labels.shape != keys.shape:
+    raise ValueError(f"labels ({labels.shape[0]}) and groups ({keys.shape[0]}) differ in "
+                     "length.")
+  if labels.size == 0:
+    return np.zeros((num_classes,), dtype=np.int64)
+  index_of: dict[object, int] = {}
+  group_index = np.fromiter((index_of.setdefault(g, len(index_of)) for g in keys.tolist()),
+                            dtype=np.int64, count=labels.size)
+  glabel = group_labels(labels, group_index, len(index_of))
+  return np.bincount(glabel, minlength=num_classes).astype(np.int64)
+
+
 def grouped_stratified_split(labels: Sequence[int] | np.ndarray,
                              groups: Sequence[object] | np.ndarray,
                              val_fraction: float = 0.1, test_fraction: float = 0.2,
