@@ -1,18 +1,23 @@
-"""Training throughput benchmark (not a test): device-resident steps vs the real Grain pipeline.
+"""Training throughput benchmark (not a test): the loop's own train program, fed two ways.
 
   python benchmarks/bench_train.py --config=configs/vae.py
   python benchmarks/bench_train.py --config=configs/vae.py:paper --config.batch_size=8
   python benchmarks/bench_train.py --config=configs/classify.py --config.freeze_backbone=False \
       --config.init.source=scratch --config.image_size=224 --config.batch_size=32
       (the same train step as ../shared/perf/torch_ref.py --model effnet_lite0)
+  python benchmarks/bench_train.py --config=configs/classify.py --config.init.source=scratch \
+      --config.freeze_backbone=False --members=6     # a study's population of 6
 For the config's model and batch it prints, as a table and one JSON line:
-  (a) train-step images/s with one batch already on the device,
-  (b) end-to-end training images/s pulling every batch through the Grain pipeline,
-      (b)/(a) shows whether the input pipeline keeps up,
-  (c) achieved GFLOP/s: XLA's cost-analysis FLOPs of the step (its lowered, unoptimised
-      HLO, the same on every backend) / step time,
-  (d) the host input pipeline alone: images/s of the loop's Grain iterator with no step
+  (a) images/s of the train program (`--scan` steps per dispatch, `--members` members side
+      by side, as the loop runs them) with the training split in device memory: each step
+      gathers its batch on the device (derm_jax/data/device_data.py);
+  (b) the same program fed through the Grain pipeline (the path of splits that do not fit
+      `input.device_data_mb`), (b)/(a) shows whether the host keeps up;
+  (c) achieved GFLOP/s: XLA's cost-analysis FLOPs of one member's step (its lowered HLO,
+      the same on every backend) x members / step time;
+  (d) the host input pipeline alone: images/s of one member's Grain iterator with no step
       (`--config.input.cache_mb=0` shows it without the in-memory training split).
+Rates count the images of every member (steps/s per member = img/s / batch / members).
 Data: the config's data source (the embedded subset by default; nothing is downloaded).
 """
 
@@ -26,94 +31,121 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from derm_jax.train import loop
-from derm_jax.train import mesh as mesh_lib
+from derm_jax import console
+from derm_jax.data import device_data
+from derm_jax.train import loop, population
+from derm_jax.train.population import Member
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config.")
-_STEPS = flags.DEFINE_integer("steps", 20, "Timed steps per measurement.")
-_WARMUP = flags.DEFINE_integer("warmup", 3, "Untimed steps (compilation) first.")
+_STEPS = flags.DEFINE_integer("steps", 20, "Timed steps per measurement (whole dispatches).")
+_SCAN = flags.DEFINE_integer("scan", 10, "Steps per dispatch (the loop: up to the next log, "
+                             "eval or checkpoint point).")
+_WARMUP = flags.DEFINE_integer("warmup", 1, "Untimed dispatches (compilation) first.")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Measurements of each kind; the median is kept.")
+_MEMBERS = flags.DEFINE_integer("members", 1, "Members trained side by side (a population).")
 
 
-def _build(config, workdir: str):
-  """The task's typed Experiment and its training stream (the loop's own)."""
+def _build(config):
   if config.task == "vae":
     from derm_jax.tasks import vae as vae_task
-    exp = vae_task.build(config)
-  elif config.task == "classify":
+    return vae_task.build(config)
+  if config.task == "classify":
     from derm_jax.tasks import classifier as classifier_task
-    exp = classifier_task.build(config, workdir)
-  else:
-    raise ValueError(f"Benchmark needs a 'vae' or 'classify' config, got {config.task!r}.")
-  return exp, loop.train_dataset(exp)
+    return classifier_task.build(config)
+  raise ValueError(f"Benchmark needs a 'vae' or 'classify' config, got {config.task!r}.")
 
 
-def _time_steps(step_fn, state, get_batch, n):
-  t0 = time.perf_counter()
-  for _ in range(n):
-    state, out = step_fn(state, get_batch())
-  jax.block_until_ready((state, out))
-  return state, time.perf_counter() - t0
+class _Path:
+  """One way of feeding the train program: its compiled program, state and feed."""
+
+  def __init__(self, task, members, source, split, scan):
+    states, keys = loop.initial_states(task, members)
+    self.states = population.replicate(states, task.mesh)
+    self.keys = population.replicate(keys, task.mesh)
+    self.programs = population.Programs(task, len(members), scan, split)
+    self.feed = loop.Feed(task, members, source, split, scan, 0)
+    self.arrays = split.arrays if split is not None else {}
+    self.scan, self.step = scan, 0
+
+  def run(self, dispatches: int) -> float:
+    t0 = time.perf_counter()
+    for _ in range(dispatches):
+      xs = self.feed.xs(self.step, self.scan)
+      self.states, out = self.programs.train_chunk(self.states, self.keys, self.arrays, xs)
+      self.step += self.scan
+    jax.block_until_ready((self.states, out))
+    return time.perf_counter() - t0
 
 
 def main(argv):
   del argv
   config = _CONFIG.value
-  with tempfile.TemporaryDirectory(prefix="derm_jax_bench_") as workdir:
-    exp, ds = _build(config, workdir)
-  mesh, step_fn, state = exp.mesh, exp.train_step, exp.state
-  host = loop.train_iterator(exp, ds)
+  task = _build(config)
+  m, scan = _MEMBERS.value, _SCAN.value
+  with tempfile.TemporaryDirectory(prefix="derm_jax_bench_") as tmp:
+    members = []
+    for i in range(m):
+      c = config.copy_and_resolve_references()
+      with c.unlocked():
+        c.seed = int(config.seed) + i
+      members.append(Member(f"member {i}", f"{tmp}/{i}", c))
+    source, split = loop.training_split(task)
+    paths = {"grain": _Path(task, members, source, None, scan)}
+    if split is not None:
+      paths["device"] = _Path(task, members, source, split, scan)
+  dispatches = max(1, _STEPS.value // scan)
+  images = dispatches * scan * config.batch_size * m
+  host = loop.train_iterator(task, loop.train_dataset(task, source))
   next(host)  # threads started, first batch read
   t0 = time.perf_counter()
   for _ in range(_STEPS.value * _REPEATS.value):
     next(host)
   host_rate = _STEPS.value * _REPEATS.value * config.batch_size / (time.perf_counter() - t0)
   del host
-  batches = mesh_lib.prefetch_to_device(loop.train_iterator(exp, ds), mesh,
-                                        config.input.get("device_prefetch", 2))
-  batch = next(batches)
-  # The step as written (its lowered HLO), like the loop's progress lines: the compiled
-  # module's count is not comparable (on GPU convolutions become cuDNN calls counted as 0).
-  flops = loop.step_flops(step_fn, state, batch) or float("nan")
-
-  def fixed():
-    return batch
-
-  def fresh():  # the loop's path: Grain, then prefetched to the device
-    return next(batches)
-
-  state, _ = _time_steps(step_fn, state, fresh, _WARMUP.value)
-  resident, e2e = [], []
+  one = population.member(jax.tree.map(jax.device_get, paths["grain"].states), 0)
+  flops = loop.step_flops(task, one, source[0]["image"].shape) or float("nan")
+  compile_s = {}
+  for name, path in paths.items():
+    compile_s[name] = path.run(_WARMUP.value)
+  rates = {name: [] for name in paths}
   for _ in range(_REPEATS.value):  # interleaved, so drift of the machine hits both alike
-    state, t = _time_steps(step_fn, state, fixed, _STEPS.value)
-    resident.append(_STEPS.value * config.batch_size / t)
-    state, t = _time_steps(step_fn, state, fresh, _STEPS.value)
-    e2e.append(_STEPS.value * config.batch_size / t)
-  a, e = statistics.median(resident), statistics.median(e2e)
-  gflops = flops * a / config.batch_size / 1e9
+    for name, path in paths.items():
+      rates[name].append(images / path.run(dispatches))
+  med = {name: statistics.median(r) for name, r in rates.items()}
+  a = med.get("device", float("nan"))
+  b = med["grain"]
+  gflops = flops * (a if a == a else b) / config.batch_size / 1e9
   name = (config.model.backbone if config.task == "classify" else
           f"vae[{config.model.backbone}]")
   result = dict(task=config.task, model=name, dtype=config.get("dtype", "float32"),
-                image_size=config.image_size,
-                batch_size=config.batch_size, devices=jax.device_count(),
+                image_size=config.image_size, batch_size=config.batch_size, members=m,
+                steps_per_dispatch=scan, devices=jax.device_count(),
                 backend=jax.default_backend(), step_gflop=flops / 1e9,
-                resident_img_s=round(a, 2), end_to_end_img_s=round(e, 2),
-                pipeline_ratio=round(e / a, 3), achieved_gflop_s=round(gflops, 1),
-                host_pipeline_img_s=round(host_rate, 1))
-  print(f"\n{name} @ {config.image_size}px, batch {config.batch_size}, "
-        f"{config.get('dtype', 'float32')}, "
+                device_data=device_data.describe(split).get("train_data"),
+                resident_img_s=round(a, 2), end_to_end_img_s=round(b, 2),
+                pipeline_ratio=round(b / a, 3) if a == a else None,
+                steps_per_s_per_member=round((a if a == a else b) / config.batch_size / m, 2),
+                achieved_gflop_s=round(gflops, 1), host_pipeline_img_s=round(host_rate, 1),
+                first_dispatch_s={k: round(v, 1) for k, v in compile_s.items()})
+  print(f"\n{name} @ {config.image_size}px, batch {config.batch_size} x {m} member(s), "
+        f"{scan} steps per dispatch, {config.get('dtype', 'float32')}, "
         f"{jax.device_count()} {jax.default_backend()} device(s)")
-  print(f"  (a) device-resident train step : {a:8.1f} images/s  (runs: "
-        f"{', '.join(f'{x:.1f}' for x in resident)})")
-  print(f"  (b) end-to-end with Grain      : {e:8.1f} images/s  (runs: "
-        f"{', '.join(f'{x:.1f}' for x in e2e)})  = {100 * e / a:.1f}% of (a)")
-  print(f"  (c) XLA cost analysis          : {flops / 1e9:8.2f} GFLOP/step -> "
+  if "device" in rates:
+    print(f"  (a) data on the device         : {a:8.1f} images/s  (runs: "
+          f"{', '.join(f'{x:.1f}' for x in rates['device'])})")
+  else:
+    print("  (a) data on the device         : the split does not fit input.device_data_mb")
+  print(f"  (b) fed through Grain          : {b:8.1f} images/s  (runs: "
+        f"{', '.join(f'{x:.1f}' for x in rates['grain'])})"
+        + (f"  = {100 * b / a:.1f}% of (a)" if a == a else ""))
+  print(f"  (c) XLA cost analysis          : {flops / 1e9:8.2f} GFLOP/step/member -> "
         f"{gflops:.1f} GFLOP/s achieved")
   print(f"  (d) host input pipeline alone  : {host_rate:8.1f} images/s")
+  print(f"  first dispatch (compile)       : {compile_s}")
   print("RESULT " + json.dumps(result))
   sys.stdout.flush()
 
 
 if __name__ == "__main__":
   flags.mark_flag_as_required("config")
-  app.run(main)
+  app.run(main, flags_parser=console.parse_flags)

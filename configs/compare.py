@@ -20,6 +20,7 @@ from ml_collections import ConfigDict
 
 sys.path.insert(0, os.path.dirname(__file__))
 import classify as classify_config
+import simclr as simclr_config
 import vae as vae_config
 
 from derm_jax import config_lib
@@ -29,8 +30,28 @@ def get_config(arg: str | None = None) -> ConfigDict:
   c = ConfigDict()
   c.task = "compare"
   c.seeds = (0,)
+  # Arms (fixed names): vae, imagenet (the paper's two, the default), scratch, and the
+  # contrastive ones: simclr (SimCLR from scratch on the training images), imagenet_simclr
+  # (ImageNet weights, then SimCLR), micle (as imagenet_simclr, with two images of one
+  # lesion as a positive pair where the data have lesion groups).
   c.arms = ("vae", "imagenet")
-  c.vae_workdir = ""                 # reuse a pretrained VAE instead of training one
+  c.vae_workdir = ""                 # reuse one pretrained VAE (for every seed) instead of training
+  c.vae_per_seed = True              # one VAE per seed (vae/seed_<s>): the VAE arm's spread over
+                                     # seeds includes the pretraining's; False: one VAE for all
+  # Each stage trains its members (the VAEs of all seeds; every arm x seed classifier) as ONE
+  # vmapped program; population_size > 0 caps the members per program (1: one at a time).
+  c.population_size = 0
+  # Evaluation protocols: every arm's identical classifier (config.classifier, arms/), and
+  # with linear_probe also a linear probe (frozen backbone, linear head on its pooled
+  # features: probes/<arm>/seed_<s>).
+  c.linear_probe = False
+  # Label efficiency: each fraction < 1 also trains every arm's classifier (and probe) on a
+  # class-stratified, seeded subset of the training labels (fractions/<f>/...), for the same
+  # number of steps; pretraining still sees every training image, never val or test.
+  c.label_fractions = (1.0,)
+  # > 0: every stage (each pretraining, every classifier, probe and fraction) stops after
+  # this many steps: the whole study in minutes on a CPU (a first look, tests, CI).
+  c.smoke_steps = 0
   # Outside evaluation sets, each "name=IMAGES_DIR,GROUND_TRUTH.csv" (ISIC 2018 or 2019
   # layout): after training, every arm and seed is scored on each (report section
   # "In distribution vs shifted").
@@ -48,6 +69,7 @@ def get_config(arg: str | None = None) -> ConfigDict:
   c.vae.num_epochs = 10
   c.classifier = classify_config.get_config()
   c.classifier.num_epochs = 10
+  c.simclr = simclr_config.get_config()  # contrastive pretraining (simclr, imagenet_simclr, micle)
 
   if arg in ("ham224", "paper"):
     # Full-resolution HAM10000 (bring it: --config.data.manual_dir=/path/HAM10000), stored
@@ -89,15 +111,21 @@ def get_config(arg: str | None = None) -> ConfigDict:
     c.classifier.num_epochs = 12
     c.classifier.optimizer.lr = 1e-3
     c.classifier.optimizer.backbone_lr = 3e-4
+    c.simclr.num_epochs = 6
+    c.simclr.log_every_steps = 20
   elif arg not in (None, ""):
     raise ValueError(f"Unknown configs/compare.py preset {arg!r}; use '', 'recipe', 'ham224' "
                      "or 'paper'.")
   # The shared settings exist once, at the top level (an override of a copy inside a stage
   # would be silently ignored): derm_jax/study/arms.py puts them into each stage.
-  for stage in (c.vae, c.classifier):
-    for field in ("data", "image_size", "aug"):
+  # The contrastive stage keeps its own (stronger) augmentation, `simclr.aug`.
+  for stage, shared in ((c.vae, ("data", "image_size", "aug")),
+                        (c.classifier, ("data", "image_size", "aug")),
+                        (c.simclr, ("data", "image_size"))):
+    for field in shared:
       del stage[field]
     del stage.model["backbone"]
     del stage.model["backbone_kwargs"]
-  del c.classifier["seed"]  # one per arm run, from `seeds`
+  for stage in (c.classifier, c.simclr):
+    del stage["seed"]  # one per member, from `seeds`
   return c

@@ -24,20 +24,20 @@ class Model:
     from derm_jax import fileio
     from derm_jax.evaluation import scoring
     from derm_jax.tasks import classifier as classifier_task
-    from derm_jax.train import loop
+    from derm_jax.train import compile_cache
     self.workdir = fileio.normalize(workdir)
     self.config = scoring.load_run_config(self.workdir)
-    self._exp = classifier_task.build(self.config, self.workdir, load_backbone=False)
-    self._state = loop.restore(self._exp, self.workdir, step)
-    self._stored_size = int(self._exp.dataset.describe()["image_size"])
+    with compile_cache.default():
+      self._run = classifier_task.restore(self.config, self.workdir, step)
+    self._stored_size = int(self._run.task.dataset.describe()["image_size"])
 
   @property
   def class_names(self) -> tuple[str, ...]:
-    return tuple(self._exp.meta.class_names)
+    return tuple(self._run.task.meta.class_names)
 
   @property
   def step(self) -> int:
-    return int(self._state.step)
+    return self._run.step
 
   def predict(self, images: Sequence[Any]) -> np.ndarray:
     """Class probabilities (N, K) for file paths or uint8 arrays (H, W[, 3|4]) of any size."""
@@ -46,9 +46,11 @@ class Model:
         isinstance(images, np.ndarray) and images.ndim == 4):
       images = [images]
     source = images_lib.ImageSource(list(images), self._stored_size)
-    ev = self._exp.make_evaluator(source, has_labels=False)
-    ev.run(self._state)
-    return ev.predictions.probs
+    from derm_jax.train import compile_cache
+    ev = self._run.task.make_evaluator(source, has_labels=False)
+    with compile_cache.default():  # the prediction program compiles once per shape
+      ev.run(self._run.predict)
+    return ev.predictions[0].probs
 
   def __repr__(self) -> str:
     return (f"derm_jax.Model({self.workdir!r}, step={self.step}, "

@@ -22,6 +22,12 @@ def data() -> ConfigDict:
   c.split_seed = 0       # seed of the lesion-grouped, class-stratified train/val/test split
   c.val_fraction = 0.1
   c.test_fraction = 0.2
+  # Your own images (name='folder', derm_jax/data/folder.py):
+  c.path = ""            # DIR: DIR/labels.csv (image,label[,group,split]) or DIR/<class>/*.jpg
+  c.classes = ()         # class names in label order; () = the data's classes, sorted
+  # Any dataset: folders of unlabelled images (searched recursively) for the VAE/pretraining
+  # stage; near-duplicates of val/test images are dropped (derm_jax/data/unlabeled.py).
+  c.unlabeled = ()
   return c
 
 
@@ -62,4 +68,8 @@ def input_options() -> ConfigDict:
   # Hold the decoded training split in host memory (per process) when it takes at most this
   # many MB; batches are then array gathers. 0, or num_workers > 0, decodes every epoch.
   c.cache_mb = 2048
+  # Hold the training split in accelerator memory (per device) when it takes at most this
+  # many MB: each step then gathers its batch there, with no host work per step
+  # (derm_jax/data/device_data.py). 0 streams batches through Grain.
+  c.device_data_mb = 2048
   return c

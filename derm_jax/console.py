@@ -1,11 +1,16 @@
 """A quiet, useful console: the libraries' INFO chatter (Orbax, TFDS, Grain, absl internals)
 is dropped from the log unless asked for; derm_jax's own progress, metrics and warnings,
-and every library's warnings and errors, stay."""
+and every library's warnings and errors, stay. And a command line whose flags cannot be
+parsed (an unknown `--config.field`, a missing config file, a bad preset) is one line.
+
+  app.run(main, flags_parser=console.parse_flags)
+"""
 
 from __future__ import annotations
 
 import logging as py_logging
 import os
+import sys
 
 _CHATTY = tuple(os.sep + name + os.sep for name in
                 ("orbax", "tensorflow_datasets", "grain", "etils", "jax", "absl", "array_record"))
@@ -38,3 +43,48 @@ def quiet_libraries(quiet: bool = True) -> None:
       tfds.disable_progress_bar()
   except ImportError:
     pass
+
+
+def _flag_error_line(text: str) -> str:
+  """One line of a flag error; ml_collections embeds the config file's traceback in it."""
+  lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+  if any(ln.startswith("Traceback") for ln in lines):
+    return f"{lines[0]} {lines[-1]}"
+  return " ".join(lines)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, with a bad command line as one line on stderr and exit status 2
+  (absl prints its own usage errors alike). ml_collections reports an unknown config field
+  (`--config.foo=1`) as a KeyError/AttributeError deep in its override code, and a preset
+  the config file does not have inside a flag error with that file's traceback."""
+  from absl import flags
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    print(f"error: {_flag_error_line(str(e))}\nPass --help for the flags.", file=sys.stderr)
+    sys.exit(2)
+  except (KeyError, AttributeError) as e:
+    name = " ".join(str(e.args[0] if e.args else e).replace("\\n", "\n").split())
+    name = name.strip("\"' ").replace("\\'", "'")
+    field = name.split("'")[1] if name.count("'") >= 2 else name.split()[0]
+    bad = [a for a in argv[1:] if a.startswith("--config.")]
+    culprit = next((a for a in bad if a.split("=", 1)[0].rsplit(".", 1)[-1] == field),
+                   ", ".join(bad) or "--config")
+    hint = name.split("Did you mean", 1)
+    hint = f" Did you mean{hint[1]}" if len(hint) == 2 else ""
+    print(f"error: {culprit}: the config has no field {field!r}.{hint}", file=sys.stderr)
+    sys.exit(2)
+
+
+def config_or_exit(config_flag):
+  """The value of a `config_flags.DEFINE_config_file` flag; a config file that cannot be
+  loaded (ml_collections defers that error to the first access) is one line, exit 2."""
+  try:
+    value = config_flag.value
+    value.keys()  # a config that failed to load is a stand-in that raises on any access
+    return value
+  except OSError as e:
+    detail = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    print(f"error: --config: {detail[-1] if detail else e}", file=sys.stderr)
+    sys.exit(2)

@@ -31,6 +31,16 @@ class WorkdirBusyError(DermJaxError):
   """Another live run holds the workdir's lock; the message names the holder."""
 
 
+class NotARunError(DermJaxError, FileNotFoundError):
+  """A folder given as a run (or a VAE to start from) is not one: no config.json or no
+  checkpoint; the message says what to run first."""
+
+
+class TrainingDivergedError(DermJaxError, FloatingPointError):
+  """A training loss or gradient was not finite; the message names the step and what to
+  change. No checkpoint after the last finite step is written."""
+
+
 EXIT_ERROR = 1
 
 

@@ -1,6 +1,6 @@
 """Command-line entry point: `python -m derm_jax.main --config=configs/X.py --workdir=DIR`.
 
-The config file decides what runs (`config.task`: 'vae', 'classify' or 'compare');
+The config file decides what runs (`config.task`: 'vae', 'simclr', 'classify' or 'compare');
 `--mode=eval` restores a checkpoint (`--step`, default the latest) instead of training.
 Override any config field with `--config.some.field=value`; an unknown field is an error.
 --workdir may be a local folder or a cloud-storage URL such as `gs://bucket/run` (see
@@ -14,7 +14,8 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from derm_jax import fileio
+from derm_jax import console, fileio
+from derm_jax.errors import ConfigError, NotARunError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
                                           lock_config=True)
@@ -46,11 +47,11 @@ def eval_config(cli_config, workdir: str):
   from ml_collections import ConfigDict
   path = fileio.join(workdir, "config.json")
   if not fileio.exists(path):
-    raise FileNotFoundError(f"{path} not found: {workdir!r} is not a derm_jax run directory.")
+    raise NotARunError(f"{path} not found: {workdir!r} is not a derm_jax run directory.")
   with fileio.open(path) as f:
     config = ConfigDict(json.load(f))
   if config.get("task") != cli_config.get("task"):
-    raise ValueError(f"{workdir!r} holds a {config.get('task')!r} run, but --config is a "
+    raise ConfigError(f"{workdir!r} holds a {config.get('task')!r} run, but --config is a "
                      f"{cli_config.get('task')!r} config.")
   for field in ("data_dir", "npz_path"):
     if cli_config.data[field]:
@@ -59,18 +60,39 @@ def eval_config(cli_config, workdir: str):
 
 
 def run(config, workdir: str, mode: str = "train", step: int | None = None):
-  """Validates the config and workdir, runs the preflight, then trains or evaluates."""
+  """Validates the config and workdir, takes the workdir's lock (a second run into a live
+  workdir is refused before anything heavy happens), runs the preflight, then trains or
+  evaluates."""
   from derm_jax import preflight, validate
   task = config.get("task", "vae")
-  if mode == "eval" and task in ("vae", "classify"):
+  if mode == "eval" and task in ("vae", "classify", "simclr"):
     config = eval_config(config, workdir)
   validate.validate_config(config)
-  if mode == "train":
-    if fileio.is_remote(workdir):
-      _validate_remote_workdir(workdir)
-    else:
-      validate.validate_workdir(workdir)
+  if mode != "train":
+    return _dispatch(config, workdir, mode, step)
+  if fileio.is_remote(workdir):
+    _validate_remote_workdir(workdir)
+  else:
+    validate.validate_workdir(workdir)
+  import jax
+
+  from derm_jax.train.workdir_lock import WorkdirLock
+  with WorkdirLock(workdir, is_main=jax.process_index() == 0):
     preflight.check(config, workdir)
+    return _dispatch(config, workdir, mode, step)
+
+
+def _dispatch(config, workdir: str, mode: str, step: int | None):
+  task = config.get("task", "vae")
+  if task == "compare":  # a study keeps its compiled programs in its own workdir
+    return _run_task(config, workdir, mode, step)
+  from derm_jax.train import compile_cache
+  with compile_cache.default():
+    return _run_task(config, workdir, mode, step)
+
+
+def _run_task(config, workdir: str, mode: str, step: int | None):
+  task = config.get("task", "vae")
   if task == "vae":
     from derm_jax.tasks import vae as vae_task
     return (vae_task.train_and_evaluate(config, workdir) if mode == "train"
@@ -79,13 +101,18 @@ def run(config, workdir: str, mode: str = "train", step: int | None = None):
     from derm_jax.tasks import classifier as classifier_task
     return (classifier_task.train_and_evaluate(config, workdir) if mode == "train"
             else classifier_task.evaluate(config, workdir, step))
+  if task == "simclr":
+    from derm_jax.tasks import simclr as simclr_task
+    return (simclr_task.train_and_evaluate(config, workdir) if mode == "train"
+            else simclr_task.evaluate(config, workdir, step))
   if task == "compare":
     from derm_jax.study import stages
     if mode != "train":
-      raise ValueError("--mode=eval is per arm: evaluate DIR/arms/<arm>/seed_<s> with "
-                       "python -m derm_jax.evaluate.")
+      raise ConfigError("--mode=eval is per arm: evaluate DIR/arms/<arm>/seed_<s> with "
+                        "python -m derm_jax.evaluate.")
     return stages.run(config, workdir)
-  raise ValueError(f"Unknown config.task={task!r}; expected 'vae', 'classify' or 'compare'.")
+  raise ConfigError(f"Unknown config.task={task!r}; expected 'vae', 'classify', 'simclr' or "
+                    "'compare'.")
 
 
 def _validate_remote_workdir(workdir: str) -> None:
@@ -100,7 +127,6 @@ def _validate_remote_workdir(workdir: str) -> None:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  from derm_jax import console
   from derm_jax.errors import DermJaxError
   logging.get_absl_handler().use_absl_log_file = False
   console.quiet_libraries(not _VERBOSE_LIBS.value)
@@ -114,12 +140,12 @@ def main(argv):
                                process_id=_PROCESS_ID.value)
   workdir = fileio.normalize(_WORKDIR.value)  # a URL (gs://...) is kept as is
   try:
-    run(_CONFIG.value, workdir, _MODE.value, _STEP.value)
-  except (DermJaxError, ValueError, FileNotFoundError, FloatingPointError, KeyError) as e:
-    logging.error("%s: %s", type(e).__name__, e)
-    print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
+    run(console.config_or_exit(_CONFIG), workdir, _MODE.value, _STEP.value)
+  except DermJaxError as e:  # bad input the project recognises: one line; anything else
+    logging.error("%s: %s", type(e).__name__, e)  # is a bug and keeps its traceback
+    print(f"error: {e}", file=sys.stderr)
     sys.exit(1)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=console.parse_flags)

@@ -11,6 +11,7 @@ from absl import logging
 
 from derm_jax import fileio
 from derm_jax.data import registry
+from derm_jax.errors import ConfigError
 from derm_jax.tasks import backbone_init
 
 
@@ -24,12 +25,28 @@ def check(config, workdir: str) -> None:
   elif task == "compare":
     from derm_jax.study import arms as study_arms
     vae_workdir = config.vae_workdir or fileio.join(workdir, "vae")
+    seed = config.seeds[0]
     for arm in config.arms:
-      arm_cfg = study_arms.arm_config(config, arm, config.seeds[0], vae_workdir)
+      if arm in study_arms.CONTRASTIVE:  # pretrained by the study: check where it starts
+        c = study_arms.contrastive_config(config, arm, seed)
+        backbone_init.check_source(c, study_arms.pretrain_dir(workdir, arm, seed))
+        if c.positives == "lesion" and "lesion_id" not in _metadata_keys(dataset):
+          raise ConfigError(f"arm {arm!r} pairs images of one lesion, but {config.data.name!r} "
+                            "has no lesion groups (use a dataset with lesion_id, e.g. "
+                            "ham10000, or a folder dataset with a 'group' column).")
+        continue
+      arm_cfg = study_arms.arm_config(config, arm, seed, vae_workdir)
       if arm == "vae" and not config.vae_workdir:
         continue  # trained by the study itself
-      backbone_init.check_source(arm_cfg, study_arms.arm_dir(workdir, arm, config.seeds[0]))
+      backbone_init.check_source(arm_cfg, study_arms.arm_dir(workdir, arm, seed))
     from derm_jax.data import isic
     for name, images, csv_path in study_arms.external_sets(config):
-      isic.IsicSource(images, csv_path)  # the CSV parses and every image it lists exists
+      # The CSV parses, every image it lists exists, and it has classes of the run.
+      isic.IsicSource(images, csv_path, class_names=dataset.meta.class_names)
       logging.info("Outside set %s: %s with %s", name, images, csv_path)
+
+
+def _metadata_keys(dataset) -> set[str]:
+  """The per-image metadata fields of the training split (none for DermaMNIST)."""
+  metadata = getattr(dataset, "metadata", None)
+  return set(metadata("train")) if metadata is not None else set()

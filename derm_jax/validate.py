@@ -29,7 +29,7 @@ from derm_jax.errors import ConfigError
 from derm_jax.study import arms as study_arms
 from derm_jax.tasks import backbone_init
 
-TASKS = ("vae", "classify", "compare")
+TASKS = ("vae", "classify", "compare", "simclr")
 DTYPES = ("float32", "bfloat16")
 RECON_KINDS = ("gaussian", "l1")
 
@@ -140,6 +140,7 @@ def _check_common(k: _Checker, task: str) -> None:
   if k.has("checkpoint_every_steps"):
     k.integer("checkpoint_every_steps", 0)
   k.integer("stop_after_step", 0, required=False)
+  k.integer("steps_per_dispatch", 0, required=False)
   # optimiser
   k.number("optimizer.lr", 0, low_open=True)
   if k.has("optimizer.backbone_lr"):
@@ -157,6 +158,7 @@ def _check_common(k: _Checker, task: str) -> None:
   k.integer("input.device_prefetch", 0, required=False)
   k.integer("input.num_workers", 0, required=False)
   k.number("input.cache_mb", 0, required=False)
+  k.number("input.device_data_mb", 0, required=False)
   # data
   from derm_jax.data import registry as data_registry
   name = k.get("data.name", "dermamnist") or "dermamnist"
@@ -170,6 +172,7 @@ def _check_common(k: _Checker, task: str) -> None:
       and k.get("data.val_fraction") + k.get("data.test_fraction") >= 1):
     k.add("data.val_fraction", " + test_fraction must be below 1 (nothing left to train on)")
   k.integer("data.stored_size", 1, required=False)
+  _check_own_data(k, name)
   # augmentation
   k.number("aug.color_jitter", 0, required=False)
   if k.has("aug.crop_scale"):
@@ -196,6 +199,35 @@ def _check_common(k: _Checker, task: str) -> None:
     _check_vae(k, size_ok and backbone_ok, backbone, kwargs)
   elif task == "classify":
     _check_classifier(k)
+  elif task == "simclr":
+    _check_simclr(k)
+
+
+def _strings(value: Any) -> bool:
+  """A tuple/list of non-empty strings."""
+  return (isinstance(value, Sequence) and not isinstance(value, str)
+          and all(isinstance(v, str) and v.strip() for v in value))
+
+
+def _check_own_data(k: _Checker, name: str) -> None:
+  """data.path, data.classes (folder) and data.unlabeled (any dataset): types, and a path
+  for name='folder'. Whether the folders exist and hold images is the dataset's check."""
+  path = k.get("data.path", "")
+  if not isinstance(path, str):
+    k.add("data.path", f"={path!r} must be a folder path (a string)")
+  elif name == "folder" and not path.strip():
+    k.add("data.path", " is empty; data.name='folder' needs the folder of your images "
+          "(DIR/labels.csv or DIR/<class>/*.jpg)")
+  classes = k.get("data.classes", ())
+  if not _strings(classes) or len(set(classes)) != len(classes):
+    k.add("data.classes", f"={classes!r} must be a tuple of distinct class names")
+  elif classes and name != "folder":
+    k.add("data.classes", f"={tuple(classes)!r} is only used with data.name='folder' "
+          f"({name!r} has fixed classes); leave it empty")
+  unlabeled = k.get("data.unlabeled", ())
+  if not _strings(unlabeled):
+    k.add("data.unlabeled", f"={unlabeled!r} must be a tuple of folder paths, e.g. "
+          "\"('/data/unlabeled',)\"")
 
 
 def _strip_field(e: Exception) -> str:
@@ -230,20 +262,53 @@ def _check_vae(k: _Checker, size_ok: bool, backbone: str, kwargs: dict) -> None:
 
 
 def _check_classifier(k: _Checker, in_compare: bool = False) -> None:
-  k.integer("head.hidden", 1, required=False)
+  k.integer("head.hidden", 0, required=False)  # 0: a linear head (the linear probe)
+  k.number("label_fraction", 0, low_open=True, high=1, required=False)
   k.number("head.dropout", 0, high=1, high_open=True, required=False)
   if k.has("init.source") and k.choice("init.source", backbone_init.SOURCES) and not in_compare:
     if k.get("init.source") == "vae" and not k.get("init.vae_workdir"):
       k.add("init.vae_workdir", " is empty; init.source='vae' needs a VAE workdir")
+    if k.get("init.source") == "simclr" and not k.get("init.simclr_workdir"):
+      k.add("init.simclr_workdir", " is empty; init.source='simclr' needs a SimCLR workdir")
+
+
+def _check_simclr(k: _Checker) -> None:
+  """Fields of a SimCLR / MICLe config (configs/simclr.py)."""
+  from derm_jax.tasks import simclr
+  k.number("loss.temperature", 0, low_open=True)
+  k.integer("projection.hidden", 1)
+  k.integer("projection.out_dim", 1)
+  k.integer("projection.num_layers", 1, required=False)
+  k.number("contrastive.grayscale", 0, high=1, required=False)
+  if k.has("positives") and k.choice("positives", simclr.POSITIVES):
+    if k.get("positives") == "lesion" and (k.get("data.name") or "dermamnist") == "dermamnist":
+      k.add("positives", "='lesion' (MICLe) needs lesion groups, which dermamnist does not "
+            "have; use 'views' (SimCLR) or a dataset with lesion ids (ham10000, isic2019, "
+            "folder with a group column)")
+  k.choice("optimizer.name", simclr.OPTIMIZERS)
+  k.number("optimizer.momentum", 0, high=1, high_open=True, required=False)
+  k.number("optimizer.trust_coefficient", 0, low_open=True, required=False)
+  k.integer("knn.k", 1)
+  k.integer("knn.max_train", 0, required=False)
+  k.number("knn.temperature", 0, low_open=True, required=False)
+  if k.has("init.source"):
+    k.choice("init.source", simclr.INIT_SOURCES)
+  if k.get("aug.on_device", True) is not True:
+    k.add("aug.on_device", f"={k.get('aug.on_device')!r}: SimCLR makes its two views on the "
+          "device; it must be True")
 
 
 def _plain_name(path: str) -> str:
   return f"config.{path}"
 
 
-def _stage_name(stage: str) -> Callable[[str], str]:
+def _stage_name(stage: str, own: tuple[str, ...] = ()) -> Callable[[str], str]:
+  """How a stage's field is reported: a shared one under its top-level name (unless the
+  stage keeps its own, `own`), else under the stage."""
   def name(path: str) -> str:
     for stage_path, top in _SHARED.items():
+      if stage_path in own:
+        continue
       if path == stage_path or path.startswith(stage_path + "."):
         return f"config.{top}{path[len(stage_path):]}"
     return f"config.{stage}.{path}"
@@ -262,11 +327,27 @@ def _check_compare(config, problems: list[str]) -> None:
     top.add("arms", f"={arms!r} must be a non-empty list of distinct arms from "
             f"{list(study_arms.ARMS)}")
     arms = [a for a in (arms if isinstance(arms, Sequence) else ()) if a in study_arms.ARMS]
+  top.integer("population_size", 0, required=False)
+  top.integer("smoke_steps", 0, required=False)
+  if top.has("linear_probe") and not isinstance(top.get("linear_probe"), bool):
+    top.add("linear_probe", f"={top.get('linear_probe')!r} must be True or False")
+  fractions = top.get("label_fractions", (1.0,))
+  if (not isinstance(fractions, Sequence) or isinstance(fractions, str) or not fractions
+      or not all(isinstance(f, numbers.Real) and not isinstance(f, bool) and math.isfinite(f)
+                 and 0 < f <= 1 for f in fractions)):
+    top.add("label_fractions", f"={fractions!r} must be a non-empty sequence of fractions in "
+            "(0, 1], e.g. (0.01, 0.1, 1.0)")
+  if top.has("vae_per_seed") and not isinstance(top.get("vae_per_seed"), bool):
+    top.add("vae_per_seed", f"={top.get('vae_per_seed')!r} must be True or False")
   if "vae" in arms and not top.get("vae_workdir"):
     _check_common(_Checker(study_arms.vae_stage_config(config), _stage_name("vae"), problems),
                   "vae")
+  for arm in [a for a in arms if a in study_arms.CONTRASTIVE][:1]:  # one config for all
+    _check_common(_Checker(study_arms.contrastive_config(config, arm, 0),
+                           _stage_name("simclr", own=("aug",)), problems), "simclr")
   for arm in arms or ("imagenet",):
-    stage = study_arms.arm_config(config, arm, 0, top.get("vae_workdir") or "<vae stage>")
+    stage = study_arms.arm_config(config, arm, 0, top.get("vae_workdir") or "<vae stage>",
+                                  "<contrastive stage>")
     k = _Checker(stage, _stage_name("classifier"), problems)
     _check_common(k, "compare-classifier")
     _check_classifier(k, in_compare=True)

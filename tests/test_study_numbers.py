@@ -51,7 +51,7 @@ def _assert_bitwise_equal(got, want, what):
 def _initial_backbone(config, workdir):
   """The backbone variables of `build(...)`'s state, before any training step."""
   from derm_jax.tasks import classifier as classifier_task
-  state = classifier_task.build(config, str(workdir)).state
+  state, _ = classifier_task.build(config).init_member(config, str(workdir))
   params = state.frozen["backbone"] if config.freeze_backbone else state.params["backbone"]
   out = {"params": jax.device_get(params)}
   if state.batch_stats:
@@ -78,9 +78,9 @@ def test_vae_arm_backbone_starts_from_the_vae_encoder(study, tmp_path, frozen):
   from derm_jax.models import vae as vae_lib
   from derm_jax.train import checkpoint
   config = _arm_config(study, "vae")
-  assert config.init.source == "vae" and config.init.vae_workdir == str(study / "vae")
+  assert config.init.source == "vae" and config.init.vae_workdir == str(study / "vae" / "seed_0")
   config.freeze_backbone = frozen
-  _, tree = checkpoint.restore_state_tree(str(study / "vae" / "checkpoints"))
+  _, tree = checkpoint.restore_state_tree(str(study / "vae" / "seed_0" / "checkpoints"))
   encoder = vae_lib.backbone_variables(tree)
   assert "batch_stats" in encoder  # EfficientNet-Lite: BatchNorm statistics come along too
   start = _initial_backbone(config, tmp_path / "run")
@@ -130,9 +130,13 @@ def _read_predictions(path):
           np.array([[float(r[c]) for c in cols] for r in rows]))
 
 
+# The study scored its arms in one vmapped pass (both members at once), the CLI and
+# --mode=eval score one run alone: the same arithmetic summed in another order (vmap batches
+# the convolutions' kernels), so probabilities agree to ~1e-6 and the AUC, a rank statistic
+# over 500 images, to ~2e-5 (near-tied pairs). The threshold metrics are equal.
 def _assert_same_metrics(got, want, what):
   for k in METRICS:
-    np.testing.assert_allclose(got[k], want[k], rtol=1e-5, atol=1e-6, err_msg=f"{what}: {k}")
+    np.testing.assert_allclose(got[k], want[k], rtol=1e-4, atol=1e-5, err_msg=f"{what}: {k}")
   assert got["confusion_matrix"] == want["confusion_matrix"], what
   assert got["step"] == want["step"], what
 
@@ -164,20 +168,20 @@ def test_evaluate_cli_and_eval_mode_reproduce_the_runs_own_evaluation(study, dat
   assert last["step"] == step
   val = json.load(open(arm / "eval" / f"val_step{step}.json"))
   for k in ("accuracy", "balanced_accuracy", "macro_auc", "loss"):
-    np.testing.assert_allclose(val[k], last[f"val/{k}"], rtol=1e-5, atol=1e-6, err_msg=k)
+    np.testing.assert_allclose(val[k], last[f"val/{k}"], rtol=1e-4, atol=1e-5, err_msg=k)
 
   ids, probs = _read_predictions(arm / "test_predictions.csv")
   for path in (out / "predictions.csv", arm / "eval" / f"test_step{step}_predictions.csv"):
     ids2, probs2 = _read_predictions(path)
     assert ids2 == ids, path
-    np.testing.assert_allclose(probs2, probs, rtol=1e-5, atol=1e-6, err_msg=str(path))
+    np.testing.assert_allclose(probs2, probs, rtol=0, atol=1e-5, err_msg=str(path))
 
 
 @pytest.mark.slow
 def test_vae_eval_mode_reproduces_the_last_validation_row(study, data_dir):
   """Catches: the VAE's `--mode=eval` restoring anything but the trained checkpoint (its
   numbers must equal the run's last validation row and differ from an untrained model's)."""
-  vae_dir = study / "vae"
+  vae_dir = study / "vae" / "seed_0"
   last = [json.loads(line) for line in open(vae_dir / "metrics.jsonl")][-1]
   r = run_main([f"--config={TINY_VAE}", f"--config.data.data_dir={data_dir}",
                 f"--workdir={vae_dir}", "--mode=eval"])
@@ -191,10 +195,13 @@ def test_vae_eval_mode_reproduces_the_last_validation_row(study, data_dir):
   from ml_collections import ConfigDict  # not derm_jax.main: its flags clash with evaluate's
 
   from derm_jax.tasks import vae as vae_task
+  from derm_jax.train import loop
+  from derm_jax.train.population import Member
   config = ConfigDict(json.load(open(vae_dir / "config.json")))
   config.data.data_dir = data_dir
-  exp = vae_task.build(config)
-  untrained = exp.make_evaluator(exp.dataset.source("val")).run(exp.state)
+  task = vae_task.build(config)
+  untrained_run = loop.init_run(task, [Member("untrained", str(vae_dir), config)])
+  untrained = task.make_evaluator(task.dataset.source("val")).run(untrained_run.predict)[0]
   assert not np.isclose(untrained["elbo"], last["val/elbo"], rtol=1e-3)
   assert not np.isclose(untrained["recon"], last["val/recon"], rtol=1e-3)
 
@@ -207,11 +214,11 @@ def test_recipe_augmentation_runs_end_to_end(study):
   """Catches: the :recipe preset's random resized crop failing (or being dropped from the
   stages) in a real run; its losses must stay finite and the classifier's fall."""
   aug, _ = recipe_aug()
-  for stage in (study / "vae", _arm(study, "vae")):
+  for stage in (study / "vae" / "seed_0", _arm(study, "vae")):
     cfg = json.load(open(stage / "config.json"))
     for k, v in aug.items():
       assert cfg["aug"][k] == (list(v) if isinstance(v, tuple) else v), (stage, k)
-  vae_rows = [json.loads(line) for line in open(study / "vae" / "metrics.jsonl")]
+  vae_rows = [json.loads(line) for line in open(study / "vae" / "seed_0" / "metrics.jsonl")]
   assert all(np.isfinite(v) for r in vae_rows for k, v in r.items() if k.startswith("val/"))
   for arm in ("vae", json.load(open(study / "config.json"))["arms"][1]):
     rows = [json.loads(line) for line in open(_arm(study, arm) / "metrics.jsonl")]

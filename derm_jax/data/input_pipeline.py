@@ -1,16 +1,22 @@
-"""Grain input pipelines: sharded, seeded, resumable training batches and padded eval batches.
+"""The training stream (indices), Grain input pipelines over it, and padded eval batches.
 
-Training: the source's indices -> seeded global shuffle (reshuffled every epoch) or
-class-balanced draws -> repeat forever -> this process's slice of each global batch ->
-batches of `batch_size // process_count` indices -> one read per batch (a NumPy gather
-when the split is held in memory, `memory_source.py`): uint8 images at the stored
-resolution, which the device augments and resizes (`aug.on_device`, the default). With
-`aug.on_device=False` each example is read and augmented on the host instead
-(`augment.train_transform`, seeded by the element's position in the global stream).
-The whole pipeline is a `grain.MapDataset` indexed by global batch, so where a run is in
-its data is the number of steps it has taken: a run resumed at step s starts the stream at
-batch s (`from_step`) and sees exactly the batches an uninterrupted run would, whatever
-the number of processes or Grain workers before and after (no iterator state is saved).
+Training: one global, endless stream of example indices, `TrainIndices` (epoch e is a
+seeded permutation of the split, or of a subset `pool` of it, or n class-balanced draws).
+Global batch s is stream positions [s*G, (s+1)*G) (G = the global batch size); step s + 1
+trains on it. The stream is what a run's data order IS, so both ways of feeding it give
+the same batches:
+  * on the device (derm_jax/data/device_data.py): the split lives in accelerator memory
+    and each step gathers its batch there from `TrainIndices.global_batches`;
+  * through Grain (`train_dataset`, for splits that do not fit): the stream -> this
+    process's slice of each global batch -> batches of indices -> one read per batch (a
+    NumPy gather when the split is held in host memory, `memory_source.py`): uint8 images
+    at the stored resolution, which the device augments and resizes (`aug.on_device`, the
+    default). With `aug.on_device=False` each example is read and augmented on the host
+    instead (`augment.train_transform`, seeded by the element's position in the stream).
+Where a run is in its data is the number of steps it has taken: a run resumed at step s
+starts the stream at batch s (`from_step`) and sees exactly the batches an uninterrupted
+run would, whatever the number of processes or Grain workers before and after (no
+iterator state is saved).
 
 Evaluation: every example exactly once, in order, the last batch padded and marked with
 `mask == 0` so metrics ignore the padding.
@@ -26,6 +32,8 @@ import jax
 import numpy as np
 
 from derm_jax.data import augment, memory_source
+from derm_jax.data.errors import DataError
+from derm_jax.errors import ConfigError
 
 
 def _process_slice(ds: grain.MapDataset, index: int, count: int,
@@ -54,30 +62,64 @@ def balanced_indices(labels: np.ndarray, seed: int, epoch: int) -> np.ndarray:
   return rng.choice(len(labels), size=len(labels), replace=True, p=weights / weights.sum())
 
 
-class _BalancedIndices:
-  """Random-access, practically endless stream of indices: position i of epoch i // n is a
-  class-balanced draw.
+class TrainIndices:
+  """The endless training stream as indices into a split: random access, vectorised.
 
-  Its length is `n * max_epochs` (not `n`) because Grain reads a repeated dataset modulo
-  its length, which would lose the epoch number that seeds each epoch's draw.
+  Epoch e (stream positions [e*n, (e+1)*n), n = len(pool)) is a permutation of `pool` (all
+  of the split's indices by default; a label fraction's subset otherwise) drawn from
+  `np.random.default_rng([seed, e])`, or with `balanced` n class-balanced draws with
+  replacement from it. `[i]` is position i (a Grain source); `global_batches(first, count,
+  batch_size)` the (count, batch_size) indices of global batches first..first+count-1.
+  Its length is n * max_epochs: Grain reads a source modulo its length, which would lose
+  the epoch number that seeds each epoch.
   """
 
-  def __init__(self, labels: np.ndarray, seed: int, max_epochs: int = 1_000_000):
-    self._labels, self._seed = np.asarray(labels), seed
-    self._max_epochs = max_epochs
+  def __init__(self, num_examples: int, seed: int, *, pool: Sequence[int] | None = None,
+               labels: Sequence[int] | None = None, balanced: bool = False,
+               max_epochs: int = 1_000_000):
+    self.pool = (np.arange(num_examples, dtype=np.int64) if pool is None
+                 else np.asarray(pool, np.int64))
+    if len(self.pool) == 0:
+      raise ValueError("The training stream has no examples to draw from.")
+    if balanced and labels is None:
+      raise ValueError("Balanced sampling needs the labels of the training split.")
+    self.seed, self.balanced, self.max_epochs = int(seed), bool(balanced), max_epochs
+    self._pool_labels = None if labels is None else np.asarray(labels)[self.pool]
     self._cache: dict[int, np.ndarray] = {}
 
-  def __len__(self):
-    return len(self._labels) * self._max_epochs
+  def epoch(self, e: int) -> np.ndarray:
+    """The split indices of epoch e, in stream order."""
+    idx = self._cache.get(e)
+    if idx is None:
+      if self.balanced:
+        order = balanced_indices(self._pool_labels, self.seed, e)
+      else:
+        order = np.random.default_rng([self.seed, e]).permutation(len(self.pool))
+      idx = self.pool[order]
+      if len(self._cache) > 4:
+        self._cache.pop(min(self._cache))
+      self._cache[e] = idx
+    return idx
+
+  def __len__(self) -> int:
+    return len(self.pool) * self.max_epochs
 
   def __getitem__(self, i: int) -> int:
-    n = len(self._labels)
-    epoch, j = divmod(int(i), n)
-    idx = self._cache.get(epoch)
-    if idx is None:
-      idx = balanced_indices(self._labels, self._seed, epoch)
-      self._cache = {epoch: idx}
-    return int(idx[j])
+    e, j = divmod(int(i), len(self.pool))
+    return int(self.epoch(e)[j])
+
+  def positions(self, start: int, stop: int) -> np.ndarray:
+    """Split indices at stream positions [start, stop)."""
+    n = len(self.pool)
+    first, last = start // n, (stop - 1) // n
+    parts = [self.epoch(e) for e in range(first, last + 1)]
+    flat = np.concatenate(parts) if len(parts) > 1 else parts[0]
+    return flat[start - first * n: stop - first * n]
+
+  def global_batches(self, first: int, count: int, batch_size: int) -> np.ndarray:
+    """(count, batch_size) split indices of global batches first, ..., first + count - 1."""
+    flat = self.positions(first * batch_size, (first + count) * batch_size)
+    return flat.reshape(count, batch_size)
 
 
 class _ReadExample:
@@ -104,27 +146,23 @@ class _ReadBatch:
 
 def train_dataset(source, *, global_batch_size: int, image_size: int, aug, seed: int,
                   labels: Sequence[int] | None = None, balanced: bool = False,
-                  process_index: int | None = None,
+                  pool: Sequence[int] | None = None, process_index: int | None = None,
                   process_count: int | None = None) -> grain.MapDataset:
   """Infinite, shuffled, augmented, batched training dataset for this process; element s is
-  global batch s, the one step s + 1 trains on."""
+  global batch s, the one step s + 1 trains on (this process's slice of it)."""
   process_index = jax.process_index() if process_index is None else process_index
   process_count = jax.process_count() if process_count is None else process_count
   if global_batch_size % process_count:
-    raise ValueError(f"batch_size={global_batch_size} is not divisible by the "
+    raise ConfigError(f"batch_size={global_batch_size} is not divisible by the "
                      f"{process_count} processes.")
   local_batch = global_batch_size // process_count
-  if len(source) // process_count < local_batch:
-    raise ValueError(f"Training split has {len(source)} examples, fewer than one batch of "
+  n = len(source) if pool is None else len(pool)
+  if n // process_count < local_batch:
+    raise DataError(f"Training split has {n} examples, fewer than one batch of "
                      f"{local_batch} per process.")
-  # One global stream, the same on every process (and for any number of processes):
-  # shuffled (reshuffled every epoch) or class-balanced, then augmented per element.
-  if balanced:
-    if labels is None:
-      raise ValueError("Balanced sampling needs the labels of the training split.")
-    ds = grain.MapDataset.source(_BalancedIndices(labels, seed)).seed(seed)
-  else:
-    ds = grain.MapDataset.range(len(source)).seed(seed).shuffle().repeat(None)
+  # One global stream, the same on every process (and for any number of processes).
+  stream = TrainIndices(len(source), seed, pool=pool, labels=labels, balanced=balanced)
+  ds = grain.MapDataset.source(stream).seed(seed)
   if aug.get("on_device", False):
     # uint8 at the stored resolution, one read per batch; the train step augments and
     # resizes on the device.

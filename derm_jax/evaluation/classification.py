@@ -1,11 +1,11 @@
 """Classification evaluator: loss, accuracy, balanced accuracy, macro-F1, macro AUC,
 confusion matrix, per-class recall, the majority baseline, and per-image probabilities.
 
-  ev = ClassificationEvaluator(predict_fn, source, meta, batch_size=..., mesh=...,
-                               train_labels=...)
-  result = ev.run(state)      # metrics dict (JSON-safe) + result.predictions
-`predict_fn(state, batch) -> {'probs': (B, K), 'loss': (B,)}` is the task's jitted
-per-example prediction. Metrics come from `derm_jax.evaluation.metrics` (checked against sklearn).
+  ev = ClassificationEvaluator(source, meta, batch_size=..., mesh=..., train_labels=...)
+  results = ev.run(run.predict)   # one metrics dict (JSON-safe) per member of the run
+  ev.predictions[m]               # member m's per-image probabilities
+`run.predict(batch) -> {'probs': (B, M, K), 'loss': (B, M)}` is the classifier task's eval
+step for every member of a run (derm_jax/train/loop.py). Metrics come from `derm_jax.evaluation.metrics` (checked against sklearn).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from derm_jax.data.errors import DataError
 from derm_jax.evaluation import common
 from derm_jax.evaluation import metrics as metrics_lib
 
@@ -33,23 +34,28 @@ class Predictions:
 class ClassificationEvaluator:
   """Scores a classifier state on one split (or outside set) of labelled images."""
 
-  def __init__(self, predict_fn: Callable, source: Any, meta, *, batch_size: int, mesh,
+  def __init__(self, source: Any, meta, *, batch_size: int, mesh,
                train_labels: np.ndarray | None = None, has_labels: bool = True):
-    self.predict_fn, self.source, self.meta = predict_fn, source, meta
+    self.source, self.meta = source, meta
     self.batch_size, self.mesh = batch_size, mesh
     self.train_labels = train_labels
     self.has_labels = has_labels
-    self.predictions: Predictions | None = None
+    self.predictions: list[Predictions] = []
 
-  def run(self, state) -> dict[str, Any]:
-    out = common.collect(self.predict_fn, state, self.source, batch_size=self.batch_size,
-                         mesh=self.mesh)
+  def run(self, predict: Callable) -> list[dict[str, Any]]:
+    out = common.collect(predict, self.source, batch_size=self.batch_size, mesh=self.mesh)
     labels = out["label"].astype(np.int64) if self.has_labels else None
-    self.predictions = Predictions(index=out["index"], ids=out["id"], labels=labels,
-                                   probs=out["probs"].astype(np.float64))
-    if labels is None:
-      return {"num_examples": int(len(out["index"])), "class_names": list(self.meta.class_names)}
-    return self.score(labels, out["probs"], out["loss"])
+    self.predictions, results = [], []
+    for m in range(common.num_members(out)):
+      mine = common.per_member(out, m)
+      self.predictions.append(Predictions(index=mine["index"], ids=mine["id"], labels=labels,
+                                          probs=mine["probs"].astype(np.float64)))
+      if labels is None:
+        results.append({"num_examples": int(len(mine["index"])),
+                        "class_names": list(self.meta.class_names)})
+      else:
+        results.append(self.score(labels, mine["probs"], mine["loss"]))
+    return results
 
   def score(self, labels: np.ndarray, probs: np.ndarray, losses: np.ndarray) -> dict[str, Any]:
     k = self.meta.num_classes
@@ -125,9 +131,9 @@ def read_id_list(path: str) -> np.ndarray:
     with open(path) as f:
       return np.array([int(line) for line in f if line.strip()], dtype=np.int64)
   except OSError as e:
-    raise FileNotFoundError(f"{path}: cannot read the id list ({e}).") from e
+    raise DataError(f"{path}: cannot read the id list ({e}).") from e
   except ValueError as e:
-    raise ValueError(f"{path}: not a list of integer image ids, one per line ({e}).") from e
+    raise DataError(f"{path}: not a list of integer image ids, one per line ({e}).") from e
 
 
 def add_subset(result: dict[str, Any], preds: Predictions, keep_ids: np.ndarray, name: str,

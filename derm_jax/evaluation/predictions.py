@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from derm_jax import fileio
+from derm_jax.errors import DermJaxError
 
 __all__ = [
   "ISIC_2018_COLUMNS",
@@ -71,7 +72,7 @@ ISIC_2019_COLUMNS = (
 _OPTIONAL_2019 = ("scc",)
 
 
-class PredictionsError(ValueError):
+class PredictionsError(DermJaxError, ValueError):
   """A malformed predictions file (the message names the file and line)."""
 
 
@@ -270,6 +271,22 @@ def _parse_class(text: str, names: tuple[str, ...], path: str, line: int, what: 
   if not 0 <= v < len(names):
     raise PredictionsError(f"{path}:{line}: {what} {v} outside [0, {len(names)})")
   return v
+
+
+def isic_submission_problem(class_names: Sequence[str], fmt: str) -> str | None:
+  """Why the run's classes cannot fill an ISIC `fmt` submission ('2018' or '2019'), or None
+  when they can (what `write_isic_submission_csv` needs)."""
+  if fmt not in ("2018", "2019"):
+    return f"the outside set is not in an ISIC layout ({fmt!r})"
+  columns = ISIC_2018_COLUMNS if fmt == "2018" else ISIC_2019_COLUMNS
+  taken = {code for _, code in columns if code is not None}
+  extra = [c for c in class_names if c not in taken]
+  missing = [code for _, code in columns if code is not None and code not in class_names
+             and not (fmt == "2019" and code in _OPTIONAL_2019)]
+  if extra or missing:
+    return (f"the run's classes {list(class_names)} are not the ISIC {fmt} columns' "
+            f"(extra {extra}, missing {missing})")
+  return None
 
 
 def write_isic_submission_csv(

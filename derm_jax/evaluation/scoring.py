@@ -15,81 +15,111 @@ from absl import logging
 from ml_collections import ConfigDict
 
 from derm_jax import fileio
+from derm_jax.errors import ConfigError, NotARunError
 
 
 def load_run_config(workdir: str) -> ConfigDict:
   path = fileio.join(workdir, "config.json")
   if not fileio.exists(path):
-    raise FileNotFoundError(f"{path} not found: {workdir!r} is not a derm_jax run directory.")
+    raise NotARunError(f"{path} not found: {workdir!r} is not a derm_jax run directory.")
   with fileio.open(path) as f:
     cfg = ConfigDict(json.load(f))
   if cfg.get("task") != "classify":
-    raise ValueError(f"{workdir!r} holds a {cfg.get('task')!r} run, not a classifier.")
+    raise ConfigError(f"{workdir!r} holds a {cfg.get('task')!r} run, not a classifier.")
   return cfg
 
 
-def evaluate_checkpoint(workdir: str, step: int | None = None, split: str = "test",
-             isic_images: str | None = None, isic_csv: str | None = None,
-             out: str | None = None, leak_free_ids: str | None = None) -> dict:
+def outside_source(task, isic_images: str, isic_csv: str | None):
+  """(source, name, image ids) of outside images: an ISIC-layout set with its ground truth,
+  or (no CSV) a folder of images to predict on; read at the run's training resolution."""
+  from derm_jax.data import images, isic
+  native = task.dataset.describe()["image_size"]  # outside images: the training resolution
+  if isic_csv:
+    source = isic.IsicSource(isic_images, isic_csv, image_size=native,
+                             class_names=task.meta.class_names)
+    return source, os.path.splitext(os.path.basename(isic_csv))[0], source.image_ids
+  source = images.ImageSource(images.list_image_files(isic_images), native)
+  return source, os.path.basename(os.path.normpath(isic_images)), source.image_ids
+
+
+def score(run, source, outs: list[str], *, name: str, split: str | None = None,
+          image_ids=None, isic_images: str | None = None, isic_csv: str | None = None,
+          leak_free_ids: str | None = None, quiet: bool = False) -> list[dict]:
+  """Scores every member of `run` on `source` in one pass and writes member m's
+  metrics.json, confusion.png, predictions.csv (and submission.csv for ISIC input) into
+  outs[m]. `split`: a project split (subgroups, `leak_free_ids`); else outside images."""
   import jax
 
-  from derm_jax.data import images, isic
   from derm_jax.evaluation import classification
   from derm_jax.evaluation import predictions as predictions_lib
+  task = run.task
+  has_labels = not (isic_images and not isic_csv)
+  evaluator = task.make_evaluator(source, has_labels=has_labels)
+  results = evaluator.run(run.predict)
+  for result, preds, out, member in zip(results, evaluator.predictions, outs, run.members,
+                                        strict=True):
+    result["step"] = run.step
+    if split is not None:
+      classification.add_subgroups(result, preds, task.dataset, split, task.meta.num_classes)
+      if leak_free_ids:
+        classification.add_subset(result, preds, classification.read_id_list(leak_free_ids),
+                                  "leak_free", task.meta.num_classes)
+        logging.info("%s without the %d leaking images: %s", name,
+                     result["leak_free"]["excluded"],
+                     classification.summary_line(result["leak_free"]))
+      result["data"] = {"split": split, **task.dataset.describe()}
+    else:
+      native = task.dataset.describe()["image_size"]
+      result["data"] = {"isic_images": os.path.abspath(isic_images), "image_size": native,
+                        **({"isic_csv": os.path.abspath(isic_csv), **source.summary()}
+                           if isic_csv else {"num_images": len(source)})}
+    if jax.process_index() != 0:
+      continue
+    classification.write_outputs(result, preds, task.meta, out, title=f"{name}, step "
+                                 f"{result['step']}", image_ids=image_ids)
+    if isic_images:  # the challenge's own file, where the run's classes fill its columns
+      fmt = source.ground_truth.format if isic_csv else "2018"
+      problem = predictions_lib.isic_submission_problem(task.meta.class_names, fmt)
+      if problem is None:
+        predictions_lib.write_isic_submission_csv(
+            fileio.join(out, "submission.csv"), [image_ids[i] for i in preds.index],
+            preds.probs, task.meta.class_names, fmt=fmt)
+      elif member is run.members[0]:
+        logging.info("No submission.csv: %s.", problem)
+    who = f" [{member.name}]" if len(run.members) > 1 else ""
+    if "accuracy" in result:
+      logging.info("%s%s: %s -> %s", name, who, classification.summary_line(result), out)
+      if not quiet:
+        print(json.dumps({k: result[k] for k in ("accuracy", "balanced_accuracy", "macro_f1",
+                                                  "macro_auc", "loss")} | {"out": out}))
+    else:
+      logging.info("%s%s: predictions for %d images -> %s", name, who,
+                   result["num_examples"], out)
+      if not quiet:
+        print(json.dumps({"num_examples": result["num_examples"], "out": out}))
+  return results
+
+
+def evaluate_checkpoint(workdir: str, step: int | None = None, split: str = "test",
+                        isic_images: str | None = None, isic_csv: str | None = None,
+                        out: str | None = None, leak_free_ids: str | None = None) -> dict:
+  """One classifier run's checkpoint on a project split, on outside ISIC-layout data, or
+  (no CSV) predictions on a folder of images; the CLI `python -m derm_jax.evaluate`."""
   from derm_jax.tasks import classifier as classifier_task
   from derm_jax.train import loop
+  from derm_jax.train.population import Member
   config = load_run_config(workdir)
   if isic_csv and not isic_images:
-    raise ValueError("--isic_csv needs --isic_images (the folder of the images it lists).")
-  exp = classifier_task.build(config, workdir, load_backbone=False)
-  native = exp.dataset.describe()["image_size"]  # outside images: the training resolution
-  image_ids = None
-  if isic_csv:
-    source = isic.IsicSource(isic_images, isic_csv, image_size=native)
-    name, image_ids = os.path.splitext(os.path.basename(isic_csv))[0], source.image_ids
-  elif isic_images:
-    source = images.ImageSource(images.list_image_files(isic_images), native)
-    name, image_ids = os.path.basename(os.path.normpath(isic_images)), source.image_ids
-  else:
-    source, name = exp.dataset.source(split), split
-  state = loop.restore(exp, workdir, step)
-  evaluator = exp.make_evaluator(source, has_labels=not (isic_images and not isic_csv))
-  result = evaluator.run(state)
-  result["step"] = int(state.step)
-  if not isic_images:
-    classification.add_subgroups(result, evaluator.predictions, exp.dataset, split,
-                                 exp.meta.num_classes)
-    if leak_free_ids:
-      classification.add_subset(result, evaluator.predictions,
-                                classification.read_id_list(leak_free_ids), "leak_free",
-                                exp.meta.num_classes)
-      logging.info("%s without the %d leaking images: %s", name,
-                   result["leak_free"]["excluded"],
-                   classification.summary_line(result["leak_free"]))
-  elif leak_free_ids:
-    raise ValueError("--leak_free_ids goes with --split (the project's own splits).")
+    raise ConfigError("--isic_csv needs --isic_images (the folder of the images it lists).")
+  if isic_images and leak_free_ids:
+    raise ConfigError("--leak_free_ids goes with --split (the project's own splits).")
+  task = classifier_task.build(config)
   if isic_images:
-    result["data"] = {"isic_images": os.path.abspath(isic_images), "image_size": native,
-                      **({"isic_csv": os.path.abspath(isic_csv), **source.summary()}
-                         if isic_csv else {"num_images": len(source)})}
+    source, name, image_ids = outside_source(task, isic_images, isic_csv)
   else:
-    result["data"] = {"split": split, **exp.dataset.describe()}
-  out = out or fileio.join(workdir, "eval", f"{name}_step{result['step']}")
-  preds = evaluator.predictions
-  if jax.process_index() != 0:
-    return result
-  classification.write_outputs(result, preds, exp.meta, out, title=f"{name}, step "
-                               f"{result['step']}", image_ids=image_ids)
-  if isic_images:
-    fmt = source.ground_truth.format if isic_csv else "2018"
-    predictions_lib.write_isic_submission_csv(
-        fileio.join(out, "submission.csv"), [image_ids[i] for i in preds.index], preds.probs,
-        exp.meta.class_names, fmt=fmt)
-  if "accuracy" in result:
-    logging.info("%s: %s -> %s", name, classification.summary_line(result), out)
-    print(json.dumps({k: result[k] for k in ("accuracy", "balanced_accuracy", "macro_f1",
-                                              "macro_auc", "loss")} | {"out": out}))
-  else:
-    logging.info("%s: predictions for %d images -> %s", name, result["num_examples"], out)
-    print(json.dumps({"num_examples": result["num_examples"], "out": out}))
-  return result
+    source, name, image_ids = task.dataset.source(split), split, None
+  run = loop.restore(task, [Member("classifier", workdir, config)], step)
+  out = out or fileio.join(workdir, "eval", f"{name}_step{run.step}")
+  return score(run, source, [out], name=name, split=None if isic_images else split,
+               image_ids=image_ids, isic_images=isic_images, isic_csv=isic_csv,
+               leak_free_ids=leak_free_ids)[0]

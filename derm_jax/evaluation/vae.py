@@ -1,7 +1,7 @@
 """VAE evaluator: mean ELBO, reconstruction NLL, KL (nats per image) and pixel MSE of a split.
 
-`eval_fn(state, batch) -> {'elbo', 'recon', 'kl', 'mse'}`, each per image (B,), is the VAE
-task's jitted evaluation; the averages are over every image of the split exactly once.
+The VAE task's eval step gives {'elbo', 'recon', 'kl', 'mse'} per image; `run(predict)`
+averages them over every image of the split exactly once, for each member of a run.
 """
 
 from __future__ import annotations
@@ -17,13 +17,13 @@ KEYS = ("elbo", "recon", "kl", "mse")
 
 
 class VaeEvaluator:
-  """Scores a VAE state on one split."""
+  """Scores the VAE members of a run on one split."""
 
-  def __init__(self, eval_fn: Callable, source: Any, *, batch_size: int, mesh):
-    self.eval_fn, self.source = eval_fn, source
+  def __init__(self, source: Any, *, batch_size: int, mesh):
+    self.source = source
     self.batch_size, self.mesh = batch_size, mesh
 
-  def run(self, state) -> dict[str, float]:
-    out = common.collect(self.eval_fn, state, self.source, batch_size=self.batch_size,
-                         mesh=self.mesh)
-    return {k: float(np.mean(out[k], dtype=np.float64)) for k in KEYS}
+  def run(self, predict: Callable) -> list[dict[str, float]]:
+    out = common.collect(predict, self.source, batch_size=self.batch_size, mesh=self.mesh)
+    return [{k: float(np.mean(out[k][:, m], dtype=np.float64)) for k in KEYS}
+            for m in range(common.num_members(out))]

@@ -1,12 +1,24 @@
-"""The study in one run: pretrain the VAE, train both arms under identical conditions, report.
+"""The study in one run: pretrain the VAEs, train every arm x seed under identical
+conditions, score the outside sets, report.
 
 Layout of the workdir (read by derm_jax.report):
-  vae/                      the VAE run (unless config.vae_workdir points at one)
-  arms/<arm>/seed_<s>/      one classifier run per arm and seed
+  vae/seed_<s>/             one VAE per seed (unless config.vae_workdir points at one, or
+                            config.vae_per_seed=False: one VAE in vae/)
+  pretrain/<arm>/seed_<s>/  contrastive pretraining of the simclr, imagenet_simclr and micle
+                            arms (SimCLR; MICLe pairs images of one lesion)
+  arms/<arm>/seed_<s>/      one classifier run per arm and seed (+ external/<set>/)
+  probes/<arm>/seed_<s>/    with config.linear_probe: the linear probe of each arm and seed
+  fractions/<f>/{arms,probes}/<arm>/seed_<s>/   with config.label_fractions: the same on a
+                            class-stratified fraction f of the training labels
   report.md, figures/       the comparison
   compilation_cache/        compiled programs, shared by the stages (config.compilation_cache)
-The arms' configs are built by `arm_config`, which changes nothing but `init.*`: the
-same data, splits, augmentation, backbone, head, optimiser, schedule, epochs and seed.
+Each stage is ONE program (derm_jax/train/population.py): the VAEs of all seeds train side
+by side; then the contrastive arms' pretraining; then every (fraction, seed, arm)
+classifier of a protocol, vmapped over the members (`config.population_size` caps a
+program's members; 1 trains them one after another).
+The arms' configs are built by `arms.arm_config`, which changes nothing but `init.*` and the
+seed: the same data, splits, augmentation, backbone, head, optimiser, schedule and epochs;
+the population refuses members that differ in anything else.
 """
 
 from __future__ import annotations
@@ -17,7 +29,13 @@ import time
 from absl import logging
 
 from derm_jax import fileio
-from derm_jax.study.arms import arm_config, arm_dir, external_sets, vae_stage_config
+from derm_jax.study.arms import (
+  classifier_stage,
+  contrastive_stage,
+  external_sets,
+  protocols,
+  vae_stage,
+)
 
 CACHE_DIR = "compilation_cache"  # in the study's workdir (config.compilation_cache)
 
@@ -42,33 +60,55 @@ def _run_locked(config, workdir: str, is_main: bool):
     return _run_stages(config, workdir, is_main)
 
 
+def groups(members: list, size: int) -> list[list]:
+  """Members in groups of at most `size` (0: one group), each trained as one program."""
+  if size <= 0 or size >= len(members):
+    return [members] if members else []
+  return [members[i:i + size] for i in range(0, len(members), size)]
+
+
 def _run_stages(config, workdir: str, is_main: bool):
   from derm_jax import report
   from derm_jax.evaluation import classification, scoring
   from derm_jax.tasks import classifier as classifier_task
   from derm_jax.tasks import vae as vae_task
+  from derm_jax.train.population import Member
   clock = _StageClock()
-  vae_workdir = config.vae_workdir
-  if "vae" in config.arms and not vae_workdir:
-    vae_workdir = fileio.join(workdir, "vae")
-    logging.info("Stage 1: VAE pretraining in %s", vae_workdir)
-    vae_task.train_and_evaluate(vae_stage_config(config), vae_workdir)
-    clock.lap("VAE")
+  size = int(config.get("population_size", 0) or 0)
+  vaes = [Member(*m) for m in vae_stage(config, workdir)]
+  if vaes:
+    logging.info("Stage 1: VAE pretraining, %d VAE(s) in %s", len(vaes),
+                 ", ".join(m.workdir for m in vaes))
+    for group in groups(vaes, size):
+      vae_task.train_members(group)
+    clock.lap(f"VAE x{len(vaes)}")
+  contrastive = [Member(*m) for m in contrastive_stage(config, workdir)]
+  if contrastive:
+    from derm_jax.tasks import simclr as simclr_task
+    logging.info("Stage 1b: contrastive pretraining, %d run(s): %s", len(contrastive),
+                 ", ".join(m.name for m in contrastive))
+    for group in groups(contrastive, size):
+      simclr_task.train_members(group)
+    clock.lap(f"contrastive x{len(contrastive)}")
+  outside = external_sets(config)
   results = {}
-  for seed in config.seeds:
-    for arm in config.arms:
-      run_dir = arm_dir(workdir, arm, seed)
-      logging.info("Stage 2: arm %s, seed %d in %s", arm, seed, run_dir)
-      results[(arm, seed)] = classifier_task.train_and_evaluate(
-          arm_config(config, arm, seed, vae_workdir), run_dir)
-      for name, images, csv_path in external_sets(config):
-        logging.info("Outside set %s: arm %s, seed %d", name, arm, seed)
-        scoring.evaluate_checkpoint(run_dir, isic_images=images, isic_csv=csv_path,
-                                       out=fileio.join(run_dir, "external", name))
-      clock.lap(f"{arm} seed {seed}")
-  for (arm, seed), test in results.items():
-    logging.info("Test split, arm %s, seed %d: %s", arm, seed,
-                 classification.summary_line(test))
+  for protocol in protocols(config):
+    members = [Member(*m) for m in classifier_stage(config, workdir, protocol)]
+    n = len(groups(members, size))
+    logging.info("Stage 2 (%s): %d run(s) (%s) as %s", protocol, len(members),
+                 ", ".join(m.name for m in members),
+                 "one program" if n == 1 else f"{n} programs of at most {size}")
+    for group in groups(members, size):
+      run, tests = classifier_task.train_members(group)
+      results.update({m.name: t for m, t in zip(group, tests, strict=True)})
+      for name, images, csv_path in outside:
+        source, _, image_ids = scoring.outside_source(run.task, images, csv_path)
+        scoring.score(run, source, [fileio.join(m.workdir, "external", name) for m in group],
+                      name=name, image_ids=image_ids, isic_images=images, isic_csv=csv_path,
+                      quiet=True)
+    clock.lap(f"{protocol} x{len(members)}")
+  for name, test in results.items():
+    logging.info("Test split, %s: %s", name, classification.summary_line(test))
   if is_main:
     path = report.write_report(workdir)
     logging.info("Report written to %s", path)

@@ -20,6 +20,7 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 from derm_jax import fileio
+from derm_jax.errors import ConfigError, NotARunError
 from derm_jax.models import vae as vae_lib
 
 
@@ -38,14 +39,14 @@ def merge_loaded(loaded: dict, target: dict, where: str) -> dict:
   def restrict(ld, tg, path):
     if not isinstance(tg, dict):
       if not hasattr(ld, "shape") or tuple(ld.shape) != tuple(tg.shape):
-        raise ValueError(f"{where}: parameter {path} has shape {getattr(ld, 'shape', None)}, "
+        raise ConfigError(f"{where}: parameter {path} has shape {getattr(ld, 'shape', None)}, "
                          f"the model expects {tg.shape}.")
       return np.asarray(ld)
     if not isinstance(ld, dict):
-      raise ValueError(f"{where}: expected a sub-tree at {path or '/'}.")
+      raise ConfigError(f"{where}: expected a sub-tree at {path or '/'}.")
     missing = sorted(set(tg) - set(ld))
     if missing:
-      raise ValueError(f"{where}: missing parameters under {path or '/'}: {missing}")
+      raise ConfigError(f"{where}: missing parameters under {path or '/'}: {missing}")
     return {k: restrict(ld[k], tg[k], f"{path}/{k}") for k in tg}
 
   merged, dropped = {}, []
@@ -66,10 +67,18 @@ def _init_fn(backbone):
   return lambda rng, x: backbone.init({"params": rng, "dropout": rng}, x, train=False)
 
 
+_JITTED_INITS: dict[Any, Any] = {}  # backbone module (equal modules: equal programs) -> init
+
+
 def random_backbone_variables(backbone, image_size: int, rng) -> dict:
-  """Randomly initialised backbone variables (jitted: eager init of a CNN is slow on CPU)."""
+  """Randomly initialised backbone variables (jitted: eager init of a CNN is slow on CPU;
+  one compiled init per backbone architecture serves every member and every build that
+  starts from scratch in this process)."""
+  init = _JITTED_INITS.get(backbone)
+  if init is None:
+    init = _JITTED_INITS[backbone] = jax.jit(_init_fn(backbone))
   x = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
-  return jax.tree.map(np.asarray, dict(jax.jit(_init_fn(backbone))(rng, x)))
+  return jax.tree.map(np.asarray, dict(init(rng, x)))
 
 
 def backbone_variable_shapes(backbone, image_size: int) -> dict:
@@ -91,25 +100,25 @@ def placeholder_backbone_variables(backbone, image_size: int) -> dict:
 def _check_vae_workdir(vae_workdir: str, config) -> None:
   """The VAE workdir exists, has a checkpoint, and pretrained the classifier's backbone."""
   if not vae_workdir:
-    raise ValueError("config.init.source='vae' needs config.init.vae_workdir.")
+    raise ConfigError("config.init.source='vae' needs config.init.vae_workdir.")
   cfg_path = fileio.join(vae_workdir, "config.json")
   if not fileio.exists(cfg_path):
-    raise FileNotFoundError(f"config.init.vae_workdir={vae_workdir!r} has no config.json: "
+    raise NotARunError(f"config.init.vae_workdir={vae_workdir!r} has no config.json: "
                             "not a VAE workdir.")
   with fileio.open(cfg_path) as f:
     vae_cfg = json.load(f)
   if vae_cfg.get("task") not in (None, "vae"):
-    raise ValueError(f"config.init.vae_workdir={vae_workdir!r} holds a {vae_cfg['task']!r} "
+    raise ConfigError(f"config.init.vae_workdir={vae_workdir!r} holds a {vae_cfg['task']!r} "
                      "run, not a VAE.")
   ours = json.loads(json.dumps(config.model.backbone_kwargs.to_dict()))  # tuples -> lists
   if vae_cfg["model"]["backbone"] != config.model.backbone or (
       (vae_cfg["model"].get("backbone_kwargs") or {}) != ours):
-    raise ValueError(f"The VAE in {vae_workdir} has backbone {vae_cfg['model']['backbone']!r} "
+    raise ConfigError(f"The VAE in {vae_workdir} has backbone {vae_cfg['model']['backbone']!r} "
                      f"{vae_cfg['model'].get('backbone_kwargs')}, the classifier config asks for "
                      f"{config.model.backbone!r} {dict(config.model.backbone_kwargs)}.")
   ckpts = fileio.join(vae_workdir, "checkpoints")
   if not fileio.isdir(ckpts) or not any(d.isdigit() for d in fileio.listdir(ckpts)):
-    raise FileNotFoundError(f"config.init.vae_workdir={vae_workdir!r} has no checkpoint: "
+    raise NotARunError(f"config.init.vae_workdir={vae_workdir!r} has no checkpoint: "
                             f"train the VAE first (python -m derm_jax.main "
                             f"--config=configs/vae.py --workdir={vae_workdir}).")
 
@@ -130,7 +139,7 @@ def _imagenet_dir(config, workdir: str) -> tuple[str, bool]:
   if path:
     return path, False
   if config.model.backbone not in convert.ARCHS_WITH_PACKAGED_WEIGHTS:
-    raise ValueError(
+    raise ConfigError(
         f"No ImageNet weights for {config.model.backbone!r} ship in a package: convert yours "
         f"with `python -m derm_jax.convert --arch={config.model.backbone} --src=FILE.pth "
         f"--out=DIR` and pass DIR as config.init.imagenet_dir "
@@ -151,7 +160,7 @@ def _check_imagenet(config, workdir: str) -> None:
     return
   meta = store.load_meta(path)
   if meta.get("arch") != config.model.backbone:
-    raise ValueError(f"ImageNet checkpoint {path} is {meta.get('arch')!r}, the config's "
+    raise ConfigError(f"ImageNet checkpoint {path} is {meta.get('arch')!r}, the config's "
                      f"backbone is {config.model.backbone!r}.")
 
 
@@ -167,7 +176,7 @@ def _imagenet_backbone(config, workdir: str) -> dict:
     multihost_utils.sync_global_devices("derm_jax_imagenet_conversion")
   arch, variables = store.load_pretrained(path)
   if arch != config.model.backbone:
-    raise ValueError(f"ImageNet checkpoint {path} is {arch!r}, the config's backbone is "
+    raise ConfigError(f"ImageNet checkpoint {path} is {arch!r}, the config's backbone is "
                      f"{config.model.backbone!r}.")
   return variables
 
@@ -186,11 +195,63 @@ def _load_imagenet(config, workdir: str) -> tuple[dict, str]:
   return _imagenet_backbone(config, workdir), "ImageNet checkpoint"
 
 
+def _check_simclr_workdir(simclr_workdir: str, config) -> None:
+  """The SimCLR workdir exists, has a checkpoint, and pretrained the classifier's backbone."""
+  if not simclr_workdir:
+    raise ConfigError("config.init.source='simclr' needs config.init.simclr_workdir.")
+  cfg_path = fileio.join(simclr_workdir, "config.json")
+  if not fileio.exists(cfg_path):
+    raise NotARunError(f"config.init.simclr_workdir={simclr_workdir!r} has no config.json: "
+                       "not a SimCLR workdir.")
+  with fileio.open(cfg_path) as f:
+    run_cfg = json.load(f)
+  if run_cfg.get("task") != "simclr":
+    raise ConfigError(f"config.init.simclr_workdir={simclr_workdir!r} holds a "
+                      f"{run_cfg.get('task')!r} run, not a SimCLR one.")
+  ours = json.loads(json.dumps(config.model.backbone_kwargs.to_dict()))  # tuples -> lists
+  theirs = run_cfg.get("model", {})
+  if theirs.get("backbone") != config.model.backbone or (
+      (theirs.get("backbone_kwargs") or {}) != ours):
+    raise ConfigError(f"The SimCLR run in {simclr_workdir} has backbone "
+                      f"{theirs.get('backbone')!r} {theirs.get('backbone_kwargs')}, the "
+                      f"classifier config asks for {config.model.backbone!r} "
+                      f"{dict(config.model.backbone_kwargs)}.")
+  ckpts = fileio.join(simclr_workdir, "checkpoints")
+  if not fileio.isdir(ckpts) or not any(d.isdigit() for d in fileio.listdir(ckpts)):
+    raise NotARunError(f"config.init.simclr_workdir={simclr_workdir!r} has no checkpoint: "
+                       f"train it first (python -m derm_jax.main --config=configs/simclr.py "
+                       f"--workdir={simclr_workdir}).")
+
+
+def _simclr_backbone(simclr_workdir: str, config) -> dict:
+  """Backbone variables of a SimCLR workdir's latest verified checkpoint (the projection
+  head and the optimiser state are left behind)."""
+  from derm_jax.train import checkpoint
+  _check_simclr_workdir(simclr_workdir, config)
+  step, tree = checkpoint.restore_state_tree(fileio.join(simclr_workdir, "checkpoints"))
+  logging.info("Backbone from SimCLR %s, step %d.", simclr_workdir, step)
+  out = {"params": tree["params"]["backbone"]}
+  if tree.get("batch_stats"):
+    out["batch_stats"] = tree["batch_stats"]["backbone"]
+  return out
+
+
+def _check_simclr(config, workdir: str) -> None:
+  del workdir
+  _check_simclr_workdir(config.init.simclr_workdir, config)
+
+
+def _load_simclr(config, workdir: str) -> tuple[dict, str]:
+  del workdir
+  return _simclr_backbone(config.init.simclr_workdir, config), config.init.simclr_workdir
+
+
 # config.init.source -> (check: fails fast without loading, load: (variables, where)).
 # A new source of backbone weights is one pair of functions and one line here.
 _SOURCES = {
     "vae": (_check_vae, _load_vae),
     "imagenet": (_check_imagenet, _load_imagenet),
+    "simclr": (_check_simclr, _load_simclr),
     "scratch": None,  # the model's own random initialisation
 }
 SOURCES = tuple(_SOURCES)
@@ -199,7 +260,7 @@ SOURCES = tuple(_SOURCES)
 def _source(config):
   source = config.init.source
   if source not in _SOURCES:
-    raise ValueError(f"Unknown config.init.source={source!r}; use one of {SOURCES}.")
+    raise ConfigError(f"Unknown config.init.source={source!r}; use one of {SOURCES}.")
   return _SOURCES[source]
 
 

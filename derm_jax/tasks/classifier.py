@@ -1,10 +1,11 @@
 """The classifier task (the study's second stage): identical head on any backbone.
 
 Read top to bottom: models -> state (frozen backbone outside the gradient, or fine-tuned
-with its own learning rate) -> train and predict steps -> `build(config, workdir)`, the
-typed `Experiment` the shared loop (derm_jax/train/loop.py) trains -> entry points:
-`train_and_evaluate(config, workdir)` (ends with the test split beside the majority
-baseline) and `evaluate(config, workdir, step)`. Where the backbone starts (VAE encoder,
+with its own learning rate) -> train and predict steps of one member -> `build(config)`,
+the `Task` the shared loop (derm_jax/train/loop.py) trains for one or many members ->
+entry points: `train_members(members)` (a study's arms x seeds as one program, each
+ending with the test split beside the majority baseline), `train_and_evaluate(config,
+workdir)` (one run), `restore` and `evaluate(config, workdir, step)`. Where the backbone starts (VAE encoder,
 ImageNet, scratch) is derm_jax/tasks/backbone_init.py; the metrics are
 derm_jax/evaluation/classification.py.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import io
+from collections.abc import Sequence
 from typing import Any
 
 import flax.struct
@@ -30,7 +32,8 @@ from derm_jax.models import registry as model_registry
 from derm_jax.tasks import backbone_init
 from derm_jax.train import loop, optim
 from derm_jax.train import mesh as mesh_lib
-from derm_jax.train.experiment import Experiment
+from derm_jax.train.population import Member
+from derm_jax.train.task import Task
 
 
 class ClsState(flax.struct.PyTreeNode):
@@ -56,14 +59,16 @@ def create_models(config, num_classes: int):
 
 
 def create_train_state(backbone_vars: dict, head_params, tx, finetune: bool) -> ClsState:
+  """A member's starting state (host arrays); `tx=None`: no optimiser state (inference)."""
   bs = {"backbone": backbone_vars["batch_stats"]} if backbone_vars.get("batch_stats") else {}
   if finetune:
     params, frozen = {"head": head_params, "backbone": backbone_vars["params"]}, {}
   else:
     params, frozen = {"head": head_params}, {"backbone": backbone_vars["params"]}
-  opt_state = jax.jit(tx.init)(params)  # one program, not an eager compile per parameter
-  return ClsState(step=jnp.zeros((), jnp.int32), params=params, frozen=frozen,
-                  batch_stats=bs, opt_state=opt_state)
+  opt_state = None if tx is None else jax.jit(tx.init)(params)  # one program, not one eager
+  # compile per parameter
+  return jax.tree.map(np.asarray, ClsState(step=np.zeros((), np.int32), params=params,
+                                           frozen=frozen, batch_stats=bs, opt_state=opt_state))
 
 
 def make_optimizer(config, total_steps: int, warmup_steps: int, finetune: bool):
@@ -104,9 +109,11 @@ def _cross_entropy(logits, labels):
   return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
 
 
-def train_step(state: ClsState, batch, *, backbone, head, tx, finetune: bool, class_weights,
-               base_rng, image_size: int, aug):
-  rng = jax.random.fold_in(base_rng, state.step)
+def train_step(state: ClsState, batch, key, *, backbone, head, tx, finetune: bool,
+               class_weights, image_size: int, aug):
+  """One optimisation step of one member; its randomness (dropout, augmentation) is a pure
+  function of the member's key and the step number."""
+  rng = jax.random.fold_in(key, state.step)
   x = device_augment.train_images(batch["image"], rng, image_size=image_size, aug=aug)
   y = batch["label"]
   if not finetune:
@@ -131,7 +138,8 @@ def train_step(state: ClsState, batch, *, backbone, head, tx, finetune: bool, cl
   return new_state, {"probs": jax.nn.softmax(logits), "loss": ce, "label": y, "finite": finite}
 
 
-def eval_step(state: ClsState, batch, *, backbone, head, image_size: int):
+def eval_step(state: ClsState, batch, key, *, backbone, head, image_size: int):
+  del key  # deterministic
   x = device_augment.model_images(batch["image"], image_size=image_size)
   feats, _ = _features(backbone, state, state.params, x, None, False)
   logits = head.apply({"params": state.params["head"]}, feats, train=False)
@@ -149,10 +157,15 @@ def class_weights_for(config, train_labels: np.ndarray, num_classes: int) -> np.
   return w.astype(np.float32)
 
 
-def build(config, workdir: str, *, load_backbone: bool = True) -> Experiment:
-  """Models, backbone initialisation, state, jitted steps and evaluators of a classifier
-  config. `load_backbone=False` skips loading pretrained weights (a checkpoint will
-  provide every value, as in --mode=eval and derm_jax.evaluate)."""
+def member_keys(seed: int):
+  """(backbone init, head init, step) keys of the member with this seed."""
+  return jax.random.split(jax.random.key(int(seed)), 3)
+
+
+def build(config) -> Task:
+  """Models, optimiser, steps and evaluators of a classifier config; each member's
+  starting point (where its backbone starts, its seed) comes from its own config in
+  `init_member`."""
   dataset = registry.get(config.data)
   meta = dataset.meta
   train_labels = np.asarray(dataset.labels("train"))
@@ -162,87 +175,95 @@ def build(config, workdir: str, *, load_backbone: bool = True) -> Experiment:
   finetune = not config.freeze_backbone
   spe, total_steps, warmup = optim.schedule_steps(config, len(train_labels))
   tx = make_optimizer(config, total_steps, warmup, finetune)
-  rng = jax.random.key(config.seed)
-  bb_rng, head_rng, base_rng = jax.random.split(rng, 3)
-  if load_backbone:
-    bb_vars = backbone_init.init_backbone_variables(config, backbone, workdir, bb_rng)
-  else:
-    bb_vars = backbone_init.placeholder_backbone_variables(backbone, config.image_size)
+  shapes = backbone_init.backbone_variable_shapes(backbone, config.image_size)
   feat_shape = jax.eval_shape(
       lambda v: backbone.apply(v, jnp.zeros((1, config.image_size, config.image_size, 3)),
-                               train=False), bb_vars)
-  head_params = head.init({"params": head_rng}, jnp.zeros(feat_shape.shape),
-                          train=False)["params"]
-  repl, sharded = mesh_lib.replicated(mesh), mesh_lib.data_sharded(mesh)
-  state = jax.tree.map(lambda a: jax.make_array_from_process_local_data(repl, np.asarray(a)),
-                       create_train_state(bb_vars, head_params, tx, finetune))
-  weights = jnp.asarray(class_weights_for(config, train_labels, meta.num_classes))
-  out_shardings = {"probs": sharded, "loss": sharded, "label": sharded, "finite": repl}
-  p_train = jax.jit(functools.partial(train_step, backbone=backbone, head=head, tx=tx,
-                                      finetune=finetune, class_weights=weights,
-                                      base_rng=base_rng, image_size=config.image_size,
-                                      aug=config.aug),
-                    in_shardings=(repl, sharded), out_shardings=(repl, out_shardings),
-                    donate_argnums=0)
-  p_eval = jax.jit(functools.partial(eval_step, backbone=backbone, head=head,
-                                     image_size=config.image_size),
-                   in_shardings=(repl, sharded), out_shardings=sharded)
+                               train=False), shapes)
+
+  def init_member(member_config, workdir: str, for_inference: bool = False):
+    bb_rng, head_rng, step_rng = member_keys(member_config.seed)
+    if for_inference:  # a checkpoint provides every value: no weights loaded, nothing drawn
+      bb_vars = backbone_init.placeholder_backbone_variables(backbone, config.image_size)
+    else:
+      bb_vars = backbone_init.init_backbone_variables(member_config, backbone, workdir, bb_rng)
+    head_params = head.init({"params": head_rng}, jnp.zeros(feat_shape.shape),
+                            train=False)["params"]
+    state = create_train_state(bb_vars, head_params, None if for_inference else tx, finetune)
+    return state, np.asarray(jax.random.key_data(step_rng))
+
+  weights = class_weights_for(config, train_labels, meta.num_classes)
   schedule = optim.learning_rate_schedule(config.optimizer.lr, total_steps, warmup,
                                           config.optimizer.end_lr_factor)
 
   def make_evaluator(source, has_labels: bool = True):
     return classification.ClassificationEvaluator(
-        p_eval, source, meta, batch_size=config.eval_batch_size, mesh=mesh,
+        source, meta, batch_size=config.eval_batch_size, mesh=mesh,
         train_labels=train_labels, has_labels=has_labels)
 
-  return Experiment(
-      config=config, meta=meta, dataset=dataset, mesh=mesh, state=state, train_step=p_train,
-      eval_step=p_eval, steps_per_epoch=spe, total_steps=total_steps,
-      learning_rate=lambda step: float(schedule(step)),
+  return Task(
+      config=config, meta=meta, dataset=dataset, mesh=mesh, steps_per_epoch=spe,
+      total_steps=total_steps, learning_rate=lambda step: float(schedule(step)),
+      init_member=init_member,
+      train_step=functools.partial(train_step, backbone=backbone, head=head, tx=tx,
+                                   finetune=finetune, class_weights=jnp.asarray(weights),
+                                   image_size=config.image_size, aug=config.aug),
+      eval_step=functools.partial(eval_step, backbone=backbone, head=head,
+                                  image_size=config.image_size),
       summarize_train=functools.partial(classification.train_metrics,
                                         num_classes=meta.num_classes),
       make_evaluator=make_evaluator, train_labels=train_labels,
-      balanced_sampling=bool(config.balanced_sampling),
-      progress_keys=("loss", "accuracy"))
+      balanced_sampling=bool(config.balanced_sampling), progress_keys=("loss", "accuracy"))
 
 
 # ----------------------------------------------------------------------------- entry points
 
 
-def test_report(exp: Experiment, state, source) -> tuple[dict[str, Any], Any]:
-  """Metrics (with the majority baseline and the step) and per-image predictions."""
-  ev = exp.make_evaluator(source)
-  result = ev.run(state)
-  result["step"] = int(state.step)
-  return result, ev.predictions
+def test_and_write(run: loop.Run) -> list[dict[str, Any]]:
+  """Every member's test metrics (with the majority baseline, subgroups and the step) and
+  predictions, written into its workdir; one pass over the test split for all members."""
+  task = run.task
+  ev = task.make_evaluator(task.dataset.source("test"))
+  results = ev.run(run.predict)
+  for member, test, preds in zip(run.members, results, ev.predictions, strict=True):
+    test["step"] = run.step
+    classification.add_subgroups(test, preds, task.dataset, "test", task.meta.num_classes)
+    logging.info("test (step %d)%s: %s", test["step"],
+                 f" [{member.name}]" if len(run.members) > 1 else "",
+                 classification.summary_line(test))
+    if jax.process_index() == 0:
+      classification.write_outputs(test, preds, task.meta, member.workdir,
+                                   metrics_name="test_metrics.json",
+                                   confusion_name="confusion_test.png",
+                                   predictions_name="test_predictions.csv",
+                                   title=f"{member.config.init.source} backbone, test split")
+      _test_to_tensorboard(member.config, member.workdir, test)
+  return results
 
 
-def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
-  """Trains the head (and the backbone if not frozen), then evaluates on the test split."""
+def train_members(members: Sequence[Member]) -> tuple[loop.Run, list[dict[str, Any]]]:
+  """Trains the members (one population: one program) and scores each on the test split."""
+  config = members[0].config
   if config.class_weighted_loss and config.balanced_sampling:
     logging.warning("class_weighted_loss and balanced_sampling both correct the class "
                     "imbalance: together they over-weight the rare classes.")
   if config.balanced_sampling:
     logging.info("Balanced sampling: train metrics (and so the overfitting gap) are measured "
                  "on the class-balanced stream, validation on the natural distribution.")
-  fileio.makedirs(workdir)
-  exp = build(config, workdir)
-  logging.info("Classifier: backbone %s (%s, %s), %d epochs x %d steps, batch %d.",
-               config.model.backbone, config.init.source,
+  for m in members:
+    fileio.makedirs(m.workdir)
+  task = build(config)
+  logging.info("Classifier: backbone %s (%s), %s, %d epochs x %d steps, batch %d.",
+               config.model.backbone, ", ".join(sorted({m.config.init.source for m in members})),
                "frozen" if config.freeze_backbone else "fine-tuned", config.num_epochs,
-               exp.steps_per_epoch, config.batch_size)
-  state, _ = loop.train(exp, workdir)
-  test, preds = test_report(exp, state, exp.dataset.source("test"))
-  classification.add_subgroups(test, preds, exp.dataset, "test", exp.meta.num_classes)
-  logging.info("test (step %d): %s", test["step"], classification.summary_line(test))
-  if jax.process_index() == 0:
-    classification.write_outputs(test, preds, exp.meta, workdir,
-                                 metrics_name="test_metrics.json",
-                                 confusion_name="confusion_test.png",
-                                 predictions_name="test_predictions.csv",
-                                 title=f"{config.init.source} backbone, test split")
-    _test_to_tensorboard(config, workdir, test)
-  return test
+               task.steps_per_epoch, config.batch_size)
+  run = loop.train(task, members)
+  return run, test_and_write(run)
+
+
+def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
+  """Trains the head (and the backbone if not frozen), then evaluates on the test split."""
+  _, results = train_members([Member("classifier", workdir, config)])
+  return results[0]
 
 
 def _test_to_tensorboard(config, workdir: str, test: dict[str, Any]) -> None:
@@ -264,16 +285,22 @@ def _test_to_tensorboard(config, workdir: str, test: dict[str, Any]) -> None:
     writer.close()
 
 
+def restore(config, workdir: str, step: int | None = None) -> loop.Run:
+  """A classifier run's checkpoint (latest or `step`) ready to predict (a Run of one)."""
+  return loop.restore(build(config), [Member("classifier", workdir, config)], step)
+
+
 def evaluate(config, workdir: str, step: int | None = None) -> dict[str, Any]:
   """`--mode=eval`: the restored checkpoint's metrics on the val and test splits."""
-  exp = build(config, workdir, load_backbone=False)
-  state = loop.restore(exp, workdir, step)
+  run = restore(config, workdir, step)
+  task = run.task
   results = {}
   for split in ("val", "test"):
-    results[split], preds = test_report(exp, state, exp.dataset.source(split))
-    s = results[split]["step"]
+    ev = task.make_evaluator(task.dataset.source(split))
+    results[split], preds = ev.run(run.predict)[0], ev.predictions[0]
+    results[split]["step"] = s = run.step
     if jax.process_index() == 0:
-      classification.write_outputs(results[split], preds, exp.meta,
+      classification.write_outputs(results[split], preds, task.meta,
                                    fileio.join(workdir, "eval"),
                                    metrics_name=f"{split}_step{s}.json",
                                    confusion_name=f"confusion_{split}_step{s}.png",

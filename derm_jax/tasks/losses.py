@@ -18,6 +18,8 @@ import math
 
 import jax.numpy as jnp
 
+from derm_jax.errors import ConfigError
+
 
 def reconstruction_nll(x, x_hat, kind: str, sigma: float = 0.1, l1_scale: float = 0.1):
   """Per-image negative log-likelihood of x under the decoder's distribution."""
@@ -28,7 +30,7 @@ def reconstruction_nll(x, x_hat, kind: str, sigma: float = 0.1, l1_scale: float 
   if kind == "l1":
     ab = jnp.sum(jnp.abs(x - x_hat).reshape(x.shape[0], -1), axis=-1)
     return ab / l1_scale + d * math.log(2 * l1_scale)
-  raise ValueError(f"Unknown config.loss.recon={kind!r}; use 'gaussian' (MSE) or 'l1'.")
+  raise ConfigError(f"Unknown config.loss.recon={kind!r}; use 'gaussian' (MSE) or 'l1'.")
 
 
 def kl_per_dim(mean, logvar):

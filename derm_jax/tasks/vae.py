@@ -1,14 +1,16 @@
 """The VAE task (self-supervised arm): model, loss, train and eval steps, what to evaluate.
 
-`build(config)` returns the typed `Experiment` that the shared loop
-(derm_jax/train/loop.py) trains; `train_and_evaluate(config, workdir)` and
-`evaluate(config, workdir, step)` are reached through `python -m derm_jax.main`.
+`build(config)` returns the `Task` that the shared loop (derm_jax/train/loop.py) trains for
+one or many members (a study pretrains one VAE per seed as one program);
+`train_members(members)`, `train_and_evaluate(config, workdir)` and
+`evaluate(config, workdir, step)` are the entry points (`python -m derm_jax.main`).
 Read top to bottom: state -> train step -> eval step -> image grids -> build -> entry points.
 """
 
 
 import functools
 import json
+from collections.abc import Sequence
 from typing import Any
 
 import flax
@@ -20,13 +22,14 @@ import optax
 from absl import logging
 
 from derm_jax import fileio, plots
-from derm_jax.data import device_augment, input_pipeline, registry
+from derm_jax.data import device_augment, input_pipeline, registry, unlabeled
 from derm_jax.evaluation import vae as vae_evaluator
 from derm_jax.models import vae as vae_lib
 from derm_jax.tasks import losses
 from derm_jax.train import loop, optim
 from derm_jax.train import mesh as mesh_lib
-from derm_jax.train.experiment import Experiment
+from derm_jax.train.population import Member
+from derm_jax.train.task import Task
 
 
 class TrainState(flax.struct.PyTreeNode):
@@ -37,11 +40,13 @@ class TrainState(flax.struct.PyTreeNode):
 
 
 def create_train_state(model, tx, rng, image_size: int) -> TrainState:
+  """A member's starting state; `tx=None`: no optimiser state (a checkpoint will be read)."""
   x = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
   variables = model.init({"params": rng, "dropout": rng}, x, rng, train=False)
   params = variables["params"]
   return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                    batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params))
+                    batch_stats=variables.get("batch_stats", {}),
+                    opt_state=None if tx is None else tx.init(params))
 
 
 def _apply(model, state_params, batch_stats, x, rng, train: bool):
@@ -60,11 +65,10 @@ def _apply(model, state_params, batch_stats, x, rng, train: bool):
   return x_hat, mean, logvar, batch_stats
 
 
-def train_step(state: TrainState, batch, *, model, tx, loss_config, base_rng, image_size: int,
-               aug):
-  """One optimisation step; the step's randomness (augmentation included) is a pure
-  function of the step number."""
-  rng = jax.random.fold_in(base_rng, state.step)
+def train_step(state: TrainState, batch, key, *, model, tx, loss_config, image_size: int, aug):
+  """One optimisation step of one member; the step's randomness (augmentation included) is
+  a pure function of the member's key and the step number."""
+  rng = jax.random.fold_in(key, state.step)
   x = device_augment.train_images(batch["image"], rng, image_size=image_size, aug=aug)
 
   def loss_fn(params):
@@ -84,8 +88,13 @@ def train_step(state: TrainState, batch, *, model, tx, loss_config, base_rng, im
   return new_state, outputs
 
 
-def eval_step(state: TrainState, batch, *, model, loss_config, rng, image_size: int):
+EVAL_STREAM = 2**30      # fold_in(member key, .): the evaluation's posterior samples
+IMAGES_STREAM = 2**30 + 1  # and the image grids' prior samples
+
+
+def eval_step(state: TrainState, batch, key, *, model, loss_config, image_size: int):
   """Per-image ELBO, reconstruction NLL, KL and MSE (the evaluator averages them)."""
+  rng = jax.random.fold_in(key, EVAL_STREAM)
   x = device_augment.model_images(batch["image"], image_size=image_size)
   # One key per image (from its position in the split): the posterior sample, and so the
   # ELBO estimate, of an image is the same whatever the eval batch size or process count.
@@ -114,74 +123,83 @@ def summarize_train(outputs: list[dict]) -> dict[str, float]:
           for k in ("loss", "recon", "kl", "elbo", "grad_norm")}
 
 
-def _write_images(exp: Experiment, state, step: int, row: dict, writer, workdir: str,
-                  p_images, base_rng):
-  """Reconstruction grid (inputs above reconstructions) and prior samples, as PNG + TensorBoard.
-
-  Every process runs the computation (the state is a global array); process 0 writes."""
-  config = exp.config
+def _write_images(task: Task, run: loop.Run, step: int, rows: list[dict], p_images):
+  """Each member's reconstruction grid (inputs above reconstructions) and prior samples,
+  as PNG + TensorBoard. Every process runs the computation; process 0 writes."""
+  config = task.config
   n = config.num_image_samples
-  batch = next(input_pipeline.eval_batches(exp.dataset.source("val"), global_batch_size=n,
+  batch = next(input_pipeline.eval_batches(task.dataset.source("val"), global_batch_size=n,
                                            image_size=config.image_size,
                                            process_index=0, process_count=1))
-  x = jax.make_array_from_process_local_data(mesh_lib.replicated(exp.mesh), batch["image"])
-  recon, samples = p_images(state, x, jax.random.fold_in(base_rng, 2**30 + 1))
+  x = jax.make_array_from_process_local_data(mesh_lib.replicated(task.mesh), batch["image"])
+  recon, samples = p_images(run.states, x, run.keys)
   if jax.process_index() != 0:
     return
   x, recon, samples = np.asarray(x), np.asarray(recon), np.asarray(samples)
-  img_dir = fileio.join(workdir, "images")
-  fileio.makedirs(img_dir)
-  elbo = row.get("val/elbo")
-  when = f"step {step}" + (f", validation ELBO {elbo:,.0f} nats/image" if elbo else "")
-  for name, rows, labels, title in (
-      ("recon", [x, recon], ["input", "reconstruction"], f"Reconstructions, {when}"),
-      ("samples", [samples], ["prior sample"], f"Samples from the prior, {when}")):
-    for path in (fileio.join(img_dir, f"{name}_{step:07d}.png"),
-                 fileio.join(workdir, f"{name}.png")):
-      plots.save_image_grid(rows, path, row_labels=labels, title=title)
-  writer.write_image(step, "recon", np.concatenate([np.concatenate(list(x), 1),
-                                                    np.concatenate(list(recon), 1)], 0))
-  writer.write_image(step, "samples", np.concatenate(list(samples), 1))
+  for m, (member, row) in enumerate(zip(run.members, rows, strict=True)):
+    img_dir = fileio.join(member.workdir, "images")
+    fileio.makedirs(img_dir)
+    elbo = row.get("val/elbo")
+    when = f"step {step}" + (f", validation ELBO {elbo:,.0f} nats/image" if elbo else "")
+    for name, grid, labels, title in (
+        ("recon", [x, recon[m]], ["input", "reconstruction"], f"Reconstructions, {when}"),
+        ("samples", [samples[m]], ["prior sample"], f"Samples from the prior, {when}")):
+      for path in (fileio.join(img_dir, f"{name}_{step:07d}.png"),
+                   fileio.join(member.workdir, f"{name}.png")):
+        plots.save_image_grid(grid, path, row_labels=labels, title=title)
+    writer = run.writers[m]
+    writer.write_image(step, "recon", np.concatenate([np.concatenate(list(x), 1),
+                                                      np.concatenate(list(recon[m]), 1)], 0))
+    writer.write_image(step, "samples", np.concatenate(list(samples[m]), 1))
 
 
-def build(config) -> Experiment:
-  """Model, optimiser, mesh, initial state, jitted steps and evaluators of a VAE config."""
+def build(config) -> Task:
+  """Model, optimiser, mesh, steps and evaluators of a VAE config (members: one per seed)."""
   dataset = registry.get(config.data)
+  # The training split, and the unlabelled pool (config.data.unlabeled) where there is one:
+  # self-supervised, so every image counts; never val or test.
+  train_source = unlabeled.pretraining_source(dataset)
   model = vae_lib.create_vae(config.model, config.image_size, config.get("dtype", "float32"))
   mesh_lib.check_batch_sizes(config)
   mesh = mesh_lib.make_mesh()
-  spe, total_steps, warmup = optim.schedule_steps(config, len(dataset.source("train")))
+  spe, total_steps, warmup = optim.schedule_steps(config, len(train_source))
   tx = optim.make_optimizer(config.optimizer, total_steps, warmup)
-  rng = jax.random.key(config.seed)
-  init_rng, base_rng = jax.random.split(rng)
-  repl, sharded = mesh_lib.replicated(mesh), mesh_lib.data_sharded(mesh)
-  state = jax.jit(functools.partial(create_train_state, model, tx, image_size=config.image_size),
-                  out_shardings=repl)(init_rng)
-  p_train = jax.jit(
-      functools.partial(train_step, model=model, tx=tx, loss_config=config.loss,
-                        base_rng=base_rng, image_size=config.image_size, aug=config.aug),
-      in_shardings=(repl, sharded), out_shardings=(repl, repl), donate_argnums=0)
-  p_eval = jax.jit(
-      functools.partial(eval_step, model=model, loss_config=config.loss,
-                        rng=jax.random.fold_in(base_rng, 2**30), image_size=config.image_size),
-      in_shardings=(repl, sharded), out_shardings=sharded)
-  p_images = jax.jit(functools.partial(_reconstruct_and_sample, model=model,
-                                       num_samples=config.num_image_samples))
+  p_init = {tx_: jax.jit(functools.partial(create_train_state, model, tx_,
+                                           image_size=config.image_size))
+            for tx_ in (tx, None)}
+
+  def init_member(member_config, workdir: str, for_inference: bool = False):
+    del workdir
+    init_rng, step_rng = jax.random.split(jax.random.key(int(member_config.seed)))
+    state = p_init[None if for_inference else tx](init_rng)
+    return jax.tree.map(np.asarray, state), np.asarray(jax.random.key_data(step_rng))
+
+  def images(state, x, key):
+    return _reconstruct_and_sample(state, x, jax.random.fold_in(key, IMAGES_STREAM),
+                                   model=model, num_samples=config.num_image_samples)
+
+  p_images = jax.jit(lambda states, x, keys: jax.vmap(images, in_axes=(0, None, 0))(
+      states, x, jax.random.wrap_key_data(keys)))
   schedule = optim.learning_rate_schedule(config.optimizer.lr, total_steps, warmup,
                                           config.optimizer.end_lr_factor)
 
-  def make_evaluator(source):
-    return vae_evaluator.VaeEvaluator(p_eval, source, batch_size=config.eval_batch_size,
-                                      mesh=mesh)
+  def make_evaluator(source, has_labels: bool = True):
+    del has_labels
+    return vae_evaluator.VaeEvaluator(source, batch_size=config.eval_batch_size, mesh=mesh)
 
-  def after_eval(exp, state, step, row, writer, workdir):
-    _write_images(exp, state, step, row, writer, workdir, p_images, base_rng)
+  def after_eval(task, run, step, rows):
+    _write_images(task, run, step, rows, p_images)
 
-  return Experiment(
-      config=config, meta=dataset.meta, dataset=dataset, mesh=mesh, state=state,
-      train_step=p_train, eval_step=p_eval, steps_per_epoch=spe, total_steps=total_steps,
-      learning_rate=lambda step: float(schedule(step)), summarize_train=summarize_train,
-      make_evaluator=make_evaluator, progress_keys=("loss", "elbo"), after_eval=after_eval)
+  return Task(
+      config=config, meta=dataset.meta, dataset=dataset, mesh=mesh, steps_per_epoch=spe,
+      total_steps=total_steps, learning_rate=lambda step: float(schedule(step)),
+      init_member=init_member,
+      train_step=functools.partial(train_step, model=model, tx=tx, loss_config=config.loss,
+                                   image_size=config.image_size, aug=config.aug),
+      eval_step=functools.partial(eval_step, model=model, loss_config=config.loss,
+                                  image_size=config.image_size),
+      summarize_train=summarize_train, make_evaluator=make_evaluator,
+      train_source=train_source, progress_keys=("loss", "elbo"), after_eval=after_eval)
 
 
 def encode_step(state: TrainState, batch, *, model, image_size: int):
@@ -194,44 +212,54 @@ def encode_step(state: TrainState, batch, *, model, image_size: int):
   return {"mean": mean}
 
 
-def write_latent_map(exp: Experiment, state, workdir: str, split: str = "val") -> str:
-  """DIR/latent_pca.png: the first two principal components of the posterior means of
-  `split`, one dot per image coloured by its class."""
+def write_latent_maps(run: loop.Run, split: str = "val") -> list[str]:
+  """MEMBER_DIR/latent_pca.png for each member: the first two principal components of the
+  posterior means of `split`, one dot per image coloured by its class."""
   from derm_jax import stats
   from derm_jax.evaluation import common
-  model = vae_lib.create_vae(exp.config.model, exp.config.image_size,
-                           exp.config.get("dtype", "float32"))
-  p_encode = jax.jit(functools.partial(encode_step, model=model,
-                                       image_size=exp.config.image_size))
-  out = common.collect(p_encode, state, exp.dataset.source(split),
-                       batch_size=exp.config.eval_batch_size, mesh=exp.mesh)
-  path = fileio.join(workdir, "latent_pca.png")
-  if jax.process_index() == 0:
-    xy, var = stats.pca_2d(out["mean"], return_variance=True)
-    plots.save_latent_map(xy, out["label"], list(exp.meta.class_names), path,
-                          title=f"VAE latents of the {split} split (PCA, "
-                                f"{100 * float(np.sum(var[:2])):.0f}% of variance), "
-                                f"step {int(state.step)}")
-  return path
+  task = run.task
+  config = task.config
+  model = vae_lib.create_vae(config.model, config.image_size, config.get("dtype", "float32"))
+  encode = jax.jit(jax.vmap(functools.partial(encode_step, model=model,
+                                              image_size=config.image_size),
+                            in_axes=(0, None), out_axes=1))
+  out = common.collect(lambda batch: encode(run.states, batch), task.dataset.source(split),
+                       batch_size=config.eval_batch_size, mesh=task.mesh)
+  paths = []
+  for m, member in enumerate(run.members):
+    path = fileio.join(member.workdir, "latent_pca.png")
+    paths.append(path)
+    if jax.process_index() == 0:
+      xy, var = stats.pca_2d(out["mean"][:, m], return_variance=True)
+      plots.save_latent_map(xy, out["label"], list(task.meta.class_names), path,
+                            title=f"VAE latents of the {split} split (PCA, "
+                                  f"{100 * float(np.sum(var[:2])):.0f}% of variance), "
+                                  f"step {run.step}")
+  return paths
+
+
+def train_members(members: Sequence[Member]) -> loop.Run:
+  """Trains the members' VAEs (one population: one program), resuming from their latest
+  checkpoints; ends with each member's latent map of the validation split."""
+  task = build(members[0].config)
+  run = loop.train(task, members)
+  write_latent_maps(run)
+  return run
 
 
 def train_and_evaluate(config, workdir: str) -> dict[str, float]:
-  """Trains the VAE, resuming from the latest checkpoint in `workdir` if there is one;
-  returns the last evaluation row. Ends with the latent map of the validation split."""
-  exp = build(config)
-  state, last_eval = loop.train(exp, workdir)
-  write_latent_map(exp, state, workdir)
-  return last_eval
+  """Trains one VAE in `workdir`; returns its last evaluation row."""
+  return train_members([Member("vae", workdir, config)]).last_rows[0]
 
 
 def evaluate(config, workdir: str, step: int | None = None,
              splits=("val", "test")) -> dict[str, float]:
   """Restores a checkpoint (latest or `step`) and reports ELBO, reconstruction and KL."""
-  exp = build(config)
-  state = loop.restore(exp, workdir, step)
-  results: dict[str, Any] = {"step": int(state.step)}
+  task = build(config)
+  run = loop.restore(task, [Member("vae", workdir, config)], step)
+  results: dict[str, Any] = {"step": run.step}
   for split in splits:
-    for k, v in exp.make_evaluator(exp.dataset.source(split)).run(state).items():
+    for k, v in task.make_evaluator(task.dataset.source(split)).run(run.predict)[0].items():
       results[f"{split}/{k}"] = v
   logging.info("Eval of %s at step %d: %s", workdir, results["step"],
                ", ".join(f"{k}={v:.4f}" for k, v in results.items() if k != "step"))

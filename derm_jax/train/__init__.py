@@ -1,2 +1,3 @@
-"""What every task's training shares: the loop, the Experiment, mesh, optimiser,
-checkpoints, outputs (TensorBoard, metrics.jsonl, progress) and the workdir lock."""
+"""What every task's training shares: the task interface, the one loop, the population
+(members trained side by side as one program), mesh, optimiser, checkpoints, outputs
+(TensorBoard, metrics.jsonl, progress), the workdir lock and the compilation cache."""

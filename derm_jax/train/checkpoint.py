@@ -8,9 +8,15 @@ moment (even `kill -9` mid-write) leaves only complete checkpoints; stale tempor
 cleaned on the next start. `restore` puts arrays straight into the shardings of the given
 abstract target, so a checkpoint moves between device counts, meshes and process counts.
 
-Integrity: once a step is finalised (checked at the next `save`, `wait` or `close`),
-process 0 writes `derm_jax_manifest.json` into its directory (atomically: tmp file +
-rename) with the size and sha256 of every file of the step. Every restore path (`restore`,
+Integrity: as part of each save, once Orbax has written the step's files and before it
+publishes the step (its post-finalisation callback, in the save's background thread, runs
+while the step is still in its temporary directory), process 0 writes
+`derm_jax_manifest.json` into the step with the size and sha256 of every data file; Orbax's
+rename then publishes data and manifest together. A checkpoints directory created by this
+version also holds a marker file (`VERIFIED_MARKER`): there a published step without a
+manifest (possible where a store has no atomic rename, e.g. gs://, and a kill came in
+between) is treated like a damaged step (skipped, with a warning, and set aside at the next
+save), so no step of it is ever restored without its hashes checked. Every restore path (`restore`,
 `restore_state_tree`, `restore_for_inference`) checks the step against it first:
 
 * intact (manifest matches): restored.
@@ -19,10 +25,14 @@ rename) with the size and sha256 of every file of the step. Every restore path (
   newest intact step is used instead and a warning names the damaged step and the command
   that discards it; asked for that step explicitly, `CheckpointError` says which file is
   wrong and how to discard the step.
-* unverified (no manifest: written by an older version, or the run was killed after the
-  step was finalised but before its manifest was written): used if Orbax can restore it,
-  with a log line; if Orbax cannot, a latest-step restore falls back to the previous step
-  and an explicit one raises `CheckpointError`.
+* unverified (no manifest, in a directory written by an older version without the
+  marker): used if Orbax can restore it, with a log line; if Orbax cannot, a latest-step
+  restore falls back to the previous step and an explicit one raises `CheckpointError`.
+
+Besides the state, a step may hold `train_window`: the per-step outputs of the training
+steps since the last evaluation (numpy arrays, stacked over steps), so that a run resumed
+in the middle of an epoch computes that epoch's train metrics (and the overfitting gap)
+over every step of the epoch, exactly as an uninterrupted run does.
 
 A damaged step that is newer than the step training resumed from would make Orbax skip
 every later save (it only saves steps after its newest one), so `save` first moves such
@@ -39,6 +49,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 import shlex
 import time
 from collections.abc import Callable
@@ -52,6 +63,8 @@ from derm_jax import fileio
 from derm_jax.errors import CheckpointError
 
 MANIFEST_NAME = "derm_jax_manifest.json"
+VERIFIED_MARKER = "derm_jax_steps_have_manifests"  # in the checkpoints directory
+WINDOW_ITEM = "train_window"
 _MANIFEST_TMP = "." + MANIFEST_NAME + ".tmp"  # the temporary name of earlier versions
 MANIFEST_FORMAT = 1
 INTACT, UNVERIFIED, DAMAGED = "intact", "unverified", "damaged"
@@ -92,10 +105,17 @@ def _sha256(path: str) -> str:
   return h.hexdigest()
 
 
+# Orbax's own bookkeeping, written or updated while it publishes a step (after our manifest):
+# not the checkpoint's data, so not in the manifest.
+ORBAX_BOOKKEEPING = ("_CHECKPOINT_METADATA", "commit_success.txt")
+_ORBAX_TMP = re.compile(r"^(\d+)\.orbax-checkpoint-tmp")
+
+
 def _step_files(step_path: str) -> list[str]:
-  """Paths (relative, '/'-separated, sorted) of the step's files, manifest excluded."""
+  """Paths (relative, '/'-separated, sorted) of the step's data files (the manifest and
+  Orbax's bookkeeping excluded)."""
   return [rel for rel in fileio.list_files(step_path)
-          if rel not in (MANIFEST_NAME, _MANIFEST_TMP)
+          if rel not in (MANIFEST_NAME, _MANIFEST_TMP, *ORBAX_BOOKKEEPING)
           and not fileio.is_atomic_tmp(rel, MANIFEST_NAME)]
 
 
@@ -112,12 +132,16 @@ def write_manifest(step_path: str) -> str:
 
 def check_step(directory: str, step: int) -> StepCheck:
   """Checks step `step` of checkpoint `directory` against its manifest (hashes every file)."""
-  path = fileio.join(fileio.abspath(directory), str(step))
+  directory = fileio.abspath(directory)
+  path = fileio.join(directory, str(step))
   damaged = lambda problem: StepCheck(step, path, DAMAGED, problem)  # noqa: E731
   if not fileio.isdir(path):
     return damaged(f"step directory {path} is missing")
   manifest = fileio.join(path, MANIFEST_NAME)
   if not fileio.exists(manifest):
+    if fileio.exists(fileio.join(directory, VERIFIED_MARKER)):
+      return damaged(f"its save did not complete (no {MANIFEST_NAME}: the run was stopped "
+                     "before the step's file hashes were written)")
     return StepCheck(step, path, UNVERIFIED)
   try:
     with fileio.open(manifest) as f:
@@ -140,9 +164,14 @@ def check_step(directory: str, step: int) -> StepCheck:
   return StepCheck(step, path, INTACT)
 
 
-def _damaged_message(check: StepCheck) -> str:
+def _damaged_message(check: StepCheck, fallback: int | None = -1) -> str:
+  """What is wrong with a damaged step; `fallback`: the step used instead (None: none, so
+  training starts again from step 0; -1: not said)."""
+  then = ("" if fallback == -1 else
+          f" The run resumes from step {fallback} instead." if fallback is not None else
+          " No intact step is left: the run starts again from step 0.")
   return (f"checkpoint step {check.step} is damaged: {check.problem}. Discard it with "
-          f"`{check.discard_command()}` (the run then resumes from the previous step).")
+          f"`{check.discard_command()}`.{then}")
 
 
 def _first_line(e: BaseException) -> str:
@@ -220,10 +249,12 @@ def _check_directory(directory: str) -> None:
 
 
 class Checkpointer:
-  """Thin wrapper over ocp.CheckpointManager with 'state' and (optional) 'data' items.
+  """A run's checkpoints: ocp.CheckpointManager with a 'state' item (and an optional
+  'train_window'), verified by manifests.
 
-  `all_steps()` lists every finalised step, damaged ones included; `latest_step()` is the
-  newest step that is not known to be damaged (the one a resumed run should use)."""
+  `all_steps()` lists every finalised step, damaged ones included; `usable_steps()` the
+  steps that may be restored (not known to be damaged); `latest_step()` the newest of them
+  (the one a resumed run should use)."""
 
   def __init__(self, directory: str, max_to_keep: int = 3, async_save: bool = True,
                read_only: bool = False):
@@ -232,11 +263,17 @@ class Checkpointer:
       _check_directory(self.directory)
     elif fileio.exists(self.directory) and not fileio.isdir(self.directory):
       raise CheckpointError(f"checkpoint directory {self.directory} is not a directory")
+    self._writer = not read_only and jax.process_index() == 0
+    if self._writer and not _has_steps(self.directory):
+      # A new directory: every step it will hold gets its manifest as part of its save.
+      fileio.makedirs(self.directory)
+      fileio.atomic_write_text(fileio.join(self.directory, VERIFIED_MARKER),
+                               "Every checkpoint step in this directory has a manifest.\n")
     options = ocp.CheckpointManagerOptions(
         max_to_keep=max_to_keep, create=not read_only, read_only=read_only,
-        cleanup_tmp_directories=not read_only, enable_async_checkpointing=async_save)
+        cleanup_tmp_directories=not read_only, enable_async_checkpointing=async_save,
+        async_options=ocp.AsyncOptions(post_finalization_callback=self._write_manifests))
     self._mngr = ocp.CheckpointManager(self.directory, options=options)
-    self._writer = not read_only and jax.process_index() == 0
     self._checks: dict[int, StepCheck] = {}
     self._warned: set[int] = set()
 
@@ -250,23 +287,31 @@ class Checkpointer:
       self._checks[step] = c
     return c
 
+  def usable_steps(self) -> list[int]:
+    """Steps that are not known to be damaged (intact, or unverified in an old directory)."""
+    return [s for s in self.all_steps() if self.check(s).status != DAMAGED]
+
   def latest_intact_step(self) -> int | None:
-    """The newest step that is not damaged (intact or unverified), warning about skipped ones."""
-    for s in sorted(self.all_steps(), reverse=True):
-      c = self.check(s)
-      if c.status != DAMAGED:
-        return s
-      if s not in self._warned:
-        logging.warning("Skipping %s", _damaged_message(c))
+    """The newest step that is not damaged (intact or unverified), warning about skipped ones
+    (and saying which step the run resumes from instead)."""
+    usable = self.usable_steps()
+    fallback = max(usable) if usable else None
+    for s in self.all_steps():
+      if (fallback is None or s > fallback) and s not in self._warned:
+        logging.warning("Skipping %s", _damaged_message(self.check(s), fallback))
         self._warned.add(s)
-    return None
+    return fallback
 
   def _write_manifests(self) -> None:
-    """Manifests for every finalised step lacking one (call only when no save is running)."""
+    """Manifests for every step lacking one: the step being saved (Orbax's
+    post-finalisation callback, before the step is published) and, at close, any older
+    published step without one."""
     if not self._writer:
       return
-    for s in self.all_steps():
-      path = fileio.join(self.directory, str(s))
+    pending = [n for n in fileio.listdir(self.directory) if _ORBAX_TMP.match(n)]
+    for name in pending + [str(s) for s in _finalised_steps(self.directory)]:
+      path = fileio.join(self.directory, name)
+      s = int(name.split(".")[0])
       if fileio.isdir(path) and not fileio.exists(fileio.join(path, MANIFEST_NAME)):
         try:
           write_manifest(path)
@@ -274,13 +319,12 @@ class Checkpointer:
           continue
         self._checks.pop(s, None)
 
-  def _set_aside_damaged(self, from_step: int) -> None:
-    """Moves damaged steps >= from_step to `<step>.damaged` so that Orbax saves again."""
-    bad = [s for s in self.all_steps() if s >= from_step and self.check(s).status == DAMAGED]
-    if not bad:
+  def _set_aside(self, steps: list[int]) -> None:
+    """Moves `steps` to `<step>.damaged` (process 0) and makes Orbax forget them."""
+    if not steps:
       return
     if self._writer:
-      for s in bad:
+      for s in steps:
         src = fileio.join(self.directory, str(s))
         dst = src + ".damaged"
         n = 1
@@ -294,7 +338,25 @@ class Checkpointer:
       from jax.experimental import multihost_utils
       multihost_utils.sync_global_devices("derm_jax_set_aside_damaged")
     self._mngr.reload()
-    for s in bad:
+    for s in steps:
+      self._checks.pop(s, None)
+
+  def discard_after(self, step: int) -> None:
+    """Deletes the steps after `step` (a population resumes all its members from the newest
+    step they all have; a member's later steps are computed again, identically)."""
+    later = [s for s in self.all_steps() if s > step]
+    if not later:
+      return
+    if self._writer:
+      for s in later:
+        fileio.rmtree(fileio.join(self.directory, str(s)))
+      logging.info("Discarded checkpoint steps %s of %s (after the common step %d).", later,
+                    self.directory, step)
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+      multihost_utils.sync_global_devices("derm_jax_discard_after")
+    self._mngr.reload()
+    for s in later:
       self._checks.pop(s, None)
 
   # -- the public API
@@ -306,20 +368,24 @@ class Checkpointer:
   def all_steps(self) -> list[int]:
     return sorted(self._mngr.all_steps())
 
-  def save(self, step: int, state, force: bool = False) -> bool:
+  def save(self, step: int, state, window: dict | None = None, force: bool = False) -> bool:
+    """Saves `state` (and `window`, a dict of numpy arrays, when not empty) as step `step`;
+    asynchronous: the manifest is written when the save completes."""
     self._mngr.wait_until_finished()
-    self._write_manifests()
-    self._set_aside_damaged(step)
-    return self._mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state)),
-                           force=force)
+    self._set_aside([s for s in self.all_steps()
+                     if s >= step and self.check(s).status == DAMAGED])
+    items = {"state": ocp.args.StandardSave(state)}
+    if window:
+      items[WINDOW_ITEM] = ocp.args.StandardSave(window)
+    return self._mngr.save(step, args=ocp.args.Composite(**items), force=force)
 
   def restore(self, step: int | None, target_state):
     """Restores `state` into the target's shapes and shardings.
 
     `step=None`: the newest step that verifies and restores (damaged steps are skipped with
     a warning). An explicit damaged or missing step raises CheckpointError."""
-    _, state = _restore_checked(self.directory, self.all_steps(), step, self.check,
-                                self._restore_fn(target_state), self._warned)
+    _, (state, _) = _restore_checked(self.directory, self.all_steps(), step, self.check,
+                                     self._restore_fn(target_state), self._warned)
     return state
 
   def restore_latest(self, target_state) -> tuple[int, object]:
@@ -328,15 +394,28 @@ class Checkpointer:
     Like `restore(None, ...)` but also says which step it used: damaged steps, and
     unverified ones that Orbax cannot read, are skipped with a warning naming them.
     Raises CheckpointNotFoundError if there is no checkpoint at all."""
-    return _restore_checked(self.directory, self.all_steps(), None, self.check,
-                            self._restore_fn(target_state), self._warned)
+    step, (state, _) = _restore_checked(self.directory, self.all_steps(), None, self.check,
+                                        self._restore_fn(target_state), self._warned)
+    return step, state
+
+  def restore_with_window(self, step: int, target_state) -> tuple[object, dict | None]:
+    """(state, train window or None) of step `step`, verified first."""
+    _, out = _restore_checked(self.directory, self.all_steps(), step, self.check,
+                              self._restore_fn(target_state), self._warned)
+    return out
 
   def _restore_fn(self, target_state):
     target = abstract_like(target_state)
 
     def restore_fn(s):
-      args = ocp.args.Composite(state=ocp.args.StandardRestore(target))
-      return self._mngr.restore(s, args=args)["state"]
+      items = {"state": ocp.args.StandardRestore(target)}
+      if fileio.isdir(fileio.join(self.directory, str(s), WINDOW_ITEM)):
+        items[WINDOW_ITEM] = ocp.args.StandardRestore()
+      out = self._mngr.restore(s, args=ocp.args.Composite(**items))
+      window = out[WINDOW_ITEM] if WINDOW_ITEM in items else None
+      if window is not None:
+        window = {k: np.asarray(v) for k, v in window.items()}
+      return out["state"], window
 
     return restore_fn
 
@@ -348,6 +427,22 @@ class Checkpointer:
     self._mngr.wait_until_finished()
     self._write_manifests()
     self._mngr.close()
+
+
+def _finalised_steps(directory: str) -> list[int]:
+  """Step numbers of the finalised step directories (Orbax renames a step's temporary
+  directory to its number when the save is complete)."""
+  if not fileio.isdir(directory):
+    return []
+  return sorted(int(n) for n in fileio.listdir(directory)
+                if n.isdigit() and fileio.isdir(fileio.join(directory, n)))
+
+
+def _has_steps(directory: str) -> bool:
+  """Whether `directory` exists and holds a step directory (or a set-aside one)."""
+  if not fileio.isdir(directory):
+    return False
+  return any(n.split(".")[0].isdigit() for n in fileio.listdir(directory))
 
 
 def restore_state_tree(directory: str, step: int | None = None) -> tuple[int, dict]:
@@ -375,14 +470,14 @@ def restore_state_tree(directory: str, step: int | None = None) -> tuple[int, di
   return step, restored["state"]
 
 
-def restore_for_inference(directory: str, target_state, step: int | None, sharding):
-  """`target_state` with every field but `opt_state` replaced by the checkpoint's values.
+def restore_for_inference(directory: str, target_state, step: int | None = None):
+  """`target_state` with every field but `opt_state` replaced by the checkpoint's values
+  (host numpy arrays).
 
   The optimiser state is not read, so a checkpoint stays evaluable whatever optimiser (or
   optax version) trained it. The step is verified first; raises CheckpointNotFoundError (a
   FileNotFoundError) naming a missing step and CheckpointError for a damaged one."""
   _, tree = restore_state_tree(directory, step)
-  put = lambda t: jax.tree.map(  # noqa: E731
-      lambda a: jax.make_array_from_process_local_data(sharding, np.asarray(a)), t)
-  fields = {k: put(v if v is not None else {}) for k, v in tree.items() if k != "opt_state"}
+  fields = {k: jax.tree.map(np.asarray, v if v is not None else {})
+            for k, v in tree.items() if k != "opt_state"}
   return target_state.replace(**fields)

@@ -1,20 +1,32 @@
-"""The one training loop, shared by every task: open the workdir, resume, step, log,
-evaluate, checkpoint, stop on non-finite values, close.
+"""The one training loop, shared by every task: open the members' workdirs, resume, train
+chunks of steps, log, evaluate, checkpoint, stop on non-finite values, close.
 
-  state, last_eval = loop.train(experiment, workdir)
+  run = loop.train(task, members)        # a plain run: members = [Member(name, workdir, config)]
+  run.states, run.keys, run.predict(batch), run.last_rows
+
+A run trains a population (derm_jax/train/population.py): one member for a plain run, every
+(arm, seed) of a study's stage for a study. Each member keeps its own workdir: config.json,
+metrics.jsonl, TensorBoard events and Orbax checkpoints, exactly as a run of its own.
 
 Cadence is by step (`u.itstime`-style): log every `log_every_steps`, evaluate every
 `eval_every_epochs` epochs, checkpoint every `checkpoint_every_steps` steps (0 = once an
-epoch), and all three at the last step. Between those points nothing waits on the device:
-step outputs stay on the device and are fetched once per log point, so the host keeps
-dispatching steps while the accelerator works. The train metrics written with each
-evaluation are computed from every step since the previous one (exact, not a running
-estimate), which is what the overfitting gap compares with validation.
+epoch), and all three at the last step. The steps between two such points run as ONE
+dispatch (a `lax.scan` over up to `scan_len` steps, every member at once); the host only
+prepares the next chunk's indices and, at a log point, fetches the step outputs. The data
+live on the device when the training split fits (`config.input.device_data_mb`,
+derm_jax/data/device_data.py): a step gathers its batch there from the stream's indices,
+with no host work per step; otherwise the chunk's batches come through Grain. The train
+metrics written with each evaluation are computed from every step since the previous one
+(exact, not a running estimate), which is what the overfitting gap compares with
+validation; a checkpoint keeps those steps' outputs, so a run resumed mid-epoch writes the
+same metrics as an uninterrupted one.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -22,13 +34,14 @@ import numpy as np
 from absl import logging
 
 from derm_jax import fileio
-from derm_jax.data import input_pipeline, memory_source
+from derm_jax.data import device_data, input_pipeline, memory_source
+from derm_jax.errors import ConfigError, TrainingDivergedError
 from derm_jax.evaluation import common
 from derm_jax.evaluation import metrics as metrics_lib
 from derm_jax.train import mesh as mesh_lib
-from derm_jax.train import outputs
-from derm_jax.train.experiment import Experiment
-from derm_jax.train.workdir_lock import WorkdirLock
+from derm_jax.train import outputs, population
+from derm_jax.train.population import Member
+from derm_jax.train.task import Task
 
 
 class StoppedAfterStep(SystemExit):
@@ -51,79 +64,287 @@ def itstime(step: int, every: int, total: int) -> bool:
   return step == total or (every > 0 and step % every == 0)
 
 
-class _Window:
-  """Step outputs since the last log point (on the device) and since the last evaluation
-  (on the host), with the check that every step so far was finite."""
+@dataclasses.dataclass
+class Cadence:
+  """When a run logs, evaluates, checkpoints, stops and profiles, in steps."""
 
-  def __init__(self, first_step: int):
-    self.device: list[dict] = []
-    self.host: list[dict] = []
-    self.first = first_step  # step number of device[0]
+  total: int
+  log_every: int
+  eval_every: int
+  ckpt_every: int
+  stop_after: int = 0
+  profile: tuple[int, ...] = ()
 
-  def add(self, out: dict) -> None:
-    self.device.append(out)
+  @classmethod
+  def of(cls, config, steps_per_epoch: int, total: int) -> Cadence:
+    profile = tuple(config.get("profile_steps", ()) or ())
+    if profile and (len(profile) != 2 or not 0 < profile[0] < profile[1]):
+      raise ConfigError(f"config.profile_steps={profile}: expected (first, last) steps, "
+                       "0 < first < last.")
+    return cls(total=total, log_every=int(config.log_every_steps),
+               eval_every=max(1, int(round(config.get("eval_every_epochs", 1.0)
+                                           * steps_per_epoch))),
+               ckpt_every=int(config.get("checkpoint_every_steps", 0) or steps_per_epoch),
+               stop_after=int(config.get("stop_after_step", 0) or 0), profile=profile)
 
-  def fetch(self) -> list[dict]:
-    """Brings the pending outputs to the host (one transfer), checks them, returns them."""
-    fetched = common.to_host(self.device) if self.device else []
-    for i, out in enumerate(fetched):
-      if not bool(np.all(out["finite"])):
-        step = self.first + i
-        raise FloatingPointError(
-            f"Non-finite training loss or gradient at step {step}; stopping. No checkpoint "
-            f"after step {step - 1} was written; lower the learning rate or enable gradient "
-            "clipping (config.optimizer.grad_clip).")
-    self.first += len(self.device)
-    self.device = []
-    self.host.extend(fetched)
-    return fetched
+  def scan_len(self, limit: int = 0) -> int:
+    """Steps per dispatch: the longest stretch between two log, eval or checkpoint points
+    (capped by `limit` > 0, `config.steps_per_dispatch`)."""
+    periods = [p for p in (self.log_every, self.eval_every, self.ckpt_every, self.total)
+               if p > 0]
+    n = min(periods)
+    return max(1, min(n, limit) if limit > 0 else n)
 
-  def take_host(self) -> list[dict]:
-    self.fetch()
-    out, self.host = self.host, []
-    return out
+  def next_stop(self, step: int, scan_len: int) -> int:
+    """The end of the chunk that starts after `step`: the next step at which the host has
+    something to do, at most `scan_len` steps on."""
+    ends = [self.total, step + scan_len]
+    for every in (self.log_every, self.eval_every, self.ckpt_every):
+      if every > 0:
+        ends.append((step // every + 1) * every)
+    for point in (self.stop_after, *([self.profile[0] - 1, self.profile[1]]
+                                     if self.profile else [])):
+      if point > step:
+        ends.append(point)
+    return min(ends)
 
 
-def train_dataset(exp: Experiment):
-  """The experiment's training stream (a Grain MapDataset indexed by global batch)."""
-  c = exp.config
-  source = exp.dataset.source("train")
-  # Decoded once into host memory where it fits (input.cache_mb): batches become gathers.
-  # Grain worker processes (input.num_workers) are the other way: they decode every epoch.
+@dataclasses.dataclass
+class Run:
+  """A trained (or restored) population: what evaluation and a task's finish need."""
+
+  task: Task
+  members: list[Member]
+  states: Any             # stacked over members, replicated on the mesh
+  keys: Any               # (M, key data) uint32
+  programs: population.Programs
+  last_rows: list[dict[str, Any]]
+  step: int = 0
+  writers: list | None = None  # each member's MetricWriter, while training
+
+  def predict(self, batch) -> dict:
+    """The eval step of every member on one (sharded) batch: outputs (B, M, ...)."""
+    return self.programs.predict(self.states, self.keys, batch)
+
+  def member_state(self, m: int):
+    return population.member(self.states, m)
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def training_split(task: Task):
+  """(in-memory or streamed host source, device split or None) of the task's train data."""
+  c = task.config
+  source = task.train_source
+  if source is None:
+    source = task.dataset.source("train")
+  # Decoded once into host memory where it fits (input.cache_mb): the device copy is made
+  # from it, and host batches become gathers. Grain worker processes (input.num_workers)
+  # are the other way: they decode every epoch.
   if not c.input.get("num_workers", 0):
     source = memory_source.InMemorySource.load(
         source, c.input.get("cache_mb", 0), c.input.num_threads) or source
+  split = device_data.DeviceSplit.load(source, task.mesh, c.input.get("device_data_mb", 0))
+  return source, split
+
+
+def member_pool(task: Task, member_config):
+  """The training examples a member may draw (None: all of them): with
+  `label_fraction` < 1, a class-stratified subset seeded by the member's seed, nested
+  across fractions (the 1% subset lies inside the 10% one; data/label_fractions.py)."""
+  fraction = float(member_config.get("label_fraction", 1.0) or 1.0)
+  if fraction >= 1.0:
+    return None
+  from derm_jax.data import label_fractions
+  return label_fractions.fraction_indices(task.train_labels, fraction, int(member_config.seed))
+
+
+def train_stream(task: Task, member_config, source) -> input_pipeline.TrainIndices:
+  """One member's stream of training indices (its seed sets the order)."""
+  return input_pipeline.TrainIndices(len(source), int(member_config.seed),
+                                     pool=member_pool(task, member_config),
+                                     labels=task.train_labels,
+                                     balanced=task.balanced_sampling)
+
+
+def train_dataset(task: Task, source, member_config=None):
+  """The Grain training stream of one member (for splits not held on the device)."""
+  c = member_config if member_config is not None else task.config
   return input_pipeline.train_dataset(
-      source, global_batch_size=c.batch_size, image_size=c.image_size,
-      aug=c.aug, seed=c.seed, labels=exp.train_labels, balanced=exp.balanced_sampling)
+      source, global_batch_size=c.batch_size, image_size=c.image_size, aug=c.aug,
+      seed=int(c.seed), labels=task.train_labels, balanced=task.balanced_sampling,
+      pool=member_pool(task, c))
 
 
-def train_iterator(exp: Experiment, ds):
-  """The Grain iterator over `ds` (`train_dataset(exp)`, or a `from_step` of it), with the
-  experiment's reader threads, prefetch and worker processes."""
-  c = exp.config
+def train_iterator(task: Task, ds):
+  """The Grain iterator over `ds` (`train_dataset`, or a `from_step` of it), with the
+  task's reader threads, prefetch and worker processes."""
+  c = task.config
   return input_pipeline.train_iterator(ds, c.input.num_threads, c.input.prefetch,
                                        c.input.get("num_workers", 0))
 
 
-def _eval_row(exp: Experiment, state, step: int, train_outputs: list[dict]) -> dict[str, Any]:
-  train_m = exp.summarize_train(train_outputs) if train_outputs else {}
-  val_m = exp.make_evaluator(exp.dataset.source("val")).run(state)
-  row = {f"train/{k}": v for k, v in train_m.items() if np.isscalar(v) or v is None}
-  row.update({f"val/{k}": v for k, v in val_m.items() if np.isscalar(v) or v is None})
-  if "accuracy" in val_m and "loss" in val_m:
-    row.update(metrics_lib.overfitting_gap(train_m, val_m))
-  return row
+class Feed:
+  """The chunks' inputs: indices of every member's stream (data on the device), or their
+  batches read through Grain, padded to `scan_len` steps with an `active` mask."""
+
+  def __init__(self, task: Task, members: Sequence[Member], source, split, scan_len: int,
+               start: int):
+    self.task, self.split, self.scan_len = task, split, scan_len
+    self.batch = task.batch_size
+    self.seeds = [int(m.config.seed) for m in members]
+    self.lesion_pairs = [m.config.get("positives", "views") == "lesion" for m in members]
+    if task.pairs is not None and split is None:
+      raise ConfigError("MICLe pairs are drawn from the training split held in device "
+                        "memory: raise config.input.device_data_mb (the split does not fit).")
+    if split is not None:
+      self.streams = [train_stream(task, m.config, source) for m in members]
+    else:
+      self.iters = [train_iterator(task, input_pipeline.from_step(
+          train_dataset(task, source, m.config), start)) for m in members]
+    self.mesh = task.mesh
+
+  def xs(self, step: int, n: int) -> dict:
+    """Inputs of steps step+1 .. step+n (global batches step .. step+n-1)."""
+    active = np.zeros((self.scan_len,), bool)
+    active[:n] = True
+    if self.split is not None:
+      idx = np.stack([s.global_batches(step, n, self.batch) for s in self.streams], axis=1)
+      idx = np.pad(idx, ((0, self.scan_len - n), (0, 0), (0, 0))).astype(np.int32)
+      sharding = self.split.index_sharding(3)
+      out = {"active": population.replicate(active, self.mesh), "indices": idx}
+      if self.task.pairs is not None:
+        out["partners"] = self._partners(idx, step, n)
+      for k in ("indices", "partners"):
+        if k in out:
+          local = (out[k] if sharding.spec == () or jax.process_count() == 1
+                   else _local_cols(out[k]))
+          out[k] = jax.make_array_from_process_local_data(sharding, local, out[k].shape)
+      return out
+    steps = [[next(it) for it in self.iters] for _ in range(n)]
+    batch = {k: np.stack([np.stack([s[m][k] for m in range(len(s))]) for s in steps])
+             for k in steps[0][0]}
+    batch = {k: np.pad(v, [(0, self.scan_len - n)] + [(0, 0)] * (v.ndim - 1))
+             for k, v in batch.items()}
+    sharding = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec(
+        None, None, "data"))
+    return {"active": population.replicate(active, self.mesh),
+            "batch": {k: jax.make_array_from_process_local_data(sharding, v)
+                      for k, v in batch.items()}}
+
+
+  def _partners(self, idx: np.ndarray, step: int, n: int) -> np.ndarray:
+    """(L, M, B) MICLe partners: for a 'lesion' member another image of each example's
+    lesion, drawn from (seed, step); for the others the example itself."""
+    from derm_jax.data import pairs
+    out = idx.copy()
+    for m, lesion in enumerate(self.lesion_pairs):
+      if lesion:
+        for t in range(n):
+          rng = np.random.default_rng([self.seeds[m], step + t])
+          out[t, m] = pairs.sample_partners_np(rng, idx[t, m], self.task.pairs)
+    return out
+
+
+def _local_cols(idx: np.ndarray) -> np.ndarray:
+  """This process's columns of the global batch axis (the last)."""
+  b = idx.shape[-1] // jax.process_count()
+  p = jax.process_index()
+  return idx[..., p * b:(p + 1) * b]
+
+
+# ----------------------------------------------------------------------------- outputs
+
+
+class _Window:
+  """Step outputs per member: chunks still on the device, and on the host those since the
+  last log point and since the last evaluation; checks that every step was finite."""
+
+  def __init__(self, members: Sequence[Member], restored: list[list[dict]] | None = None):
+    self.members = members
+    self.pending: list[tuple[int, int, Any]] = []  # (first step, steps, outputs on device)
+    self.host: list[list[dict]] = restored or [[] for _ in members]
+    self.since_log: list[list[dict]] = [[] for _ in members]
+
+  def add(self, first: int, n: int, outs) -> None:
+    self.pending.append((first, n, outs))
+
+  def fetch(self) -> None:
+    """Brings the pending chunks to the host (one transfer) and checks them."""
+    if not self.pending:
+      return
+    host = common.to_host([o for _, _, o in self.pending])
+    for (first, n, _), outs in zip(self.pending, host, strict=True):
+      finite = np.asarray(outs["finite"])[:n]  # (n, M)
+      for t in range(n):
+        for m, member in enumerate(self.members):
+          if not bool(finite[t, m]):
+            step = first + t
+            who = (f" of {member.name} ({member.workdir})" if len(self.members) > 1
+                   else "")
+            raise TrainingDivergedError(
+                f"Non-finite training loss or gradient at step {step}{who}; stopping. No "
+                f"checkpoint after step {step - 1} was written; lower the learning rate or "
+                "enable gradient clipping (config.optimizer.grad_clip).")
+          out = {k: v[t, m] for k, v in outs.items()}
+          self.host[m].append(out)
+          self.since_log[m].append(out)
+    self.pending = []
+
+  def take_log(self) -> list[list[dict]]:
+    self.fetch()
+    out, self.since_log = self.since_log, [[] for _ in self.members]
+    return out
+
+  def take_host(self) -> list[list[dict]]:
+    self.fetch()
+    out, self.host = self.host, [[] for _ in self.members]
+    return out
+
+  def saved(self, m: int) -> dict[str, np.ndarray] | None:
+    """Member m's outputs since the last evaluation, stacked over steps (for a checkpoint)."""
+    steps = self.host[m]
+    if not steps:
+      return None
+    return {k: np.stack([np.asarray(o[k]) for o in steps]) for k in steps[0]}
+
+
+def _unstack_window(saved: dict[str, np.ndarray] | None) -> list[dict]:
+  if not saved:
+    return []
+  n = len(next(iter(saved.values())))
+  return [{k: v[t] for k, v in saved.items()} for t in range(n)]
 
 
 def _fmt(row: dict) -> str:
   return ", ".join(f"{k}={v:.4f}" for k, v in row.items() if isinstance(v, float))
 
 
-def step_flops(step_fn, state, batch) -> float | None:
-  """FLOPs of one train step from XLA's cost analysis of the lowered step (no compile)."""
+def eval_rows(task: Task, run: Run, windows: list[list[dict]]) -> list[dict[str, Any]]:
+  """Each member's row: train metrics of its window, validation metrics, overfitting gap."""
+  val = task.make_evaluator(task.dataset.source("val")).run(run.predict)
+  rows = []
+  for train_out, val_m in zip(windows, val, strict=True):
+    train_m = task.summarize_train(train_out) if train_out else {}
+    row = {f"train/{k}": v for k, v in train_m.items() if np.isscalar(v) or v is None}
+    row.update({f"val/{k}": v for k, v in val_m.items() if np.isscalar(v) or v is None})
+    if "accuracy" in val_m and "loss" in val_m:
+      row.update(metrics_lib.overfitting_gap(train_m, val_m))
+    rows.append(row)
+  return rows
+
+
+def step_flops(task: Task, member_state, image_shape) -> float | None:
+  """FLOPs of one member's train step from XLA's cost analysis of the lowered step (traced,
+  not compiled)."""
+  b = task.batch_size
+  batch = {"image": jax.ShapeDtypeStruct((b, *image_shape), np.uint8),
+           "label": jax.ShapeDtypeStruct((b,), np.int32)}
   try:
-    cost = step_fn.lower(state, batch).cost_analysis()
+    key = jax.random.key_data(jax.random.key(0))
+    fn = jax.jit(lambda s, x, k: task.train_step(s, x, jax.random.wrap_key_data(k)))
+    cost = fn.lower(member_state, batch, key).cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     flops = float(cost.get("flops", 0.0)) if cost else 0.0
   except Exception as e:  # cost analysis is best effort: never fail a run over it
@@ -132,108 +353,193 @@ def step_flops(step_fn, state, batch) -> float | None:
   return flops if flops > 0 else None
 
 
-def train(exp: Experiment, workdir: str) -> tuple[Any, dict[str, Any]]:
-  """Trains `exp` in `workdir`, resuming from its latest checkpoint; returns the final
-  state and the last evaluation row."""
-  ds = train_dataset(exp)  # fails on bad data settings before the workdir is touched
-  lock = WorkdirLock(workdir, is_main=jax.process_index() == 0).acquire()
-  try:
-    return _train_locked(exp, workdir, ds)
-  finally:
-    lock.release()
+# ----------------------------------------------------------------------------- the loop
 
 
-def _train_locked(exp: Experiment, workdir: str, ds):
-  c = exp.config
-  spe, total = exp.steps_per_epoch, exp.total_steps
-  ckpt, writer, is_main = outputs.open_run(workdir, c, c.keep_checkpoints)
-  state = exp.state
-  start = ckpt.latest_step()
-  if start is not None:  # the newest intact step (damaged ones are skipped, with a warning)
-    start, state = ckpt.restore_latest(state)
-    logging.info("Resuming from checkpoint at step %d in %s", start, ckpt.directory)
-    writer.truncate_after(start)
-  else:
-    start = 0
-    if is_main:
-      outputs.write_parameter_overview(workdir, state.params)
-  logging.info("Training %d steps (%d per epoch, batch %d on %d devices).", total, spe,
-               c.batch_size, jax.device_count())
-  eval_every = max(1, int(round(c.get("eval_every_epochs", 1.0) * spe)))
-  ckpt_every = c.get("checkpoint_every_steps", 0) or spe
-  profile = tuple(c.get("profile_steps", ()) or ())
-  if profile and (len(profile) != 2 or not 0 < profile[0] < profile[1]):
-    raise ValueError(f"config.profile_steps={profile}: expected (first, last) steps, "
-                     "0 < first < last.")
-  stop_after = c.get("stop_after_step", 0) or 0
-  resumed = train_iterator(exp, input_pipeline.from_step(ds, start))
-  batches = mesh_lib.prefetch_to_device(resumed, exp.mesh, c.input.get("device_prefetch", 2))
-  progress = None
-  window = _Window(start + 1)
-  last_eval: dict[str, Any] = {}
+def initial_states(task: Task, members: Sequence[Member]):
+  """Every member's starting state and key, stacked (host arrays)."""
+  inits = [task.init_member(m.config, m.workdir) for m in members]
+  return population.stack([s for s, _ in inits]), np.stack([k for _, k in inits])
+
+
+def train(task: Task, members: Sequence[Member]) -> Run:
+  """Trains `members` of `task`, resuming from their checkpoints; returns the Run."""
+  members = list(members)
+  population.check_members(members)
+  c = task.config
+  source, split = training_split(task)  # bad data settings fail before a workdir is touched
+  opened = [outputs.open_run(m.workdir, m.config, c.keep_checkpoints) for m in members]
+  ckpts = [o[0] for o in opened]
+  writers = [o[1] for o in opened]
   try:
-    for step in range(start + 1, total + 1):
-      batch = next(batches)
-      if progress is None:
-        progress = outputs.Progress(total, start, c.batch_size, c.log_every_steps,
-                                    flops_per_step=step_flops(exp.train_step, state, batch))
-      if profile and step == profile[0]:
-        jax.profiler.start_trace(fileio.join(workdir, "profile"))
-      t_step = time.monotonic()
-      state, out = exp.train_step(state, batch)
-      if step == start + 1:  # jit compiles (or loads from a cache) on the first call
-        logging.info("Train step compiled in %.1f s.", time.monotonic() - t_step)
-      window.add(out)
-      if profile and step == profile[1]:
-        jax.block_until_ready(state)
-        jax.profiler.stop_trace()
-        logging.info("Profile of steps %d-%d written to %s (TensorBoard's profile tab, or "
-                     "Perfetto).", profile[0], profile[1], fileio.join(workdir, "profile"))
-      if step == start + 1:
-        progress.restart_clock(step)
-      t_other = time.monotonic()
-      log_time = 0.0
-      if itstime(step, c.log_every_steps, total):
-        logged = window.fetch()
-        scalars = {f"train/{k}": v for k, v in exp.summarize_train(logged).items()
-                   if isinstance(v, float)}
-        scalars["train/learning_rate"] = exp.learning_rate(step)
-        writer.write_scalars(step, scalars)
-        progress(step, {k: scalars[f"train/{k}"] for k in exp.progress_keys})
-        log_time = time.monotonic() - t_other  # waiting for the device is training time
-      if itstime(step, eval_every, total):
-        row = _eval_row(exp, state, step, window.take_host())
-        epoch = epoch_of(step, spe)
-        writer.write_scalars(step, {k: v for k, v in row.items() if v is not None})
-        writer.write_row({"step": step, "epoch": epoch, **row})
-        logging.info("epoch %s/%s (step %d) | %s", epoch, epoch_of(total, spe), step,
-                     _fmt(row))
-        if exp.after_eval is not None:
-          exp.after_eval(exp, state, step, row, writer, workdir)
-        writer.flush()
-        last_eval = row
-      stop = step == stop_after and step < total
-      if itstime(step, ckpt_every, total) or stop:
-        window.fetch()  # never checkpoint a state that followed a non-finite step
-        ckpt.save(step, state)
-      if stop:
-        logging.info("Stopping after step %d of %d (config.stop_after_step); the same command "
-                     "resumes the run.", step, total)
-        raise StoppedAfterStep(step)
-      progress.exclude(time.monotonic() - t_other - log_time)
+    return _train(task, members, source, split, ckpts, writers)
   finally:  # also on errors: finish pending saves, keep the last good checkpoint
-    ckpt.close()
-    writer.close()
+    for ckpt in ckpts:
+      ckpt.close()
+    for w in writers:
+      w.close()
+
+
+def _resume(members, ckpts, host_states, mesh):
+  """(start step, stacked states on the mesh, restored windows): the newest step that every
+  member has intact (later steps of some members are discarded), else step 0."""
+  usable = [set(ck.usable_steps()) for ck in ckpts]
+  for ck in ckpts:
+    ck.latest_step()  # warns about damaged steps, naming the step used instead
+  common_steps = set.intersection(*usable) if usable else set()
+  if not common_steps:
+    if any(usable):
+      logging.warning("The members' checkpoints have no step in common (%s): every member "
+                      "starts again from step 0.",
+                      {m.name: sorted(u) for m, u in zip(members, usable, strict=True)})
+    return 0, population.replicate(host_states, mesh), None
+  start = max(common_steps)
+  states, windows = [], []
+  for m, ck in enumerate(ckpts):
+    target = population.replicate(population.member(host_states, m), mesh)
+    state, window = ck.restore_with_window(start, target)
+    states.append(jax.tree.map(np.asarray, state))
+    windows.append(_unstack_window(window))
+    ck.discard_after(start)
+  logging.info("Resuming from checkpoint at step %d (%s).", start,
+               ", ".join(m.workdir for m in members))
+  return start, population.replicate(population.stack(states), mesh), windows
+
+
+def _train(task: Task, members, source, split, ckpts, writers) -> Run:
+  c = task.config
+  spe, total = task.steps_per_epoch, task.total_steps
+  mesh = task.mesh
+  host_states, keys = initial_states(task, members)
+  start, states, restored = _resume(members, ckpts, host_states, mesh)
+  one = population.member(host_states, 0)
+  if start == 0 and jax.process_index() == 0:
+    for m in members:
+      outputs.write_parameter_overview(m.workdir, one.params)
+  keys = population.replicate(keys, mesh)
+  cadence = Cadence.of(c, spe, total)
+  scan_len = cadence.scan_len(int(c.get("steps_per_dispatch", 0) or 0))
+  programs = population.Programs(task, len(members), scan_len, split)
+  run = Run(task, members, states, keys, programs, last_rows=[{} for _ in members], step=start,
+            writers=writers)
+  logging.info("Training %d steps (%d per epoch, batch %d on %d devices) for %d member(s) "
+               "as one program, %d steps per dispatch, data %s.", total, spe, c.batch_size,
+               jax.device_count(), len(members), scan_len, device_data.describe(split))
   if start >= total:
     logging.info("Checkpoint at step %d already completes the %d-step run.", start, total)
-  return state, last_eval
+    return run
+  feed = Feed(task, members, source, split, scan_len, start)
+  image_shape = source[0]["image"].shape
+  arrays = split.arrays if split is not None else {}
+  first_xs = feed.xs(start, cadence.next_stop(start, scan_len) - start)
+  eval_batch = mesh_lib.shard_batch(population.abstract_eval_batch(task, image_shape), mesh)
+  t0 = time.monotonic()
+  programs.precompile(run.states, run.keys, arrays, first_xs, eval_batch)
+  window = _Window(members, restored)
+  stats = _Stats()
+  flops = step_flops(task, one, image_shape)
+  del host_states, one
+  progress = outputs.Progress(total, start, c.batch_size * len(members), c.log_every_steps,
+                              flops_per_step=flops and flops * len(members))
+  step, xs = start, first_xs
+  while step < total:
+    end = cadence.next_stop(step, scan_len)
+    if xs is None:
+      xs = feed.xs(step, end - step)
+    if cadence.profile and step + 1 == cadence.profile[0]:
+      jax.profiler.start_trace(fileio.join(members[0].workdir, "profile"))
+    run.states, outs = programs.train_chunk(run.states, run.keys, arrays, xs)
+    xs = None
+    window.add(step + 1, end - step, outs)
+    if step == start:  # the first call waits for the compiled program (or its cache entry)
+      logging.info("Train program compiled (or loaded) in %.1f s.", time.monotonic() - t0)
+      jax.block_until_ready(run.states)
+      progress.restart_clock(end)
+    step = end
+    if cadence.profile and step == cadence.profile[1]:
+      jax.block_until_ready(run.states)
+      jax.profiler.stop_trace()
+      logging.info("Profile of steps %d-%d written to %s (TensorBoard's profile tab, or "
+                   "Perfetto).", *cadence.profile, fileio.join(members[0].workdir, "profile"))
+    t_other = time.monotonic()
+    log_time = 0.0
+    if itstime(step, cadence.log_every, total):
+      logged = window.take_log()
+      for m, w in enumerate(writers):
+        scalars = {f"train/{k}": v for k, v in task.summarize_train(logged[m]).items()
+                   if isinstance(v, float)}
+        scalars["train/learning_rate"] = task.learning_rate(step)
+        w.write_scalars(step, scalars)
+        if m == 0:
+          shown = {k: scalars[f"train/{k}"] for k in task.progress_keys}
+      progress(step, shown)
+      log_time = time.monotonic() - t_other  # waiting for the device is training time
+    if itstime(step, cadence.eval_every, total):
+      rows = eval_rows(task, run, window.take_host())
+      epoch = epoch_of(step, spe)
+      for m, (member, row, w) in enumerate(zip(members, rows, writers, strict=True)):
+        w.write_scalars(step, {k: v for k, v in row.items() if v is not None})
+        w.write_row({"step": step, "epoch": epoch, **row})
+        logging.info("epoch %s/%s (step %d)%s | %s", epoch, epoch_of(total, spe), step,
+                     f" [{member.name}]" if len(members) > 1 else "", _fmt(row))
+      run.last_rows = rows
+      if task.after_eval is not None:
+        task.after_eval(task, run, step, rows)
+      for w in writers:
+        w.flush()
+      stats.epoch(step, spe)
+    stop = step == cadence.stop_after and step < total
+    if itstime(step, cadence.ckpt_every, total) or stop:
+      window.fetch()  # never checkpoint a state that followed a non-finite step
+      for m, ck in enumerate(ckpts):
+        ck.save(step, run.member_state(m), window=window.saved(m))
+    run.step = step
+    if stop:
+      logging.info("Stopping after step %d of %d (config.stop_after_step); the same command "
+                   "resumes the run.", step, total)
+      raise StoppedAfterStep(step)
+    progress.exclude(time.monotonic() - t_other - log_time)
+  return run
 
 
-def restore(exp: Experiment, workdir: str, step: int | None = None):
-  """The state of a run's checkpoint (latest or `step`), without its optimiser state."""
+class _Stats:
+  """Wall time of each epoch (logged), to see stalls."""
+
+  def __init__(self):
+    self.last = time.monotonic()
+
+  def epoch(self, step: int, spe: int) -> None:
+    now = time.monotonic()
+    logging.info("Epoch %s took %.1f s (training, evaluation and writing).",
+                 epoch_of(step, spe), now - self.last)
+    self.last = now
+
+
+# ----------------------------------------------------------------------------- inference
+
+
+def init_run(task: Task, members: Sequence[Member]) -> Run:
+  """The members' starting states as a Run, untrained (tests, benchmarks)."""
+  states, keys = initial_states(task, members)
+  return Run(task, list(members), population.replicate(states, task.mesh),
+             population.replicate(keys, task.mesh), population.Programs(task, len(members), 1),
+             last_rows=[{} for _ in members])
+
+
+def restore(task: Task, members: Sequence[Member], step: int | None = None) -> Run:
+  """The members' checkpoints (latest, or `step`) as a Run for evaluation: every field of
+  the state but the optimiser's comes from the checkpoint; nothing is trained."""
   from derm_jax.train import checkpoint
-  ckpt_dir = fileio.join(workdir, "checkpoints")
-  if not fileio.isdir(ckpt_dir):
-    raise FileNotFoundError(f"No checkpoints directory in workdir {workdir!r}.")
-  return checkpoint.restore_for_inference(ckpt_dir, exp.state, step,
-                                          mesh_lib.replicated(exp.mesh))
+  states, keys = [], []
+  for m in members:
+    ckpt_dir = fileio.join(m.workdir, "checkpoints")
+    if not fileio.isdir(ckpt_dir):
+      raise checkpoint.CheckpointNotFoundError(
+          f"No checkpoints directory in workdir {m.workdir!r}.")
+    state, key = task.init_member(m.config, m.workdir, for_inference=True)
+    states.append(checkpoint.restore_for_inference(ckpt_dir, state, step))
+    keys.append(key)
+  run_states = population.replicate(population.stack(states), task.mesh)
+  programs = population.Programs(task, len(members), 1)
+  return Run(task, list(members), run_states, population.replicate(np.stack(keys), task.mesh),
+             programs, last_rows=[{} for _ in members], step=int(states[0].step))

@@ -15,6 +15,8 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from derm_jax.errors import ConfigError
+
 
 def make_mesh() -> Mesh:
   # Auto axes: XLA propagates shardings (jax.make_mesh defaults to Explicit in new JAX).
@@ -35,7 +37,7 @@ def check_batch_sizes(config) -> None:
   n = jax.device_count()
   for field in ("batch_size", "eval_batch_size"):
     if config[field] % n:
-      raise ValueError(f"config.{field}={config[field]} must be divisible by the number of "
+      raise ConfigError(f"config.{field}={config[field]} must be divisible by the number of "
                        f"devices ({n}).")
 
 

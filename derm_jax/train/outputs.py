@@ -33,7 +33,7 @@ from derm_jax.train import checkpoint
 
 # Fields that may change between a run and its resumption (they do not change the numbers).
 _RESUME_SAFE = ("log_every_steps", "input.", "eval_batch_size", "data.data_dir", "profile_steps",
-                "stop_after_step",
+                "stop_after_step", "steps_per_dispatch",
                 "data.npz_path", "keep_checkpoints", "num_image_samples")
 
 
@@ -60,7 +60,7 @@ def check_resume_config(workdir: str, config) -> None:
                 if old.get(k) != new.get(k) and not k.startswith(_RESUME_SAFE))
   if diff:
     changes = "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diff[:8])
-    raise ValueError(f"{workdir} holds a run started with other settings ({changes}). "
+    raise ConfigError(f"{workdir} holds a run started with other settings ({changes}). "
                      "Resuming needs the same config: repeat the original overrides or use a "
                      "new --workdir.")
 
@@ -259,10 +259,11 @@ class Progress:
     avg = (step - self._s0) / dt_all if dt_all > 0 and step > self._s0 else float("nan")
     eta = (self.total - step) / avg if math.isfinite(avg) and avg > 0 else float("nan")
     self._last_t, self._last_s, self._excluded_window = now, step, 0.0
-    msg = (f"step {step}/{self.total} ({100 * step / self.total:.1f}%) | "
-           f"{rate:.2f} steps/s, {rate * self.batch:.1f} img/s")
-    if self.flops and math.isfinite(rate):
-      msg += f", {rate * self.flops / 1e12:.3g} TFLOP/s"
+    msg = f"step {step}/{self.total} ({100 * step / self.total:.1f}%)"
+    if math.isfinite(rate):  # none yet right after the clock restarts (the first chunk)
+      msg += f" | {rate:.2f} steps/s, {rate * self.batch:.1f} img/s"
+      if self.flops:
+        msg += f", {rate * self.flops / 1e12:.3g} TFLOP/s"
     msg += f" | ETA {_fmt_duration(eta) if math.isfinite(eta) else '?'}"
     if scalars:
       msg += " | " + ", ".join(f"{k}={float(v):.4g}" for k, v in scalars.items())

@@ -1,0 +1,338 @@
+"""The SimCLR task (contrastive self-supervised pretraining; MICLe on lesion groups).
+
+`build(config)` returns the `Task` that the shared loop (derm_jax/train/loop.py) trains for
+one or many members: two augmented views of each image (derm_jax/tasks/contrastive.py
+`two_views`) -> backbone (train mode) -> `ProjectionHead` -> NT-Xent loss. A member whose
+config has positives='lesion' (MICLe) takes its second view from another image of the same
+lesion, which the loop gathers as batch['partner_image'] from `Task.pairs` (the training
+source's lesion groups, derm_jax/data/pairs.py). What SSL users watch during pretraining is
+k-NN accuracy of the frozen pooled features on the validation split
+(derm_jax/evaluation/knn.py `KnnEvaluator`). The checkpoint's backbone starts a classifier
+with `init.source='simclr'` (derm_jax/tasks/backbone_init.py).
+
+Entry points: `train_members(members)`, `train_and_evaluate(config, workdir)` and
+`evaluate(config, workdir, step)` (`python -m derm_jax.main`).
+Read top to bottom: state -> models and optimiser -> train and eval steps -> lesion groups
+-> build -> entry points.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import logging
+
+from derm_jax import fileio
+from derm_jax.data import device_augment, pairs, registry, unlabeled
+from derm_jax.errors import ConfigError
+from derm_jax.evaluation import knn
+from derm_jax.models import registry as model_registry
+from derm_jax.tasks import backbone_init, contrastive
+from derm_jax.train import loop, optim
+from derm_jax.train import mesh as mesh_lib
+from derm_jax.train.population import Member
+from derm_jax.train.task import Task
+
+OPTIMIZERS = ("lars", "adamw")
+POSITIVES = ("views", "lesion")  # SimCLR, MICLe
+INIT_SOURCES = ("scratch", "imagenet")
+
+# fold_in(step rng, .): the streams of a train step's random draws.
+VIEWS_STREAM = 1
+DROPOUT_STREAM = 2
+
+
+class SimclrState(flax.struct.PyTreeNode):
+  step: jax.Array
+  params: Any        # {'backbone': ..., 'projection': ...}
+  batch_stats: Any   # {'backbone': ...} if the backbone has BatchNorm, else {}
+  opt_state: Any
+
+
+# ----------------------------------------------------------------------------- models
+
+
+def create_models(config):
+  """(backbone, projection head) of a SimCLR config."""
+  model_registry.check_image_size(config.model.backbone, dict(config.model.backbone_kwargs),
+                                  config.image_size)
+  backbone = model_registry.get_backbone(config.model.backbone,
+                                         dtype=jnp.dtype(config.get("dtype", "float32")),
+                                         **dict(config.model.backbone_kwargs))
+  projection = contrastive.ProjectionHead(hidden=config.projection.hidden,
+                                          out_dim=config.projection.out_dim,
+                                          num_layers=config.projection.get("num_layers", 2))
+  return backbone, projection
+
+
+def _decay_mask(params):
+  """Kernels (ndim > 1) get weight decay and LARS's trust ratio; biases and norm scales
+  not (as in SimCLR)."""
+  return jax.tree.map(lambda p: p.ndim > 1, params)
+
+
+def make_optimizer(opt_config, total_steps: int, warmup_steps: int
+                   ) -> optax.GradientTransformation:
+  """LARS (momentum, weight decay and trust ratio on kernels only) or AdamW, both on the
+  warm-up + cosine schedule of derm_jax/train/optim.py, after global-norm clipping when
+  `grad_clip` > 0."""
+  name = opt_config.get("name", "lars")
+  if name == "adamw":
+    return optim.make_optimizer(opt_config, total_steps, warmup_steps)
+  if name != "lars":
+    raise ConfigError(f"config.optimizer.name={name!r} must be one of {list(OPTIMIZERS)}.")
+  schedule = optim.learning_rate_schedule(opt_config.lr, total_steps, warmup_steps,
+                                          opt_config.end_lr_factor)
+  chain = []
+  if opt_config.get("grad_clip", 0.0) > 0:
+    chain.append(optax.clip_by_global_norm(opt_config.grad_clip))
+  chain.append(optax.lars(schedule, weight_decay=opt_config.weight_decay,
+                          weight_decay_mask=_decay_mask,
+                          trust_coefficient=opt_config.get("trust_coefficient", 0.001),
+                          trust_ratio_mask=_decay_mask,
+                          momentum=opt_config.get("momentum", 0.9)))
+  return optax.chain(*chain)
+
+
+def create_train_state(backbone_vars: dict, projection_params, tx) -> SimclrState:
+  """A member's starting state (host arrays); `tx=None`: no optimiser state (inference)."""
+  params = {"backbone": backbone_vars["params"], "projection": projection_params}
+  bs = {"backbone": backbone_vars["batch_stats"]} if backbone_vars.get("batch_stats") else {}
+  opt_state = None if tx is None else jax.jit(tx.init)(params)
+  return jax.tree.map(np.asarray, SimclrState(step=np.zeros((), np.int32), params=params,
+                                              batch_stats=bs, opt_state=opt_state))
+
+
+# ----------------------------------------------------------------------------- steps
+
+
+def _backbone(backbone, params, batch_stats, x, rng, train: bool):
+  """(feature map, batch_stats): train mode updates the BatchNorm statistics."""
+  variables = {"params": params["backbone"]}
+  if batch_stats:
+    variables["batch_stats"] = batch_stats["backbone"]
+  if not train:
+    return backbone.apply(variables, x, train=False), batch_stats
+  if batch_stats:
+    feats, upd = backbone.apply(variables, x, train=True, rngs={"dropout": rng},
+                                mutable=["batch_stats"])
+    return feats, {"backbone": upd["batch_stats"]}
+  return backbone.apply(variables, x, train=True, rngs={"dropout": rng}), batch_stats
+
+
+def train_step(state: SimclrState, batch, key, *, backbone, projection, tx, temperature: float,
+               image_size: int, aug, grayscale: float):
+  """One optimisation step of one member; its randomness (views, dropout) is a pure function
+  of the member's key and the step number. Both views go through the backbone as one batch
+  (BatchNorm statistics over the 2B views, as SimCLR's global BN)."""
+  rng = jax.random.fold_in(key, state.step)
+  v1, v2 = contrastive.two_views(batch["image"], jax.random.fold_in(rng, VIEWS_STREAM),
+                                 image_size=image_size, aug=aug,
+                                 partners_u8=batch.get("partner_image"), grayscale=grayscale)
+  n = v1.shape[0]
+  x = jnp.concatenate([v1, v2], axis=0)
+
+  def loss_fn(params):
+    feats, bs = _backbone(backbone, params, state.batch_stats, x,
+                          jax.random.fold_in(rng, DROPOUT_STREAM), True)
+    z = projection.apply({"params": params["projection"]}, feats)
+    loss, aux = contrastive.nt_xent_loss(z[:n], z[n:], temperature)
+    return loss, (aux["accuracy"], bs)
+
+  (loss, (acc, bs)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  new_state = state.replace(step=state.step + 1,
+                            params=optax.apply_updates(state.params, updates),
+                            batch_stats=bs, opt_state=opt_state)
+  grad_norm = optax.tree.norm(grads)
+  return new_state, {"loss": loss, "contrastive_accuracy": acc, "grad_norm": grad_norm,
+                     "finite": jnp.isfinite(loss) & jnp.isfinite(grad_norm)}
+
+
+def eval_step(state: SimclrState, batch, key, *, backbone, image_size: int):
+  """Pooled backbone features (float32) of the un-augmented images: what k-NN votes with."""
+  del key  # deterministic
+  x = device_augment.model_images(batch["image"], image_size=image_size)
+  feats, _ = _backbone(backbone, state.params, state.batch_stats, x, None, False)
+  return {"features": contrastive.pool_features(feats).astype(jnp.float32)}
+
+
+def summarize_train(outputs: list[dict]) -> dict[str, float]:
+  """Mean of each per-step scalar over a window of steps."""
+  return {k: float(np.mean([o[k] for o in outputs], dtype=np.float64))
+          for k in ("loss", "contrastive_accuracy", "grad_norm")}
+
+
+# ----------------------------------------------------------------------------- lesion groups
+
+
+def train_lesion_ids(dataset) -> np.ndarray | None:
+  """The lesion group of each training example (index i = source('train')[i]), or None
+  when the dataset has no groups (DermaMNIST; a folder without a group column)."""
+  metadata = getattr(dataset, "metadata", None)
+  if metadata is None:
+    return None
+  ids = metadata("train").get("lesion_id")
+  if ids is None or not len(ids) or not any(str(g) for g in ids):
+    return None
+  return np.asarray(ids)
+
+
+def sibling_table(dataset, train_source) -> pairs.SiblingTable | None:
+  """MICLe's sibling table over the positions of `train_source` (what the loop's stream
+  indexes): the training split's lesion groups, then one ungrouped entry per unlabelled
+  image that `unlabeled.pretraining_source` appended after them (they have no lesion, so a
+  'lesion' member pairs them with themselves). None when no training image has a sibling."""
+  ids = train_lesion_ids(dataset)
+  if ids is None:
+    return None
+  n_train = len(dataset.source("train"))
+  extra = len(train_source) - n_train
+  if len(ids) != n_train or extra < 0:
+    raise ConfigError(f"The training split has {n_train} images but {len(ids)} lesion ids and "
+                      f"a pretraining source of {len(train_source)}: they must line up.")
+  # The pretraining source starts with the training split, in its order: check its ends.
+  md_ids = np.asarray(dataset.metadata("train")["id"])
+  for i in {0, n_train - 1}:
+    if int(train_source[i]["id"]) != int(md_ids[i]):
+      raise ConfigError(f"Training source position {i} is image id {train_source[i]['id']}, "
+                        f"the lesion table's is {md_ids[i]}: the MICLe pairs would be wrong.")
+  table = pairs.sibling_table(list(ids) + [None] * extra)
+  return table if pairs.num_with_sibling(table) else None
+
+
+def _check_positives(config, table, dataset) -> None:
+  positives = config.get("positives", "views")
+  if positives not in POSITIVES:
+    raise ConfigError(f"config.positives={positives!r} must be one of {list(POSITIVES)}.")
+  if positives == "lesion" and table is None:
+    raise ConfigError(f"config.positives='lesion' (MICLe) needs lesion groups, and dataset "
+                      f"{dataset.meta.name!r} has no training image sharing a lesion with "
+                      "another; use positives='views' (SimCLR).")
+
+
+# ----------------------------------------------------------------------------- build
+
+
+def build(config) -> Task:
+  """Models, optimiser, mesh, steps and the k-NN evaluator of a SimCLR config; each
+  member's starting point (its seed, where its backbone starts) comes from its own config
+  in `init_member`."""
+  dataset = registry.get(config.data)
+  meta = dataset.meta
+  # The training split, and the unlabelled pool (config.data.unlabeled) where there is one:
+  # self-supervised, so every image counts; never val or test.
+  train_source = unlabeled.pretraining_source(dataset)
+  table = sibling_table(dataset, train_source)
+  _check_positives(config, table, dataset)
+  if not config.aug.get("on_device", True):
+    raise ConfigError("config.aug.on_device=False: SimCLR makes its two views on the device "
+                      "from the stored images; set it to True.")
+  backbone, projection = create_models(config)
+  mesh_lib.check_batch_sizes(config)
+  mesh = mesh_lib.make_mesh()
+  spe, total_steps, warmup = optim.schedule_steps(config, len(train_source))
+  tx = make_optimizer(config.optimizer, total_steps, warmup)
+  shapes = backbone_init.backbone_variable_shapes(backbone, config.image_size)
+  feat_shape = jax.eval_shape(
+      lambda v: backbone.apply(v, jnp.zeros((1, config.image_size, config.image_size, 3)),
+                               train=False), shapes)
+  init_projection = jax.jit(lambda rng: projection.init(
+      rng, jnp.zeros(feat_shape.shape, jnp.float32))["params"])
+
+  def init_member(member_config, workdir: str, for_inference: bool = False):
+    bb_rng, proj_rng, step_rng = jax.random.split(jax.random.key(int(member_config.seed)), 3)
+    if for_inference:  # a checkpoint provides every value: nothing loaded or drawn
+      bb_vars = backbone_init.placeholder_backbone_variables(backbone, config.image_size)
+      proj = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype),
+                          jax.eval_shape(init_projection, proj_rng))
+    else:
+      bb_vars = backbone_init.init_backbone_variables(member_config, backbone, workdir, bb_rng)
+      proj = init_projection(proj_rng)
+    state = create_train_state(bb_vars, proj, None if for_inference else tx)
+    return state, np.asarray(jax.random.key_data(step_rng))
+
+  schedule = optim.learning_rate_schedule(config.optimizer.lr, total_steps, warmup,
+                                          config.optimizer.end_lr_factor)
+  train_labels = np.asarray(dataset.labels("train"))
+
+  def make_evaluator(source, has_labels: bool = True):
+    del has_labels  # k-NN scores labelled queries only
+    return knn.KnnEvaluator(dataset.source("train"), source, train_labels=train_labels,
+                            num_classes=meta.num_classes, batch_size=config.eval_batch_size,
+                            mesh=mesh, k=config.knn.k, max_train=config.knn.get("max_train", 0),
+                            temperature=config.knn.get("temperature", 0.07))
+
+  return Task(
+      config=config, meta=meta, dataset=dataset, mesh=mesh, steps_per_epoch=spe,
+      total_steps=total_steps, learning_rate=lambda step: float(schedule(step)),
+      init_member=init_member,
+      train_step=functools.partial(train_step, backbone=backbone, projection=projection, tx=tx,
+                                   temperature=float(config.loss.temperature),
+                                   image_size=config.image_size, aug=config.aug,
+                                   grayscale=float(config.contrastive.grayscale)),
+      eval_step=functools.partial(eval_step, backbone=backbone, image_size=config.image_size),
+      summarize_train=summarize_train, make_evaluator=make_evaluator,
+      train_source=train_source, pairs=table,
+      progress_keys=("loss", "contrastive_accuracy"))
+
+
+# ----------------------------------------------------------------------------- entry points
+
+
+def train_members(members: Sequence[Member]) -> loop.Run:
+  """Trains the members' SimCLR (or MICLe) backbones as one population (one program),
+  resuming from their latest checkpoints."""
+  members = list(members)
+  for m in members:
+    if m.config.init.source not in INIT_SOURCES:
+      raise ConfigError(f"config.init.source={m.config.init.source!r}: SimCLR starts from "
+                        f"one of {list(INIT_SOURCES)}.")
+    backbone_init.check_source(m.config, m.workdir)  # fails fast, nothing loaded
+  task = build(members[0].config)
+  for m in members:
+    _check_positives(m.config, task.pairs, task.dataset)
+  lesion = [m.config.get("positives", "views") == "lesion" for m in members]
+  if not any(lesion):
+    task.pairs = None  # nobody draws partners: no second gather per step
+  else:
+    logging.info("MICLe: %d of %d training images have another image of their lesion.",
+                 pairs.num_with_sibling(task.pairs), len(task.pairs.count))
+  logging.info("SimCLR: backbone %s, %s, %d epochs x %d steps, batch %d, temperature %g.",
+               members[0].config.model.backbone,
+               ", ".join(sorted({m.config.get("positives", "views") for m in members})),
+               members[0].config.num_epochs, task.steps_per_epoch,
+               members[0].config.batch_size, members[0].config.loss.temperature)
+  return loop.train(task, members)
+
+
+def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
+  """Trains one SimCLR backbone in `workdir`; returns its last evaluation row."""
+  return train_members([Member("simclr", workdir, config)]).last_rows[0]
+
+
+def evaluate(config, workdir: str, step: int | None = None,
+             splits=("val", "test")) -> dict[str, Any]:
+  """`--mode=eval`: k-NN accuracy of a restored checkpoint (latest or `step`) on `splits`,
+  written to WORKDIR/eval_step<step>.json."""
+  task = build(config)
+  run = loop.restore(task, [Member("simclr", workdir, config)], step)
+  results: dict[str, Any] = {"step": run.step}
+  for split in splits:
+    for k, v in task.make_evaluator(task.dataset.source(split)).run(run.predict)[0].items():
+      results[f"{split}/{k}"] = v
+  logging.info("Eval of %s at step %d: %s", workdir, results["step"],
+               ", ".join(f"{k}={v:.4f}" for k, v in results.items()
+                         if k != "step" and isinstance(v, float)))
+  if jax.process_index() == 0:
+    with fileio.open(fileio.join(workdir, f"eval_step{results['step']}.json"), "w") as f:
+      json.dump(results, f, indent=2)
+  return results
