@@ -92,7 +92,7 @@ def get_config(arg: str | None = None) -> ConfigDict:
   c.checkpoint_every_steps = 0  # 0 = every epoch
   c.profile_steps = ()          # (first, last): jax.profiler trace of those steps in DIR/profile
   c.stop_after_step = 0         # > 0: checkpoint and exit after this step; a rerun resumes
-  c.steps_per_dispatch = 0      # steps per device call; 0 = up to the next log/eval/ckpt point
+  c.steps_per_dispatch = 0      # steps per device call; 0 = to the next log/eval/ckpt (1 on CPU)
   c.keep_checkpoints = 2
   if arg not in (None, ""):
     raise ValueError(f"Unknown configs/simclr.py preset {arg!r}.")

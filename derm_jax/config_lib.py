@@ -63,7 +63,6 @@ def input_options() -> ConfigDict:
   c = ConfigDict()
   c.num_threads = 2        # Grain reader threads
   c.prefetch = 4           # batches prefetched on the host
-  c.device_prefetch = 2    # batches already copied to the accelerator(s) ahead of the step
   c.num_workers = 0        # Grain worker processes (decoding full-resolution JPEGs); 0 = none
   # Hold the decoded training split in host memory (per process) when it takes at most this
   # many MB; batches are then array gathers. 0, or num_workers > 0, decodes every epoch.

@@ -155,7 +155,6 @@ def _check_common(k: _Checker, task: str) -> None:
   # input pipeline
   k.integer("input.num_threads", 1, required=False)
   k.integer("input.prefetch", 0, required=False)
-  k.integer("input.device_prefetch", 0, required=False)
   k.integer("input.num_workers", 0, required=False)
   k.number("input.cache_mb", 0, required=False)
   k.number("input.device_data_mb", 0, required=False)

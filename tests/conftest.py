@@ -90,6 +90,7 @@ def imagenet_weights_missing(arch: str = "efficientnet_lite0") -> str | None:
   return None
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's loadgroup reads the groups
 def pytest_collection_modifyitems(config, items):
   for item in items:
     # With pytest-xdist (`-n 2 --dist loadgroup`), every test that reads the session study

@@ -101,9 +101,8 @@ def test_compare_end_to_end_then_evaluate_outside_data(study, tmp_path):
     cfg = json.load(open(d / "config.json"))
     assert cfg["init"]["source"] == arm
   report = (workdir / "report.md").read_text()
-  assert "vae" in report and "imagenet" in report
+  # (The report's cells against each arm's metrics files: test_study_numbers.py.)
   assert (workdir / "figures" / "gap.png").exists()
-  assert any((workdir / "compilation_cache").iterdir())  # the arms' shared compiled steps
 
   arm_dir = workdir / "arms" / "imagenet" / "seed_0"
   out = tmp_path / "isic_eval"

@@ -75,3 +75,38 @@ def test_settings_are_restored_when_the_block_fails(tmp_path):
         compile_cache.persistent(str(tmp_path / "c"), min_compile_time_secs=0)):
     raise RuntimeError("arm failed")
   assert {k: getattr(jax.config, k) for k in compile_cache.SETTINGS} == before
+
+
+def test_a_run_from_cached_programs_equals_one_compiled_afresh(data_dir, tmp_path):
+  """A classifier run with the persistent cache, cold (compiles and stores its programs)
+  then warm (loads them), and a run without any cache: the same test metrics and the same
+  parameters, bit for bit; the warm run really loaded."""
+  import sys
+
+  from conftest import REPO
+
+  from derm_jax.tasks import classifier as classifier_task
+  from derm_jax.train import checkpoint
+  sys.path.insert(0, os.path.join(REPO, "tests", "configs"))
+  import tiny_classify
+  c = tiny_classify.get_config()
+  c.data.data_dir = data_dir
+  c.init.source = "scratch"
+  c.total_steps = 3
+  path = str(tmp_path / "cache")
+  out = {}
+  for name in ("none", "cold", "warm"):
+    n = len(_HITS)
+    if name == "none":
+      out[name] = classifier_task.train_and_evaluate(c, str(tmp_path / name))
+    else:
+      with compile_cache.persistent(path):
+        out[name] = classifier_task.train_and_evaluate(c, str(tmp_path / name))
+    hits = len(_HITS) - n
+  assert hits >= 1  # the warm run loaded its programs
+  trees = {k: checkpoint.restore_state_tree(str(tmp_path / k / "checkpoints"))[1]["params"]
+           for k in out}
+  for k in ("cold", "warm"):
+    assert out[k] == out["none"], k
+    for a, b in zip(jax.tree.leaves(trees[k]), jax.tree.leaves(trees["none"]), strict=True):
+      np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -76,18 +76,27 @@ def test_device_batches_equal_the_grain_pipelines(data_dir):
 
 def test_a_run_trains_the_same_with_its_data_on_the_device_or_streamed(data_dir, tmp_path):
   """The same run with the training split in device memory and streamed through Grain
-  (`input.device_data_mb=0`): bit-identical metrics and parameters."""
+  (`input.device_data_mb=0`), and with its steps dispatched one at a time (the CPU's
+  default) or scanned two per dispatch (`steps_per_dispatch=2`: the accelerators' way; the
+  last chunk of a 5-step run skips its second step): bit-identical metrics and parameters.
+  (The first also takes a profile: `profile_steps` writes a trace and changes nothing.)"""
   from derm_jax.tasks import classifier as classifier_task
   results = {}
-  for name, mb in (("device", 64), ("grain", 0)):
-    c = _classify_config(data_dir, **{"total_steps": 4, "log_every_steps": 2,
-                                     "input.device_data_mb": mb})
+  for name, mb, profile, per_dispatch in (("device", 64, (2, 3), 0), ("grain", 0, (), 0),
+                                          ("scanned", 64, (), 2)):
+    c = _classify_config(data_dir, **{"total_steps": 5, "log_every_steps": 2,
+                                     "input.device_data_mb": mb, "profile_steps": profile,
+                                     "steps_per_dispatch": per_dispatch})
     results[name] = classifier_task.train_and_evaluate(c, str(tmp_path / name))
-  assert _rows(tmp_path / "device") == _rows(tmp_path / "grain")
-  for a, b in zip(jax.tree.leaves(_params(tmp_path / "device")),
-                  jax.tree.leaves(_params(tmp_path / "grain")), strict=True):
-    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-  assert results["device"]["accuracy"] == results["grain"]["accuracy"]
+  # profile_steps (which changes no number) wrote a jax.profiler trace of steps 2-3.
+  traces = [f for _, _, fs in os.walk(tmp_path / "device" / "profile") for f in fs]
+  assert any(f.endswith((".xplane.pb", ".trace.json.gz")) for f in traces), traces
+  for other in ("grain", "scanned"):
+    assert _rows(tmp_path / "device") == _rows(tmp_path / other), other
+    for a, b in zip(jax.tree.leaves(_params(tmp_path / "device")),
+                    jax.tree.leaves(_params(tmp_path / other)), strict=True):
+      np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=other)
+    assert results["device"]["accuracy"] == results[other]["accuracy"], other
 
 
 @pytest.mark.slow

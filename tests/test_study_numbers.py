@@ -31,8 +31,9 @@ def _arm(study, arm):
 
 
 def _arm_config(study, arm):
-  from derm_jax import evaluate
-  return evaluate.load_run_config(str(_arm(study, arm)))
+  # The library function (the CLI modules define absl flags: one of them per process).
+  from derm_jax.evaluation.scoring import load_run_config
+  return load_run_config(str(_arm(study, arm)))
 
 
 def _flat(tree):
@@ -149,13 +150,26 @@ def test_evaluate_cli_and_eval_mode_reproduce_the_runs_own_evaluation(study, dat
   arm = _arm(study, "vae")
   trained = json.load(open(arm / "test_metrics.json"))
   out = tmp_path / "evaluate"
+  from derm_jax.evaluation import metrics as metrics_lib
+  from derm_jax.evaluation.predictions import read_predictions_csv
+  ids = list(read_predictions_csv(arm / "test_predictions.csv").image_ids)
+  keep = tmp_path / "leak_free_ids.txt"  # half the test images, as the audit would list
+  keep.write_text("".join(f"{i}\n" for i in ids[::2]))
   r = subprocess.run([sys.executable, "-m", "derm_jax.evaluate", f"--workdir={arm}",
-                      "--split=test", f"--out={out}"], cwd=REPO, capture_output=True, text=True,
-                     timeout=600)
+                      "--split=test", f"--out={out}", f"--leak_free_ids={keep}"], cwd=REPO,
+                     capture_output=True, text=True, timeout=600)
   assert r.returncode == 0, r.stderr[-3000:]
+  assert "WARNING" not in r.stderr, r.stderr[-3000:]  # no library noise (e.g. Orbax's)
   cli = json.load(open(out / "metrics.json"))
   _assert_same_metrics(cli, trained, "evaluate --split=test vs test_metrics.json")
   assert cli["data"]["split"] == "test"
+  # --leak_free_ids: the same metrics on the listed images only, from the same predictions.
+  preds = read_predictions_csv(out / "predictions.csv")
+  listed = np.isin(np.asarray(preds.image_ids), np.asarray(ids[::2]))
+  want = metrics_lib.classification_metrics(preds.labels[listed], preds.probs[listed], 7)
+  assert cli["leak_free"]["excluded"] == int((~listed).sum()) == len(ids) - len(ids[::2])
+  np.testing.assert_allclose(cli["leak_free"]["accuracy"], want["accuracy"])
+  np.testing.assert_allclose(cli["leak_free"]["macro_auc"], want["macro_auc"])
 
   r = run_main([f"--config={TINY_CLASSIFY}", f"--config.data.data_dir={data_dir}",
                 f"--workdir={arm}", "--mode=eval"])

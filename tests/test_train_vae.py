@@ -79,6 +79,12 @@ def test_kill_and_resume_equals_uninterrupted_run(data_dir, tmp_path):
   s1, p1 = _final_params(full)
   s2, p2 = _final_params(killed)
   assert s1 == s2 == 24
+  # The last keep_checkpoints (3) steps are kept, each with its manifest.
+  for w in (full, killed):
+    kept = sorted(int(d) for d in os.listdir(os.path.join(w, "checkpoints")) if d.isdigit())
+    assert kept == [16, 20, 24], kept
+    assert all(os.path.isfile(os.path.join(w, "checkpoints", str(k), "derm_jax_manifest.json"))
+               for k in kept)
   _assert_trees_equal(p1, p2)
   # The one evaluation (step 24) summarises the train steps since the start, 8+ of them
   # before the kill: restored with the checkpoint, so its train metrics are the same too.

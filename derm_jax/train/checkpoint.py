@@ -452,21 +452,23 @@ def restore_state_tree(directory: str, step: int | None = None) -> tuple[int, di
   docstring); `step=None` takes the newest usable step."""
   directory = fileio.abspath(directory)
   _check_directory(directory)
-  mngr = ocp.CheckpointManager(directory,
-                               options=ocp.CheckpointManagerOptions(read_only=True),
-                               item_handlers={"state": ocp.StandardCheckpointHandler()})
+  # The step's 'state' item read directly (no CheckpointManager: a read-only manager logs
+  # three warnings about its options on every load, evaluation and --mode=eval).
   sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  reader = ocp.StandardCheckpointHandler()
 
   def restore_fn(s):
+    path = fileio.epath(fileio.join(directory, str(s), "state"))
+    metadata = reader.metadata(path)
     target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding),
-                          mngr.item_metadata(s)["state"])
-    return mngr.restore(s, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
+                          getattr(metadata, "tree", metadata))
+    return {"state": reader.restore(path, args=ocp.args.StandardRestore(target))}
 
   try:
-    step, restored = _restore_checked(directory, sorted(mngr.all_steps()), step,
+    step, restored = _restore_checked(directory, _finalised_steps(directory), step,
                                       lambda s: check_step(directory, s), restore_fn)
   finally:
-    mngr.close()
+    reader.close()
   return step, restored["state"]
 
 

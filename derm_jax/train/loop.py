@@ -109,6 +109,16 @@ class Cadence:
     return min(ends)
 
 
+def dispatch_limit(config) -> int:
+  """`config.steps_per_dispatch`, where 0 (automatic) means up to the next log, eval or
+  checkpoint point on an accelerator and 1 on a CPU, where a step inside a loop is many
+  times slower than the same step dispatched alone (train/population.py)."""
+  limit = int(config.get("steps_per_dispatch", 0) or 0)
+  if limit == 0 and jax.default_backend() == "cpu":
+    return 1
+  return limit
+
+
 @dataclasses.dataclass
 class Run:
   """A trained (or restored) population: what evaluation and a task's finish need."""
@@ -418,7 +428,7 @@ def _train(task: Task, members, source, split, ckpts, writers) -> Run:
       outputs.write_parameter_overview(m.workdir, one.params)
   keys = population.replicate(keys, mesh)
   cadence = Cadence.of(c, spe, total)
-  scan_len = cadence.scan_len(int(c.get("steps_per_dispatch", 0) or 0))
+  scan_len = cadence.scan_len(dispatch_limit(c))
   programs = population.Programs(task, len(members), scan_len, split)
   run = Run(task, members, states, keys, programs, last_rows=[{} for _ in members], step=start,
             writers=writers)

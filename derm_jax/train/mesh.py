@@ -7,9 +7,6 @@ Host batches (this process's share) become global `jax.Array`s with
 
 from __future__ import annotations
 
-import collections
-from collections.abc import Iterable, Iterator
-
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding
@@ -50,16 +47,3 @@ def shard_batch(batch: dict, mesh: Mesh) -> dict:
   sharding = data_sharded(mesh)
   return {k: jax.make_array_from_process_local_data(sharding, np.array(v, copy=True))
           for k, v in batch.items()}
-
-
-def prefetch_to_device(batches: Iterable[dict], mesh: Mesh, depth: int = 2) -> Iterator[dict]:
-  """Yields `shard_batch(b)` for each host batch, keeping `depth` batches already transferred
-  (the copies are asynchronous), so the accelerator never waits for the host-to-device copy
-  of the next batch. `depth=0` transfers each batch when it is asked for."""
-  queue = collections.deque()
-  for b in batches:
-    queue.append(shard_batch(b, mesh))
-    if len(queue) > max(depth, 0):
-      yield queue.popleft()
-  while queue:
-    yield queue.popleft()

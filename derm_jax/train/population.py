@@ -12,7 +12,10 @@ leading member axis M. The train step is `jax.vmap`ped over that axis (each memb
 parameters, optimiser state, key, data order and augmentation draws) and `lax.scan`ned over
 L steps per dispatch; a step that a chunk does not need (its last steps, at a log, eval or
 checkpoint point) is skipped by `lax.cond`, so one compiled program serves every chunk.
-A plain run is a population of one.
+A plain run is a population of one. With L = 1 the program is the step itself, no loop:
+XLA:CPU runs a convolution inside a loop body many times slower than outside one
+(jax-ml/jax#12868; the tiny test VAE: 4 steps/s scanned, 40 plain), so on a CPU the loop
+dispatches one step at a time unless `config.steps_per_dispatch` asks for more.
 
 Members are vmapped, not looped: on an accelerator a small model's step is dispatch-bound,
 and M members in one step cost little more than one. A population of one runs the plain
@@ -143,6 +146,9 @@ class Programs:
 
         return jax.lax.cond(x["active"], lambda c: run(c, x), skip, carry)
 
+      if scan_len == 1:  # one step per dispatch: the plain step, no loop (see below)
+        states, out = run(states, jax.tree.map(lambda a: a[0], xs))
+        return states, jax.tree.map(lambda a: a[None], out)
       return jax.lax.scan(body, states, xs)
 
     vpredict = over_members(task.eval_step, num_members, in_axes=(0, None, 0), out_axes=1)
