@@ -38,8 +38,9 @@ from derm_jax.train.population import Member
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config.")
 _STEPS = flags.DEFINE_integer("steps", 20, "Timed steps per measurement (whole dispatches).")
-_SCAN = flags.DEFINE_integer("scan", 10, "Steps per dispatch (the loop: up to the next log, "
-                             "eval or checkpoint point).")
+_SCAN = flags.DEFINE_integer("scan", 0, "Steps per dispatch; 0: 10 on an accelerator (the "
+                             "loop: up to the next log, eval or checkpoint point), 1 on a CPU "
+                             "(as the loop: a scanned step is slower there).")
 _WARMUP = flags.DEFINE_integer("warmup", 1, "Untimed dispatches (compilation) first.")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Measurements of each kind; the median is kept.")
 _MEMBERS = flags.DEFINE_integer("members", 1, "Members trained side by side (a population).")
@@ -81,7 +82,7 @@ def main(argv):
   del argv
   config = _CONFIG.value
   task = _build(config)
-  m, scan = _MEMBERS.value, _SCAN.value
+  m, scan = _MEMBERS.value, _SCAN.value or (1 if jax.default_backend() == "cpu" else 10)
   with tempfile.TemporaryDirectory(prefix="derm_jax_bench_") as tmp:
     members = []
     for i in range(m):

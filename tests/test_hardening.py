@@ -10,6 +10,7 @@ import time
 
 import pytest
 from conftest import REPO, TINY_VAE, run_main
+from conftest import tiny_classify_config as _classify
 
 from derm_jax.errors import ConfigError, DermJaxError, NotARunError
 
@@ -87,20 +88,6 @@ def test_only_the_projects_own_errors_are_one_line(tmp_path, exc, one_line):
 
 
 # ----------------------------------------------------------------------------- preflight
-
-
-def _classify(data_dir, **overrides):
-  sys.path.insert(0, os.path.join(REPO, "tests", "configs"))
-  import tiny_classify
-  c = tiny_classify.get_config()
-  c.data.data_dir = data_dir
-  for k, v in overrides.items():
-    node = c
-    *path, last = k.split(".")
-    for p in path:
-      node = node[p]
-    node[last] = v
-  return c
 
 
 def _refused(config, workdir, *words, kind=DermJaxError):

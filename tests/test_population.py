@@ -11,25 +11,14 @@ import sys
 import jax
 import numpy as np
 import pytest
-from conftest import REPO
+from conftest import REPO, tiny_classify_config
 
 TINY_CLASSIFY = os.path.join(REPO, "tests", "configs", "tiny_classify.py")
 
 
 def _classify_config(data_dir, seed=0, **overrides):
-  sys.path.insert(0, os.path.join(REPO, "tests", "configs"))
-  import tiny_classify
-  c = tiny_classify.get_config()
-  c.data.data_dir = data_dir
-  c.init.source = "scratch"
-  c.seed = seed
-  for k, v in overrides.items():
-    node = c
-    *path, last = k.split(".")
-    for p in path:
-      node = node[p]
-    node[last] = v
-  return c
+  return tiny_classify_config(data_dir, **{"init.source": "scratch", "seed": seed,
+                                           **overrides})
 
 
 def _params(workdir):

@@ -97,39 +97,56 @@ def placeholder_backbone_variables(backbone, image_size: int) -> dict:
                       backbone_variable_shapes(backbone, image_size))
 
 
-def _check_vae_workdir(vae_workdir: str, config) -> None:
-  """The VAE workdir exists, has a checkpoint, and pretrained the classifier's backbone."""
-  if not vae_workdir:
-    raise ConfigError("config.init.source='vae' needs config.init.vae_workdir.")
-  cfg_path = fileio.join(vae_workdir, "config.json")
+# Self-supervised runs a classifier's backbone can start from: config.init.source ->
+# (the config.init field naming the workdir, the task names of such runs, the config that
+# trains one).
+_PRETRAINED = {"vae": ("vae_workdir", (None, "vae"), "configs/vae.py"),
+               "simclr": ("simclr_workdir", ("simclr",), "configs/simclr.py")}
+
+
+def _check_pretrained_workdir(kind: str, workdir: str, config) -> None:
+  """The `kind` ('vae' or 'simclr') workdir exists, holds such a run with a checkpoint, and
+  pretrained the classifier's backbone."""
+  field, tasks, trainer = _PRETRAINED[kind]
+  label = "VAE" if kind == "vae" else "SimCLR"
+  if not workdir:
+    raise ConfigError(f"config.init.source={kind!r} needs config.init.{field}.")
+  cfg_path = fileio.join(workdir, "config.json")
   if not fileio.exists(cfg_path):
-    raise NotARunError(f"config.init.vae_workdir={vae_workdir!r} has no config.json: "
-                            "not a VAE workdir.")
+    raise NotARunError(f"config.init.{field}={workdir!r} has no config.json: not a {label} "
+                       "workdir.")
   with fileio.open(cfg_path) as f:
-    vae_cfg = json.load(f)
-  if vae_cfg.get("task") not in (None, "vae"):
-    raise ConfigError(f"config.init.vae_workdir={vae_workdir!r} holds a {vae_cfg['task']!r} "
-                     "run, not a VAE.")
+    run_cfg = json.load(f)
+  if run_cfg.get("task") not in tasks:
+    raise ConfigError(f"config.init.{field}={workdir!r} holds a {run_cfg.get('task')!r} "
+                      f"run, not a {label} one.")
   ours = json.loads(json.dumps(config.model.backbone_kwargs.to_dict()))  # tuples -> lists
-  if vae_cfg["model"]["backbone"] != config.model.backbone or (
-      (vae_cfg["model"].get("backbone_kwargs") or {}) != ours):
-    raise ConfigError(f"The VAE in {vae_workdir} has backbone {vae_cfg['model']['backbone']!r} "
-                     f"{vae_cfg['model'].get('backbone_kwargs')}, the classifier config asks for "
-                     f"{config.model.backbone!r} {dict(config.model.backbone_kwargs)}.")
-  ckpts = fileio.join(vae_workdir, "checkpoints")
+  theirs = run_cfg.get("model", {})
+  if theirs.get("backbone") != config.model.backbone or (
+      (theirs.get("backbone_kwargs") or {}) != ours):
+    raise ConfigError(f"The {label} run in {workdir} has backbone "
+                      f"{theirs.get('backbone')!r} {theirs.get('backbone_kwargs')}, the "
+                      f"classifier config asks for {config.model.backbone!r} "
+                      f"{dict(config.model.backbone_kwargs)}.")
+  ckpts = fileio.join(workdir, "checkpoints")
   if not fileio.isdir(ckpts) or not any(d.isdigit() for d in fileio.listdir(ckpts)):
-    raise NotARunError(f"config.init.vae_workdir={vae_workdir!r} has no checkpoint: "
-                            f"train the VAE first (python -m derm_jax.main "
-                            f"--config=configs/vae.py --workdir={vae_workdir}).")
+    raise NotARunError(f"config.init.{field}={workdir!r} has no checkpoint: train it first "
+                       f"(python -m derm_jax.main --config={trainer} --workdir={workdir}).")
 
 
-def _vae_backbone(vae_workdir: str, config) -> dict:
-  """Backbone variables of a pretrained VAE workdir (its latest checkpoint)."""
+def _pretrained_backbone(kind: str, workdir: str, config) -> dict:
+  """Backbone variables of a VAE or SimCLR workdir's latest verified checkpoint (the
+  decoder or projection head and the optimiser state are left behind)."""
   from derm_jax.train import checkpoint
-  _check_vae_workdir(vae_workdir, config)
-  step, tree = checkpoint.restore_state_tree(fileio.join(vae_workdir, "checkpoints"))
-  logging.info("Backbone from VAE %s, step %d.", vae_workdir, step)
-  return vae_lib.backbone_variables(tree)
+  _check_pretrained_workdir(kind, workdir, config)
+  step, tree = checkpoint.restore_state_tree(fileio.join(workdir, "checkpoints"))
+  logging.info("Backbone from %s run %s, step %d.", kind, workdir, step)
+  if kind == "vae":
+    return vae_lib.backbone_variables(tree)
+  out = {"params": tree["params"]["backbone"]}
+  if tree.get("batch_stats"):
+    out["batch_stats"] = tree["batch_stats"]["backbone"]
+  return out
 
 
 def _imagenet_dir(config, workdir: str) -> tuple[str, bool]:
@@ -181,77 +198,31 @@ def _imagenet_backbone(config, workdir: str) -> dict:
   return variables
 
 
-def _check_vae(config, workdir: str) -> None:
-  del workdir
-  _check_vae_workdir(config.init.vae_workdir, config)
+def _pretrained(kind: str):
+  """(check, load) of config.init.source `kind` ('vae' or 'simclr')."""
+  field = _PRETRAINED[kind][0]
 
+  def check(config, workdir: str) -> None:
+    del workdir
+    _check_pretrained_workdir(kind, config.init[field], config)
 
-def _load_vae(config, workdir: str) -> tuple[dict, str]:
-  del workdir
-  return _vae_backbone(config.init.vae_workdir, config), config.init.vae_workdir
+  def load(config, workdir: str) -> tuple[dict, str]:
+    del workdir
+    return _pretrained_backbone(kind, config.init[field], config), config.init[field]
+
+  return check, load
 
 
 def _load_imagenet(config, workdir: str) -> tuple[dict, str]:
   return _imagenet_backbone(config, workdir), "ImageNet checkpoint"
 
 
-def _check_simclr_workdir(simclr_workdir: str, config) -> None:
-  """The SimCLR workdir exists, has a checkpoint, and pretrained the classifier's backbone."""
-  if not simclr_workdir:
-    raise ConfigError("config.init.source='simclr' needs config.init.simclr_workdir.")
-  cfg_path = fileio.join(simclr_workdir, "config.json")
-  if not fileio.exists(cfg_path):
-    raise NotARunError(f"config.init.simclr_workdir={simclr_workdir!r} has no config.json: "
-                       "not a SimCLR workdir.")
-  with fileio.open(cfg_path) as f:
-    run_cfg = json.load(f)
-  if run_cfg.get("task") != "simclr":
-    raise ConfigError(f"config.init.simclr_workdir={simclr_workdir!r} holds a "
-                      f"{run_cfg.get('task')!r} run, not a SimCLR one.")
-  ours = json.loads(json.dumps(config.model.backbone_kwargs.to_dict()))  # tuples -> lists
-  theirs = run_cfg.get("model", {})
-  if theirs.get("backbone") != config.model.backbone or (
-      (theirs.get("backbone_kwargs") or {}) != ours):
-    raise ConfigError(f"The SimCLR run in {simclr_workdir} has backbone "
-                      f"{theirs.get('backbone')!r} {theirs.get('backbone_kwargs')}, the "
-                      f"classifier config asks for {config.model.backbone!r} "
-                      f"{dict(config.model.backbone_kwargs)}.")
-  ckpts = fileio.join(simclr_workdir, "checkpoints")
-  if not fileio.isdir(ckpts) or not any(d.isdigit() for d in fileio.listdir(ckpts)):
-    raise NotARunError(f"config.init.simclr_workdir={simclr_workdir!r} has no checkpoint: "
-                       f"train it first (python -m derm_jax.main --config=configs/simclr.py "
-                       f"--workdir={simclr_workdir}).")
-
-
-def _simclr_backbone(simclr_workdir: str, config) -> dict:
-  """Backbone variables of a SimCLR workdir's latest verified checkpoint (the projection
-  head and the optimiser state are left behind)."""
-  from derm_jax.train import checkpoint
-  _check_simclr_workdir(simclr_workdir, config)
-  step, tree = checkpoint.restore_state_tree(fileio.join(simclr_workdir, "checkpoints"))
-  logging.info("Backbone from SimCLR %s, step %d.", simclr_workdir, step)
-  out = {"params": tree["params"]["backbone"]}
-  if tree.get("batch_stats"):
-    out["batch_stats"] = tree["batch_stats"]["backbone"]
-  return out
-
-
-def _check_simclr(config, workdir: str) -> None:
-  del workdir
-  _check_simclr_workdir(config.init.simclr_workdir, config)
-
-
-def _load_simclr(config, workdir: str) -> tuple[dict, str]:
-  del workdir
-  return _simclr_backbone(config.init.simclr_workdir, config), config.init.simclr_workdir
-
-
 # config.init.source -> (check: fails fast without loading, load: (variables, where)).
 # A new source of backbone weights is one pair of functions and one line here.
 _SOURCES = {
-    "vae": (_check_vae, _load_vae),
+    "vae": _pretrained("vae"),
     "imagenet": (_check_imagenet, _load_imagenet),
-    "simclr": (_check_simclr, _load_simclr),
+    "simclr": _pretrained("simclr"),
     "scratch": None,  # the model's own random initialisation
 }
 SOURCES = tuple(_SOURCES)

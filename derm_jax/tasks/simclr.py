@@ -19,7 +19,6 @@ Read top to bottom: state -> models and optimiser -> train and eval steps -> les
 from __future__ import annotations
 
 import functools
-import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -30,7 +29,6 @@ import numpy as np
 import optax
 from absl import logging
 
-from derm_jax import fileio
 from derm_jax.data import device_augment, pairs, registry, unlabeled
 from derm_jax.errors import ConfigError
 from derm_jax.evaluation import knn
@@ -323,16 +321,4 @@ def evaluate(config, workdir: str, step: int | None = None,
              splits=("val", "test")) -> dict[str, Any]:
   """`--mode=eval`: k-NN accuracy of a restored checkpoint (latest or `step`) on `splits`,
   written to WORKDIR/eval_step<step>.json."""
-  task = build(config)
-  run = loop.restore(task, [Member("simclr", workdir, config)], step)
-  results: dict[str, Any] = {"step": run.step}
-  for split in splits:
-    for k, v in task.make_evaluator(task.dataset.source(split)).run(run.predict)[0].items():
-      results[f"{split}/{k}"] = v
-  logging.info("Eval of %s at step %d: %s", workdir, results["step"],
-               ", ".join(f"{k}={v:.4f}" for k, v in results.items()
-                         if k != "step" and isinstance(v, float)))
-  if jax.process_index() == 0:
-    with fileio.open(fileio.join(workdir, f"eval_step{results['step']}.json"), "w") as f:
-      json.dump(results, f, indent=2)
-  return results
+  return loop.evaluate_checkpoint(build(config), "simclr", workdir, step, splits)

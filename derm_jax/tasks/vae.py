@@ -9,7 +9,6 @@ Read top to bottom: state -> train step -> eval step -> image grids -> build -> 
 
 
 import functools
-import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,7 +18,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from absl import logging
 
 from derm_jax import fileio, plots
 from derm_jax.data import device_augment, input_pipeline, registry, unlabeled
@@ -255,15 +253,4 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
 def evaluate(config, workdir: str, step: int | None = None,
              splits=("val", "test")) -> dict[str, float]:
   """Restores a checkpoint (latest or `step`) and reports ELBO, reconstruction and KL."""
-  task = build(config)
-  run = loop.restore(task, [Member("vae", workdir, config)], step)
-  results: dict[str, Any] = {"step": run.step}
-  for split in splits:
-    for k, v in task.make_evaluator(task.dataset.source(split)).run(run.predict)[0].items():
-      results[f"{split}/{k}"] = v
-  logging.info("Eval of %s at step %d: %s", workdir, results["step"],
-               ", ".join(f"{k}={v:.4f}" for k, v in results.items() if k != "step"))
-  if jax.process_index() == 0:
-    with fileio.open(fileio.join(workdir, f"eval_step{results['step']}.json"), "w") as f:
-      json.dump(results, f, indent=2)
-  return results
+  return loop.evaluate_checkpoint(build(config), "vae", workdir, step, splits)

@@ -25,6 +25,7 @@ same metrics as an uninterrupted one.
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -553,3 +554,21 @@ def restore(task: Task, members: Sequence[Member], step: int | None = None) -> R
   programs = population.Programs(task, len(members), 1)
   return Run(task, list(members), run_states, population.replicate(np.stack(keys), task.mesh),
              programs, last_rows=[{} for _ in members], step=int(states[0].step))
+
+
+def evaluate_checkpoint(task: Task, name: str, workdir: str, step: int | None,
+                        splits: Sequence[str]) -> dict[str, Any]:
+  """`--mode=eval` of a one-member task: the checkpoint (latest or `step`) through the
+  task's evaluator on each split, logged and written to WORKDIR/eval_step<step>.json."""
+  run = restore(task, [Member(name, workdir, task.config)], step)
+  results: dict[str, Any] = {"step": run.step}
+  for split in splits:
+    for k, v in task.make_evaluator(task.dataset.source(split)).run(run.predict)[0].items():
+      results[f"{split}/{k}"] = v
+  logging.info("Eval of %s at step %d: %s", workdir, run.step,
+               ", ".join(f"{k}={v:.4f}" for k, v in results.items()
+                         if k != "step" and isinstance(v, float)))
+  if jax.process_index() == 0:
+    with fileio.open(fileio.join(workdir, f"eval_step{run.step}.json"), "w") as f:
+      json.dump(results, f, indent=2)
+  return results
