@@ -39,7 +39,8 @@ def get_config(arg: str | None = None) -> ConfigDict:
   c.vae_per_seed = True              # one VAE per seed (vae/seed_<s>): the VAE arm's spread over
                                      # seeds includes the pretraining's; False: one VAE for all
   # Each stage trains its members (the VAEs of all seeds; every arm x seed classifier) as ONE
-  # vmapped program; population_size > 0 caps the members per program (1: one at a time).
+  # vmapped program; population_size > 0 caps the members per program (1: one at a time);
+  # 0: all on an accelerator, one at a time on a CPU (where vmapped convolutions are slow).
   c.population_size = 0
   # Evaluation protocols: every arm's identical classifier (config.classifier, arms/), and
   # with linear_probe also a linear probe (frozen backbone, linear head on its pooled

@@ -176,6 +176,7 @@ def test_population_study_stopped_killed_and_resumed_equals_uninterrupted_run(da
   import time
   args = [f"--config={TINY_COMPARE}", f"--config.data.data_dir={data_dir}",
           "--config.arms=('scratch',)", "--config.seeds=(0,1)", "--config.external=()",
+          "--config.population_size=2",  # one program on a CPU too
           "--config.classifier.checkpoint_every_steps=10", "--config.classifier.keep_checkpoints=5"]
   full, chunked = tmp_path / "full", tmp_path / "chunked"
   r = run_main([*args, f"--workdir={full}"])
@@ -229,7 +230,8 @@ def test_smoke_study_with_every_arm_protocol_and_fraction_on_the_ham10000_sample
   r = run_main([f"--config={os.path.join(REPO, 'tests', 'configs', 'tiny_ham_compare.py')}",
                 f"--config.data.data_dir={tmp_path / 'tfds'}", f"--workdir={workdir}",
                 f"--config.arms={ALL_ARMS}", "--config.linear_probe=True",
-                "--config.label_fractions=(0.5,1.0)", "--config.smoke_steps=2"])
+                "--config.label_fractions=(0.5,1.0)", "--config.smoke_steps=2",
+                "--config.population_size=64"])  # each stage one program on a CPU too
   assert r.returncode == 0, r.stderr[-4000:]
   for arm in ALL_ARMS:
     for base in ("arms", "probes", "fractions/0.5/arms", "fractions/0.5/probes"):

@@ -15,7 +15,7 @@ Layout of the workdir (read by derm_jax.report):
 Each stage is ONE program (derm_jax/train/population.py): the VAEs of all seeds train side
 by side; then the contrastive arms' pretraining; then every (fraction, seed, arm)
 classifier of a protocol, vmapped over the members (`config.population_size` caps a
-program's members; 1 trains them one after another).
+program's members; 1 trains them one after another, the default on a CPU).
 The arms' configs are built by `arms.arm_config`, which changes nothing but `init.*` and the
 seed: the same data, splits, augmentation, backbone, head, optimiser, schedule and epochs;
 the population refuses members that differ in anything else.
@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import time
 
+import jax
 from absl import logging
 
 from derm_jax import fileio
@@ -67,6 +68,18 @@ def groups(members: list, size: int) -> list[list]:
   return [members[i:i + size] for i in range(0, len(members), size)]
 
 
+def population_size(config) -> int:
+  """Members per program: `config.population_size`, where 0 (automatic) means all of a
+  stage's members on an accelerator and one at a time on a CPU. On a CPU a vmapped
+  population gains nothing (the step is compute-bound, not dispatch-bound) and loses much
+  where the members' convolutions become one grouped convolution, which XLA:CPU runs
+  slowly: the smoke `:recipe` VAE step took 8 s for 3 vmapped members and 1 s for one."""
+  size = int(config.get("population_size", 0) or 0)
+  if size == 0 and jax.default_backend() == "cpu":
+    return 1
+  return size
+
+
 def _run_stages(config, workdir: str, is_main: bool):
   from derm_jax import report
   from derm_jax.evaluation import classification, scoring
@@ -74,7 +87,7 @@ def _run_stages(config, workdir: str, is_main: bool):
   from derm_jax.tasks import vae as vae_task
   from derm_jax.train.population import Member
   clock = _StageClock()
-  size = int(config.get("population_size", 0) or 0)
+  size = population_size(config)
   vaes = [Member(*m) for m in vae_stage(config, workdir)]
   if vaes:
     logging.info("Stage 1: VAE pretraining, %d VAE(s) in %s", len(vaes),
