@@ -82,7 +82,7 @@ def main(argv):
   del argv
   config = _CONFIG.value
   task = _build(config)
-  m, scan = _MEMBERS.value, _SCAN.value or (1 if jax.default_backend() == "cpu" else 10)
+  m, scan = _MEMBERS.value, _SCAN.value or loop.dispatch_limit(config) or 10
   with tempfile.TemporaryDirectory(prefix="derm_jax_bench_") as tmp:
     members = []
     for i in range(m):

@@ -84,25 +84,22 @@ def _run_stages(config, workdir: str, is_main: bool):
   from derm_jax import report
   from derm_jax.evaluation import classification, scoring
   from derm_jax.tasks import classifier as classifier_task
+  from derm_jax.tasks import simclr as simclr_task
   from derm_jax.tasks import vae as vae_task
   from derm_jax.train.population import Member
   clock = _StageClock()
   size = population_size(config)
-  vaes = [Member(*m) for m in vae_stage(config, workdir)]
-  if vaes:
-    logging.info("Stage 1: VAE pretraining, %d VAE(s) in %s", len(vaes),
-                 ", ".join(m.workdir for m in vaes))
-    for group in groups(vaes, size):
-      vae_task.train_members(group)
-    clock.lap(f"VAE x{len(vaes)}")
-  contrastive = [Member(*m) for m in contrastive_stage(config, workdir)]
-  if contrastive:
-    from derm_jax.tasks import simclr as simclr_task
-    logging.info("Stage 1b: contrastive pretraining, %d run(s): %s", len(contrastive),
-                 ", ".join(m.name for m in contrastive))
-    for group in groups(contrastive, size):
-      simclr_task.train_members(group)
-    clock.lap(f"contrastive x{len(contrastive)}")
+  for title, lap, stage, train_members in (
+      ("Stage 1: VAE pretraining", "VAE", vae_stage, vae_task.train_members),
+      ("Stage 1b: contrastive pretraining", "contrastive", contrastive_stage,
+       simclr_task.train_members)):
+    pretraining = [Member(*m) for m in stage(config, workdir)]
+    if pretraining:
+      logging.info("%s, %d run(s): %s", title, len(pretraining),
+                   ", ".join(m.workdir for m in pretraining))
+      for group in groups(pretraining, size):
+        train_members(group)
+      clock.lap(f"{lap} x{len(pretraining)}")
   outside = external_sets(config)
   results = {}
   for protocol in protocols(config):
