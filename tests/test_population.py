@@ -88,6 +88,36 @@ def test_a_run_trains_the_same_with_its_data_on_the_device_or_streamed(data_dir,
     assert results["device"]["accuracy"] == results[other]["accuracy"], other
 
 
+def test_a_later_group_of_a_stage_reuses_its_task_and_equals_a_fresh_run(data_dir, tmp_path):
+  """A study stage trains its groups of members with one task: the second group reuses
+  the first's training split and compiled programs (nothing is decoded or compiled again)
+  and ends bit for bit where the same member trained with a fresh task ends. A member
+  whose config differs from the task's in more than the member fields is refused."""
+  from derm_jax.errors import ConfigError
+  from derm_jax.tasks import classifier as classifier_task
+  from derm_jax.train import loop
+  from derm_jax.train.population import Member
+  kw = {"total_steps": 3, "log_every_steps": 1}
+  first = Member("s0", str(tmp_path / "s0"), _classify_config(data_dir, 0, **kw))
+  later = Member("s1", str(tmp_path / "s1"), _classify_config(data_dir, 1, **kw))
+  run0, _ = classifier_task.train_members([first])
+  split = loop.training_split(run0.task)
+  run1, (test1,) = classifier_task.train_members([later], run0.task)
+  assert run1.task is run0.task and run1.programs is run0.programs
+  assert loop.training_split(run1.task) is split
+  fresh = classifier_task.train_and_evaluate(later.config, str(tmp_path / "fresh"))
+  assert _rows(tmp_path / "s1") == _rows(tmp_path / "fresh")
+  for a, b in zip(jax.tree.leaves(_params(tmp_path / "s1")),
+                  jax.tree.leaves(_params(tmp_path / "fresh")), strict=True):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  assert (test1["accuracy"], test1["loss"]) == (fresh["accuracy"], fresh["loss"])
+  other = Member("lr", str(tmp_path / "lr"),
+                 _classify_config(data_dir, 2, **kw, **{"optimizer.lr": 0.5}))
+  with pytest.raises(ConfigError, match=r"differ in \['optimizer.lr'\]"):
+    classifier_task.train_members([other], run0.task)
+  assert not os.path.exists(tmp_path / "lr" / "checkpoints")
+
+
 @pytest.mark.slow
 def test_a_member_of_a_population_equals_the_member_trained_alone(data_dir, tmp_path):
   """Member 'seed 1' of a population [seed 0, seed 1] equals 'seed 1' trained alone up to

@@ -240,8 +240,11 @@ def test_and_write(run: loop.Run) -> list[dict[str, Any]]:
   return results
 
 
-def train_members(members: Sequence[Member]) -> tuple[loop.Run, list[dict[str, Any]]]:
-  """Trains the members (one population: one program) and scores each on the test split."""
+def train_members(members: Sequence[Member],
+                  task=None) -> tuple[loop.Run, list[dict[str, Any]]]:
+  """Trains the members (one population: one program) and scores each on the test split.
+  `task`: one built for an earlier group of the same stage, reused with its compiled
+  programs."""
   config = members[0].config
   if config.class_weighted_loss and config.balanced_sampling:
     logging.warning("class_weighted_loss and balanced_sampling both correct the class "
@@ -251,7 +254,7 @@ def train_members(members: Sequence[Member]) -> tuple[loop.Run, list[dict[str, A
                  "on the class-balanced stream, validation on the natural distribution.")
   for m in members:
     fileio.makedirs(m.workdir)
-  task = build(config)
+  task = task or build(config)
   logging.info("Classifier: backbone %s (%s), %s, %d epochs x %d steps, batch %d.",
                config.model.backbone, ", ".join(sorted({m.config.init.source for m in members})),
                "frozen" if config.freeze_backbone else "fine-tuned", config.num_epochs,

@@ -286,19 +286,22 @@ def build(config) -> Task:
 # ----------------------------------------------------------------------------- entry points
 
 
-def train_members(members: Sequence[Member]) -> loop.Run:
+def train_members(members: Sequence[Member], task=None) -> loop.Run:
   """Trains the members' SimCLR (or MICLe) backbones as one population (one program),
-  resuming from their latest checkpoints."""
+  resuming from their latest checkpoints. `task`: one built for an earlier group of the
+  same stage, reused (its compiled programs too) when it draws MICLe partners exactly when
+  these members need them."""
   members = list(members)
   for m in members:
     if m.config.init.source not in INIT_SOURCES:
       raise ConfigError(f"config.init.source={m.config.init.source!r}: SimCLR starts from "
                         f"one of {list(INIT_SOURCES)}.")
     backbone_init.check_source(m.config, m.workdir)  # fails fast, nothing loaded
-  task = build(members[0].config)
+  lesion = [m.config.get("positives", "views") == "lesion" for m in members]
+  if task is None or (task.pairs is not None) != any(lesion):
+    task = build(members[0].config)
   for m in members:
     _check_positives(m.config, task.pairs, task.dataset)
-  lesion = [m.config.get("positives", "views") == "lesion" for m in members]
   if not any(lesion):
     task.pairs = None  # nobody draws partners: no second gather per step
   else:

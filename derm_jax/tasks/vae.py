@@ -217,10 +217,13 @@ def write_latent_maps(run: loop.Run, split: str = "val") -> list[str]:
   from derm_jax.evaluation import common
   task = run.task
   config = task.config
-  model = vae_lib.create_vae(config.model, config.image_size, config.get("dtype", "float32"))
-  encode = jax.jit(jax.vmap(functools.partial(encode_step, model=model,
-                                              image_size=config.image_size),
-                            in_axes=(0, None), out_axes=1))
+  if "encode" not in task.memo:  # one program for every group of a study stage
+    model = vae_lib.create_vae(config.model, config.image_size,
+                               config.get("dtype", "float32"))
+    task.memo["encode"] = jax.jit(jax.vmap(functools.partial(
+        encode_step, model=model, image_size=config.image_size), in_axes=(0, None),
+        out_axes=1))
+  encode = task.memo["encode"]
   out = common.collect(lambda batch: encode(run.states, batch), task.dataset.source(split),
                        batch_size=config.eval_batch_size, mesh=task.mesh)
   paths = []
@@ -236,10 +239,11 @@ def write_latent_maps(run: loop.Run, split: str = "val") -> list[str]:
   return paths
 
 
-def train_members(members: Sequence[Member]) -> loop.Run:
+def train_members(members: Sequence[Member], task=None) -> loop.Run:
   """Trains the members' VAEs (one population: one program), resuming from their latest
-  checkpoints; ends with each member's latent map of the validation split."""
-  task = build(members[0].config)
+  checkpoints; ends with each member's latent map of the validation split. `task`: one
+  built for an earlier group of the same stage, reused with its compiled programs."""
+  task = task or build(members[0].config)
   run = loop.train(task, members)
   write_latent_maps(run)
   return run

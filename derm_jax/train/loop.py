@@ -145,7 +145,14 @@ class Run:
 
 
 def training_split(task: Task):
-  """(in-memory or streamed host source, device split or None) of the task's train data."""
+  """(in-memory or streamed host source, device split or None) of the task's train data;
+  loaded once per task (`task.memo`)."""
+  if "training_split" not in task.memo:
+    task.memo["training_split"] = _load_training_split(task)
+  return task.memo["training_split"]
+
+
+def _load_training_split(task: Task):
   c = task.config
   source = task.train_source
   if source is None:
@@ -348,7 +355,13 @@ def eval_rows(task: Task, run: Run, windows: list[list[dict]]) -> list[dict[str,
 
 def step_flops(task: Task, member_state, image_shape) -> float | None:
   """FLOPs of one member's train step from XLA's cost analysis of the lowered step (traced,
-  not compiled)."""
+  not compiled); once per task (`task.memo`)."""
+  if "step_flops" not in task.memo:
+    task.memo["step_flops"] = _step_flops(task, member_state, image_shape)
+  return task.memo["step_flops"]
+
+
+def _step_flops(task: Task, member_state, image_shape) -> float | None:
   b = task.batch_size
   batch = {"image": jax.ShapeDtypeStruct((b, *image_shape), np.uint8),
            "label": jax.ShapeDtypeStruct((b,), np.int32)}
@@ -374,9 +387,11 @@ def initial_states(task: Task, members: Sequence[Member]):
 
 
 def train(task: Task, members: Sequence[Member]) -> Run:
-  """Trains `members` of `task`, resuming from their checkpoints; returns the Run."""
+  """Trains `members` of `task`, resuming from their checkpoints; returns the Run. The
+  members' configs must equal the task's but for `population.MEMBER_FIELDS`; later calls
+  with the same task (a study stage's next group) reuse its split and compiled programs."""
   members = list(members)
-  population.check_members(members)
+  population.check_members(members, like=task.config)
   c = task.config
   source, split = training_split(task)  # bad data settings fail before a workdir is touched
   opened = [outputs.open_run(m.workdir, m.config, c.keep_checkpoints) for m in members]
@@ -430,7 +445,7 @@ def _train(task: Task, members, source, split, ckpts, writers) -> Run:
   keys = population.replicate(keys, mesh)
   cadence = Cadence.of(c, spe, total)
   scan_len = cadence.scan_len(dispatch_limit(c))
-  programs = population.Programs(task, len(members), scan_len, split)
+  programs = population.Programs.of(task, len(members), scan_len, split)
   run = Run(task, members, states, keys, programs, last_rows=[{} for _ in members], step=start,
             writers=writers)
   logging.info("Training %d steps (%d per epoch, batch %d on %d devices) for %d member(s) "
@@ -445,7 +460,7 @@ def _train(task: Task, members, source, split, ckpts, writers) -> Run:
   first_xs = feed.xs(start, cadence.next_stop(start, scan_len) - start)
   eval_batch = mesh_lib.shard_batch(population.abstract_eval_batch(task, image_shape), mesh)
   t0 = time.monotonic()
-  programs.precompile(run.states, run.keys, arrays, first_xs, eval_batch)
+  reused = not programs.precompile(run.states, run.keys, arrays, first_xs, eval_batch)
   window = _Window(members, restored)
   stats = _Stats()
   flops = step_flops(task, one, image_shape)
@@ -463,7 +478,8 @@ def _train(task: Task, members, source, split, ckpts, writers) -> Run:
     xs = None
     window.add(step + 1, end - step, outs)
     if step == start:  # the first call waits for the compiled program (or its cache entry)
-      logging.info("Train program compiled (or loaded) in %.1f s.", time.monotonic() - t0)
+      logging.info("Train program %s in %.1f s.", "reused" if reused else
+                   "compiled (or loaded)", time.monotonic() - t0)
       jax.block_until_ready(run.states)
       progress.restart_clock(end)
     step = end
@@ -533,7 +549,7 @@ def init_run(task: Task, members: Sequence[Member]) -> Run:
   """The members' starting states as a Run, untrained (tests, benchmarks)."""
   states, keys = initial_states(task, members)
   return Run(task, list(members), population.replicate(states, task.mesh),
-             population.replicate(keys, task.mesh), population.Programs(task, len(members), 1),
+             population.replicate(keys, task.mesh), population.Programs.of(task, len(members), 1),
              last_rows=[{} for _ in members])
 
 
@@ -551,7 +567,7 @@ def restore(task: Task, members: Sequence[Member], step: int | None = None) -> R
     states.append(checkpoint.restore_for_inference(ckpt_dir, state, step))
     keys.append(key)
   run_states = population.replicate(population.stack(states), task.mesh)
-  programs = population.Programs(task, len(members), 1)
+  programs = population.Programs.of(task, len(members), 1)
   return Run(task, list(members), run_states, population.replicate(np.stack(keys), task.mesh),
              programs, last_rows=[{} for _ in members], step=int(states[0].step))
 

@@ -68,21 +68,24 @@ def _flat(config) -> dict[str, Any]:
   return dict(walk(json.loads(config.to_json_best_effort()), ""))
 
 
-def check_members(members: Sequence[Member]) -> None:
+def check_members(members: Sequence[Member], like=None) -> None:
   """Members must share everything but MEMBER_FIELDS (a population's members differ in
-  these only), and have distinct workdirs."""
+  these only), with each other and with the config `like` (the task's, when given), and
+  have distinct workdirs."""
   if not members:
     raise ConfigError("A population needs at least one member.")
   dirs = [m.workdir for m in members]
   if len(set(dirs)) != len(dirs):
     raise ConfigError(f"Population members share a workdir: {dirs}")
-  first = _flat(members[0].config)
-  for m in members[1:]:
+  ref_name, ref = ((members[0].name, members[0].config) if like is None
+                   else ("the task", like))
+  first = _flat(ref)
+  for m in members:
     other = _flat(m.config)
     diff = sorted(k for k in first.keys() | other.keys()
                   if first.get(k) != other.get(k) and not k.startswith(MEMBER_FIELDS))
     if diff:
-      raise ConfigError(f"Members {members[0].name!r} and {m.name!r} differ in {diff}: only "
+      raise ConfigError(f"Member {m.name!r} and {ref_name!r} differ in {diff}: only "
                         f"{MEMBER_FIELDS} may differ within one population.")
 
 
@@ -119,8 +122,17 @@ class Programs:
   `precompile(...)` compiles both ahead, side by side in threads (XLA releases the GIL),
   so the evaluation program is ready when the first evaluation comes; a call then runs the
   compiled executable. Each is compiled once per shape: every chunk of a run, and every
-  group of M members of a study stage, reuses it.
+  group of M members of a study stage (`Programs.of` keeps one per task), reuses it.
   """
+
+  @classmethod
+  def of(cls, task: Task, num_members: int, scan_len: int, split=None) -> Programs:
+    """The task's programs for M members and L steps per dispatch, made once per task
+    (`task.memo`) and reused by every later population of it."""
+    key = ("programs", num_members, scan_len, id(split))
+    if key not in task.memo:
+      task.memo[key] = cls(task, num_members, scan_len, split)
+    return task.memo[key]
 
   def __init__(self, task: Task, num_members: int, scan_len: int, split=None):
     self.task, self.num_members, self.scan_len, self.split = task, num_members, scan_len, split
@@ -158,6 +170,7 @@ class Programs:
 
     self._chunk_fn, self._predict_fn = chunk, predict
     self._train = self._predict = None
+    self._signature = None  # of the arguments the programs were compiled for
     self._pool = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="compile")
 
   # -- building and compiling
@@ -175,15 +188,21 @@ class Programs:
                         shapes)
     return jax.jit(self._predict_fn, out_shardings=outs)
 
-  def precompile(self, states, keys, arrays, xs, eval_batch) -> None:
-    """Starts compiling the train chunk and the prediction for these (abstract) arguments."""
+  def precompile(self, states, keys, arrays, xs, eval_batch) -> bool:
+    """Starts compiling the train chunk and the prediction for these (abstract) arguments;
+    False (nothing to do) when they are compiled for arguments of these shapes already."""
     abstract = lambda t: jax.tree.map(  # noqa: E731
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)),
         t)
     args = abstract((states, keys, arrays, xs))
+    signature = _signature((args, abstract(eval_batch)))
+    if signature == self._signature:
+      return False
+    self._signature = signature
     self._train = self._pool.submit(lambda: self._jit_train(*args).lower(*args).compile())
     pargs = abstract((states, keys, eval_batch))
     self._predict = self._pool.submit(lambda: self._jit_predict(*pargs).lower(*pargs).compile())
+    return True
 
   def train_chunk(self, states, keys, arrays, xs):
     if self._train is None:
@@ -213,6 +232,12 @@ def over_members(fn, num_members: int, in_axes=0, out_axes=0):
     return jax.tree.map(lambda x: jnp.expand_dims(x, out_axes), fn(*args))
 
   return one
+
+
+def _signature(tree) -> tuple:
+  """The tree structure and every leaf's shape, dtype and sharding."""
+  leaves, treedef = jax.tree.flatten(tree)
+  return treedef, tuple((x.shape, x.dtype, x.sharding) for x in leaves)
 
 
 def _done(value) -> concurrent.futures.Future:
