@@ -15,6 +15,8 @@
 #   STUDY_DIR      the studies' parent folder (default /tmp/derm_jax_recipe_study; emptied)
 #   STEP_TIMEOUT   seconds each benchmark may take before it is skipped (default 150)
 #   RECIPE_TIMEOUT seconds the study may take (default 300)
+#   ALL_ARMS=1     last, issue 24's study: arms imagenet, vae, simclr, imagenet_simclr, seeds
+#                  0-2, both protocols, label fractions 0.01/0.1/1 (ALL_ARMS_TIMEOUT, 420 s)
 # On the GPU machine, start with the set-up lines of ../shared/device/on_device.sh.
 # The most wanted figures come first (the study's wall times, then bf16 against torch bf16 +
 # channels_last, then fp32), and every line is logged as it comes, so a run cut short
@@ -50,7 +52,7 @@ peer() {  # timm model batch extra-args
       >> "$LOG" 2>&1 || say "FAILED ($?): torch $*"
 }
 table() { python3 benchmarks/ratio_table.py "$LOG" | tee "$LOG_DIR/gpu_table.md"; }
-study() {  # seeds label: the recipe study from an empty workdir (and compilation cache)
+study() {  # seeds label [overrides...]: the recipe study from an empty workdir (and cache)
   [[ -n "${RECIPE_NPZ:-}" ]] || return 0
   local wd="${STUDY_DIR:-/tmp/derm_jax_recipe_study}/$2"
   rm -rf "$wd"
@@ -58,7 +60,7 @@ study() {  # seeds label: the recipe study from an empty workdir (and compilatio
   local t0=$SECONDS
   timeout "${RECIPE_TIMEOUT:-300}" python3 -m derm_jax.main --config=configs/compare.py:recipe \
       --workdir="$wd" --config.data.source=npz --config.data.npz_path="$RECIPE_NPZ" \
-      --config.seeds="$1" $RECIPE_SIZE > "$LOG_DIR/recipe_$2.log" 2>&1
+      --config.seeds="$1" $RECIPE_SIZE "${@:3}" > "$LOG_DIR/recipe_$2.log" 2>&1
   local rc=$?
   say "RECIPE_WALL_S seeds=$1 $((SECONDS - t0)) rc=$rc"
   # where the time went: each stage's wall time, each program's compilation, epoch times,
@@ -67,6 +69,8 @@ study() {  # seeds label: the recipe study from an empty workdir (and compilatio
       "$LOG_DIR/recipe_$2.log" | tee -a "$LOG"
   grep "steps/s" "$LOG_DIR/recipe_$2.log" | tail -n 2 | tee -a "$LOG"
   cp "$wd/report.md" "$LOG_DIR/recipe_report_$2.md" 2>/dev/null || true
+  [[ -d "$wd/figures" ]] && cp -r "$wd/figures" "$LOG_DIR/recipe_figures_$2"
+  return 0
 }
 evaluate_twice() {  # a cold, then a warm derm_jax.evaluate of the 3-seed study's arm
   local arm="${STUDY_DIR:-/tmp/derm_jax_recipe_study}/seeds3/arms/imagenet/seed_0"
@@ -102,3 +106,8 @@ bench convnext_tiny "$CNXT_B" float32
 peer efficientnet_lite0 "$LITE_B"
 peer convnext_tiny "$CNXT_B"
 table
+if [[ "${ALL_ARMS:-0}" == "1" ]]; then
+  RECIPE_TIMEOUT="${ALL_ARMS_TIMEOUT:-420}" study "(0,1,2)" all_arms_seeds3 \
+      --config.arms="('imagenet','vae','simclr','imagenet_simclr')" \
+      --config.linear_probe=True --config.label_fractions="(0.01,0.1,1.0)"
+fi

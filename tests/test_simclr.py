@@ -196,6 +196,20 @@ def test_micle_partners_share_the_lesion_and_stay_in_the_training_split(data_dir
   run = simclr_task.train_members(members)
   assert run.step == 2 and len(run.last_rows) == 2
   assert all(np.isfinite(r["train/loss"]) for r in run.last_rows)
+  # In groups of one, as a study stage trains them on a CPU: a group reuses the task (and
+  # compiled programs) of the group before when it draws partners as that one did, and
+  # builds its own when not (MICLe after SimCLR).
+  seed1 = c.copy_and_resolve_references()
+  seed1.seed = 1
+  first = simclr_task.train_members([Member("simclr 0", str(tmp_path / "g0"), c)])
+  second = simclr_task.train_members([Member("simclr 1", str(tmp_path / "g1"), seed1)],
+                                     first.task)
+  assert second.task is first.task and second.programs is first.programs
+  assert second.task.pairs is None
+  third = simclr_task.train_members([Member("micle 0", str(tmp_path / "g2"), lesion)],
+                                    second.task)
+  assert third.task is not first.task and third.task.pairs is not None
+  assert third.step == 2 and np.isfinite(third.last_rows[0]["train/loss"])
 
 
 def _error(config) -> str:

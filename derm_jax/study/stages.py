@@ -15,7 +15,10 @@ Layout of the workdir (read by derm_jax.report):
 Each stage is ONE program (derm_jax/train/population.py): the VAEs of all seeds train side
 by side; then the contrastive arms' pretraining; then every (fraction, seed, arm)
 classifier of a protocol, vmapped over the members (`config.population_size` caps a
-program's members; 1 trains them one after another, the default on a CPU).
+program's members; 1 trains them one after another, the default on a CPU). A stage builds
+its task once: its later groups reuse the training split, compiled programs and outside
+sets of the first (`Task.memo`), so a group after the first costs its own steps and
+evaluations only.
 The arms' configs are built by `arms.arm_config`, which changes nothing but `init.*` and the
 seed: the same data, splits, augmentation, backbone, head, optimiser, schedule and epochs;
 the population refuses members that differ in anything else.
