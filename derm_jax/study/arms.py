@@ -118,9 +118,13 @@ def pretrain_dir(workdir: str, arm: str, seed: int) -> str:
 
 
 def contrastive_stage(config, workdir: str) -> list[tuple[str, str, ConfigDict]]:
-  """(name, workdir, config) of each contrastive pretraining run (arm x seed)."""
+  """(name, workdir, config) of each contrastive pretraining run (arm x seed): SimCLR's
+  (two views) first, then MICLe's (lesion pairs), so that groups of one kind of positive
+  pair follow each other and share a task and its compiled programs."""
+  runs = [(arm, s) for s in config.seeds for arm in config.arms if arm in CONTRASTIVE]
+  runs.sort(key=lambda r: CONTRASTIVE[r[0]][1] == "lesion")  # stable: seed order kept
   return [(f"{arm} seed {s}", pretrain_dir(workdir, arm, s), contrastive_config(config, arm, s))
-          for s in config.seeds for arm in config.arms if arm in CONTRASTIVE]
+          for arm, s in runs]
 
 
 def run_dir(workdir: str, arm: str, seed: int, protocol: str = CLASSIFIER,

@@ -97,9 +97,6 @@ def _run_stages(config, workdir: str, is_main: bool):
       ("Stage 1b: contrastive pretraining", "contrastive", contrastive_stage,
        simclr_task.train_members)):
     pretraining = [Member(*m) for m in stage(config, workdir)]
-    # Members of one kind of positive pair side by side (SimCLR's, then MICLe's): groups of
-    # one kind share a task and its compiled programs.
-    pretraining.sort(key=lambda m: str(m.config.get("positives", "")) == "lesion")
     if pretraining:
       logging.info("%s, %d run(s): %s", title, len(pretraining),
                    ", ".join(m.workdir for m in pretraining))
@@ -115,15 +112,14 @@ def _run_stages(config, workdir: str, is_main: bool):
     logging.info("Stage 2 (%s): %d run(s) (%s) as %s", protocol, len(members),
                  ", ".join(m.name for m in members),
                  "one program" if n == 1 else f"{n} programs of at most {size}")
-    task, sources = None, {}  # the task, built by the first group; the outside sets
+    task = None  # built by the first group, reused by the others
     for group in groups(members, size):
       run, tests = classifier_task.train_members(group, task)
       task = run.task
       results.update({m.name: t for m, t in zip(group, tests, strict=True)})
       for name, images, csv_path in outside:
-        if name not in sources:
-          sources[name] = scoring.outside_source(task, images, csv_path)
-        source, _, image_ids = sources[name]
+        source, _, image_ids = task.once(
+            ("outside", name), lambda: scoring.outside_source(task, images, csv_path))
         scoring.score(run, source, [fileio.join(m.workdir, "external", name) for m in group],
                       name=name, image_ids=image_ids, isic_images=images, isic_csv=csv_path,
                       quiet=True)

@@ -217,13 +217,14 @@ def write_latent_maps(run: loop.Run, split: str = "val") -> list[str]:
   from derm_jax.evaluation import common
   task = run.task
   config = task.config
-  if "encode" not in task.memo:  # one program for every group of a study stage
-    model = vae_lib.create_vae(config.model, config.image_size,
-                               config.get("dtype", "float32"))
-    task.memo["encode"] = jax.jit(jax.vmap(functools.partial(
-        encode_step, model=model, image_size=config.image_size), in_axes=(0, None),
-        out_axes=1))
-  encode = task.memo["encode"]
+
+  def make_encode():  # once per task: one program for every group of a study stage
+    model = vae_lib.create_vae(config.model, config.image_size, config.get("dtype", "float32"))
+    return jax.jit(jax.vmap(functools.partial(encode_step, model=model,
+                                              image_size=config.image_size),
+                            in_axes=(0, None), out_axes=1))
+
+  encode = task.once("encode", make_encode)
   out = common.collect(lambda batch: encode(run.states, batch), task.dataset.source(split),
                        batch_size=config.eval_batch_size, mesh=task.mesh)
   paths = []

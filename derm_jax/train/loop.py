@@ -147,9 +147,7 @@ class Run:
 def training_split(task: Task):
   """(in-memory or streamed host source, device split or None) of the task's train data;
   loaded once per task (`task.memo`)."""
-  if "training_split" not in task.memo:
-    task.memo["training_split"] = _load_training_split(task)
-  return task.memo["training_split"]
+  return task.once("training_split", lambda: _load_training_split(task))
 
 
 def _load_training_split(task: Task):
@@ -356,9 +354,7 @@ def eval_rows(task: Task, run: Run, windows: list[list[dict]]) -> list[dict[str,
 def step_flops(task: Task, member_state, image_shape) -> float | None:
   """FLOPs of one member's train step from XLA's cost analysis of the lowered step (traced,
   not compiled); once per task (`task.memo`)."""
-  if "step_flops" not in task.memo:
-    task.memo["step_flops"] = _step_flops(task, member_state, image_shape)
-  return task.memo["step_flops"]
+  return task.once("step_flops", lambda: _step_flops(task, member_state, image_shape))
 
 
 def _step_flops(task: Task, member_state, image_shape) -> float | None:

@@ -129,10 +129,8 @@ class Programs:
   def of(cls, task: Task, num_members: int, scan_len: int, split=None) -> Programs:
     """The task's programs for M members and L steps per dispatch, made once per task
     (`task.memo`) and reused by every later population of it."""
-    key = ("programs", num_members, scan_len, id(split))
-    if key not in task.memo:
-      task.memo[key] = cls(task, num_members, scan_len, split)
-    return task.memo[key]
+    return task.once(("programs", num_members, scan_len, id(split)),
+                     lambda: cls(task, num_members, scan_len, split))
 
   def __init__(self, task: Task, num_members: int, scan_len: int, split=None):
     self.task, self.num_members, self.scan_len, self.split = task, num_members, scan_len, split

@@ -60,11 +60,17 @@ class Task:
   # After each evaluation: (task, run, step, rows) -> None, `run` the loop's
   # population (states, keys, members, predict).
   after_eval: Callable | None = None
-  # What the loop computes once per task and every population of it reuses: the training
-  # split (in memory and on the devices), the compiled programs per (members, steps per
-  # dispatch), the step's FLOPs. A study stage builds its task once and trains its groups
+  # What is computed once per task (`once`) and reused by every population of it: the
+  # training split (in memory and on the devices), the compiled programs per (members,
+  # steps per dispatch), the step's FLOPs, the VAE's latent-map encoder, outside sets. A study stage builds its task once and trains its groups
   # of members with it, so a second group compiles and decodes nothing.
   memo: dict = dataclasses.field(default_factory=dict)
+
+  def once(self, key, make: Callable[[], Any]) -> Any:
+    """`make()`, computed on the first call with `key` and kept in `memo` for the next."""
+    if key not in self.memo:
+      self.memo[key] = make()
+    return self.memo[key]
 
   @property
   def batch_size(self) -> int:
