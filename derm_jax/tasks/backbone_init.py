@@ -139,7 +139,8 @@ def _pretrained_backbone(kind: str, workdir: str, config) -> dict:
   decoder or projection head and the optimiser state are left behind)."""
   from derm_jax.train import checkpoint
   _check_pretrained_workdir(kind, workdir, config)
-  step, tree = checkpoint.restore_state_tree(fileio.join(workdir, "checkpoints"))
+  step, tree = checkpoint.restore_state_tree(fileio.join(workdir, "checkpoints"),
+                                             without=("opt_state",))
   logging.info("Backbone from %s run %s, step %d.", kind, workdir, step)
   if kind == "vae":
     return vae_lib.backbone_variables(tree)

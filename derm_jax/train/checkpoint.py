@@ -52,7 +52,7 @@ import json
 import re
 import shlex
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import jax
 import numpy as np
@@ -445,24 +445,31 @@ def _has_steps(directory: str) -> bool:
   return any(n.split(".")[0].isdigit() for n in fileio.listdir(directory))
 
 
-def restore_state_tree(directory: str, step: int | None = None) -> tuple[int, dict]:
+def restore_state_tree(directory: str, step: int | None = None,
+                       without: Sequence[str] = ()) -> tuple[int, dict]:
   """Restores the raw 'state' pytree (nested dicts of arrays on one local device) of a
   run's checkpoint, without the model that wrote it and whatever mesh it was saved from.
   Used to take a pretrained VAE's encoder. The step is verified first (see the module
-  docstring); `step=None` takes the newest usable step."""
+  docstring); `step=None` takes the newest usable step. `without`: top-level fields of the
+  state not read at all (e.g. 'opt_state', two thirds of an Adam run's bytes); the returned
+  tree lacks them."""
   directory = fileio.abspath(directory)
   _check_directory(directory)
   # The step's 'state' item read directly (no CheckpointManager: a read-only manager logs
   # three warnings about its options on every load, evaluation and --mode=eval).
   sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  reader = ocp.StandardCheckpointHandler()
+  reader = ocp.PyTreeCheckpointHandler()
 
   def restore_fn(s):
     path = fileio.epath(fileio.join(directory, str(s), "state"))
     metadata = reader.metadata(path)
+    tree = getattr(metadata, "tree", metadata)
+    target = {k: v for k, v in tree.items() if k not in without}
     target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding),
-                          getattr(metadata, "tree", metadata))
-    return {"state": reader.restore(path, args=ocp.args.StandardRestore(target))}
+                          target)
+    restore_args = jax.tree.map(lambda _: ocp.ArrayRestoreArgs(sharding=sharding), target)
+    return {"state": reader.restore(path, args=ocp.args.PyTreeRestore(
+        target, restore_args=restore_args, partial_restore=bool(without)))}
 
   try:
     step, restored = _restore_checked(directory, _finalised_steps(directory), step,
@@ -479,7 +486,6 @@ def restore_for_inference(directory: str, target_state, step: int | None = None)
   The optimiser state is not read, so a checkpoint stays evaluable whatever optimiser (or
   optax version) trained it. The step is verified first; raises CheckpointNotFoundError (a
   FileNotFoundError) naming a missing step and CheckpointError for a damaged one."""
-  _, tree = restore_state_tree(directory, step)
-  fields = {k: jax.tree.map(np.asarray, v if v is not None else {})
-            for k, v in tree.items() if k != "opt_state"}
+  _, tree = restore_state_tree(directory, step, without=("opt_state",))
+  fields = {k: jax.tree.map(np.asarray, v if v is not None else {}) for k, v in tree.items()}
   return target_state.replace(**fields)
