@@ -32,7 +32,8 @@ def test_vae_learns_on_real_data_and_writes_outputs(data_dir, tmp_path):
   c = tiny_vae_config(data_dir)
   c.num_epochs = 4
   workdir = str(tmp_path / "run")
-  vae_task.train_and_evaluate(c, workdir)
+  from derm_jax.train.population import Member
+  run = vae_task.train_members([Member("vae", workdir, c)])
   rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
   assert len(rows) == 4
   # The validation ELBO (higher is better) improves substantially over training.
@@ -46,6 +47,16 @@ def test_vae_learns_on_real_data_and_writes_outputs(data_dir, tmp_path):
   # the row labels and the title (step, ELBO) around them.
   assert recon.size[0] > 4 * 32 + 5 * 2 and recon.size[1] > 2 * 32 + 3 * 2
   assert os.path.exists(os.path.join(workdir, "latent_pca.png"))
+  # The latent map is drawn from the last validation pass's posterior means (no second
+  # pass); they equal an encoder pass over the split (the same encoder in another program:
+  # float rounding only).
+  means, labels = vae_task.latents(run)
+  assert run.val_step == run.step and means is run.val_evaluator.latents
+  assert means.shape[:2] == (len(labels), 1)
+  run.val_evaluator = None
+  encoded, encoded_labels = vae_task.latents(run)
+  np.testing.assert_allclose(means, encoded, rtol=1e-4, atol=1e-4)
+  np.testing.assert_array_equal(labels, encoded_labels)
   assert any(f.startswith("events.out.tfevents")
              for f in os.listdir(os.path.join(workdir, "tensorboard")))
   steps = [int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit()]

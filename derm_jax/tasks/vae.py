@@ -91,7 +91,8 @@ IMAGES_STREAM = 2**30 + 1  # and the image grids' prior samples
 
 
 def eval_step(state: TrainState, batch, key, *, model, loss_config, image_size: int):
-  """Per-image ELBO, reconstruction NLL, KL and MSE (the evaluator averages them)."""
+  """Per-image ELBO, reconstruction NLL, KL and MSE (the evaluator averages them), and the
+  posterior mean ('latent': the latent map of the last validation pass is drawn from it)."""
   rng = jax.random.fold_in(key, EVAL_STREAM)
   x = device_augment.model_images(batch["image"], image_size=image_size)
   # One key per image (from its position in the split): the posterior sample, and so the
@@ -100,7 +101,7 @@ def eval_step(state: TrainState, batch, key, *, model, loss_config, image_size: 
   x_hat, mean, logvar, _ = _apply(model, state.params, state.batch_stats, x, keys, train=False)
   _, per_image = losses.vae_loss(x, x_hat, mean, logvar, state.step, loss_config,
                                  mask=batch["mask"])
-  return per_image
+  return {**per_image, "latent": mean.astype(jnp.float32)}
 
 
 def _reconstruct_and_sample(state, x, rng, *, model, num_samples: int):
@@ -210,13 +211,16 @@ def encode_step(state: TrainState, batch, *, model, image_size: int):
   return {"mean": mean}
 
 
-def write_latent_maps(run: loop.Run, split: str = "val") -> list[str]:
-  """MEMBER_DIR/latent_pca.png for each member: the first two principal components of the
-  posterior means of `split`, one dot per image coloured by its class."""
-  from derm_jax import stats
+def latents(run: loop.Run, split: str = "val") -> tuple[np.ndarray, np.ndarray]:
+  """(posterior means (N, M, D), labels (N,)) of every image of `split` for the run's
+  members: those of the validation pass at the run's last step where it made one (no
+  second pass), else one encoder pass over the split."""
   from derm_jax.evaluation import common
   task = run.task
   config = task.config
+  last = run.val_evaluator
+  if split == "val" and last is not None and run.val_step == run.step:
+    return last.latents, last.labels
 
   def make_encode():  # once per task: one program for every group of a study stage
     model = vae_lib.create_vae(config.model, config.image_size, config.get("dtype", "float32"))
@@ -227,13 +231,22 @@ def write_latent_maps(run: loop.Run, split: str = "val") -> list[str]:
   encode = task.once("encode", make_encode)
   out = common.collect(lambda batch: encode(run.states, batch), task.dataset.source(split),
                        batch_size=config.eval_batch_size, mesh=task.mesh)
+  return out["mean"], out["label"]
+
+
+def write_latent_maps(run: loop.Run, split: str = "val") -> list[str]:
+  """MEMBER_DIR/latent_pca.png for each member: the first two principal components of the
+  posterior means of `split` (`latents`), one dot per image coloured by its class."""
+  from derm_jax import stats
+  task = run.task
+  means, labels = latents(run, split)
   paths = []
   for m, member in enumerate(run.members):
     path = fileio.join(member.workdir, "latent_pca.png")
     paths.append(path)
     if jax.process_index() == 0:
-      xy, var = stats.pca_2d(out["mean"][:, m], return_variance=True)
-      plots.save_latent_map(xy, out["label"], list(task.meta.class_names), path,
+      xy, var = stats.pca_2d(means[:, m], return_variance=True)
+      plots.save_latent_map(xy, labels, list(task.meta.class_names), path,
                             title=f"VAE latents of the {split} split (PCA, "
                                   f"{100 * float(np.sum(var[:2])):.0f}% of variance), "
                                   f"step {run.step}")

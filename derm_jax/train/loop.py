@@ -132,6 +132,10 @@ class Run:
   last_rows: list[dict[str, Any]]
   step: int = 0
   writers: list | None = None  # each member's MetricWriter, while training
+  # The evaluator of the last validation pass and its step: whatever per-example results it
+  # keeps (a VAE's latents, a classifier's predictions); None before one.
+  val_evaluator: Any = None
+  val_step: int = -1
 
   def predict(self, batch) -> dict:
     """The eval step of every member on one (sharded) batch: outputs (B, M, ...)."""
@@ -173,7 +177,11 @@ def member_pool(task: Task, member_config):
   if fraction >= 1.0:
     return None
   from derm_jax.data import label_fractions
-  return label_fractions.fraction_indices(task.train_labels, fraction, int(member_config.seed))
+  pool = label_fractions.fraction_indices(task.train_labels, fraction, int(member_config.seed))
+  logging.info("Label fraction %g, seed %d: the member trains on %d of the %d labelled "
+               "training images.", fraction, int(member_config.seed), len(pool),
+               len(task.train_labels))
+  return pool
 
 
 def train_stream(task: Task, member_config, source) -> input_pipeline.TrainIndices:
@@ -337,9 +345,13 @@ def _fmt(row: dict) -> str:
   return ", ".join(f"{k}={v:.4f}" for k, v in row.items() if isinstance(v, float))
 
 
-def eval_rows(task: Task, run: Run, windows: list[list[dict]]) -> list[dict[str, Any]]:
-  """Each member's row: train metrics of its window, validation metrics, overfitting gap."""
-  val = task.make_evaluator(task.dataset.source("val")).run(run.predict)
+def eval_rows(task: Task, run: Run, windows: list[list[dict]], step: int
+              ) -> list[dict[str, Any]]:
+  """Each member's row: train metrics of its window, validation metrics, overfitting gap
+  (the evaluator stays on the run: `run.val_evaluator`, `run.val_step`)."""
+  evaluator = task.make_evaluator(task.dataset.source("val"))
+  val = evaluator.run(run.predict)
+  run.val_evaluator, run.val_step = evaluator, step
   rows = []
   for train_out, val_m in zip(windows, val, strict=True):
     train_m = task.summarize_train(train_out) if train_out else {}
@@ -498,7 +510,7 @@ def _train(task: Task, members, source, split, ckpts, writers) -> Run:
       progress(step, shown)
       log_time = time.monotonic() - t_other  # waiting for the device is training time
     if itstime(step, cadence.eval_every, total):
-      rows = eval_rows(task, run, window.take_host())
+      rows = eval_rows(task, run, window.take_host(), step)
       epoch = epoch_of(step, spe)
       for m, (member, row, w) in enumerate(zip(members, rows, writers, strict=True)):
         w.write_scalars(step, {k: v for k, v in row.items() if v is not None})
