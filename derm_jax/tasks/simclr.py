@@ -220,16 +220,20 @@ def _check_positives(config, table, dataset) -> None:
 # ----------------------------------------------------------------------------- build
 
 
-def build(config) -> Task:
+def build(config, partners: bool | None = None) -> Task:
   """Models, optimiser, mesh, steps and the k-NN evaluator of a SimCLR config; each
   member's starting point (its seed, where its backbone starts) comes from its own config
-  in `init_member`."""
+  in `init_member`. `partners`: whether the task's members draw MICLe partners (the task
+  then holds the lesion table, `Task.pairs`, and each step gathers a second image); by
+  default when `config.positives` is 'lesion'."""
   dataset = registry.get(config.data)
   meta = dataset.meta
   # The training split, and the unlabelled pool (config.data.unlabeled) where there is one:
   # self-supervised, so every image counts; never val or test.
   train_source = unlabeled.pretraining_source(dataset)
-  table = sibling_table(dataset, train_source)
+  if partners is None:
+    partners = config.get("positives", "views") == "lesion"
+  table = sibling_table(dataset, train_source) if partners else None
   _check_positives(config, table, dataset)
   if not config.aug.get("on_device", True):
     raise ConfigError("config.aug.on_device=False: SimCLR makes its two views on the device "
@@ -297,14 +301,12 @@ def train_members(members: Sequence[Member], task=None) -> loop.Run:
       raise ConfigError(f"config.init.source={m.config.init.source!r}: SimCLR starts from "
                         f"one of {list(INIT_SOURCES)}.")
     backbone_init.check_source(m.config, m.workdir)  # fails fast, nothing loaded
-  lesion = [m.config.get("positives", "views") == "lesion" for m in members]
-  if task is None or (task.pairs is not None) != any(lesion):
-    task = build(members[0].config)
+  partners = any(m.config.get("positives", "views") == "lesion" for m in members)
+  if task is None or (task.pairs is not None) != partners:
+    task = build(members[0].config, partners=partners)
   for m in members:
     _check_positives(m.config, task.pairs, task.dataset)
-  if not any(lesion):
-    task.pairs = None  # nobody draws partners: no second gather per step
-  else:
+  if partners:
     logging.info("MICLe: %d of %d training images have another image of their lesion.",
                  pairs.num_with_sibling(task.pairs), len(task.pairs.count))
   logging.info("SimCLR: backbone %s, %s, %d epochs x %d steps, batch %d, temperature %g.",

@@ -169,7 +169,6 @@ class Programs:
     self._chunk_fn, self._predict_fn = chunk, predict
     self._train = self._predict = None
     self._signature = None  # of the arguments the programs were compiled for
-    self._pool = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="compile")
 
   # -- building and compiling
 
@@ -197,9 +196,12 @@ class Programs:
     if signature == self._signature:
       return False
     self._signature = signature
-    self._train = self._pool.submit(lambda: self._jit_train(*args).lower(*args).compile())
     pargs = abstract((states, keys, eval_batch))
-    self._predict = self._pool.submit(lambda: self._jit_predict(*pargs).lower(*pargs).compile())
+    # Two threads, ended once both compilations are done (shutdown does not wait for them).
+    pool = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="compile")
+    self._train = pool.submit(lambda: self._jit_train(*args).lower(*args).compile())
+    self._predict = pool.submit(lambda: self._jit_predict(*pargs).lower(*pargs).compile())
+    pool.shutdown(wait=False)
     return True
 
   def train_chunk(self, states, keys, arrays, xs):
@@ -211,9 +213,6 @@ class Programs:
     if self._predict is None:
       self._predict = _done(self._jit_predict(states, keys, batch))
     return self._predict.result()(states, keys, batch)
-
-  def close(self) -> None:
-    self._pool.shutdown(wait=True)
 
 
 def over_members(fn, num_members: int, in_axes=0, out_axes=0):
