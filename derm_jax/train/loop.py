@@ -497,7 +497,6 @@ def _train(task: Task, members, source, split, ckpts, writers) -> Run:
       logging.info("Profile of steps %d-%d written to %s (TensorBoard's profile tab, or "
                    "Perfetto).", *cadence.profile, fileio.join(members[0].workdir, "profile"))
     t_other = time.monotonic()
-    log_time = 0.0
     if itstime(step, cadence.log_every, total):
       logged = window.take_log()
       for m, w in enumerate(writers):
@@ -508,8 +507,15 @@ def _train(task: Task, members, source, split, ckpts, writers) -> Run:
         if m == 0:
           shown = {k: scalars[f"train/{k}"] for k in task.progress_keys}
       progress(step, shown)
-      log_time = time.monotonic() - t_other  # waiting for the device is training time
-    if itstime(step, cadence.eval_every, total):
+    stop = step == cadence.stop_after and step < total
+    evaluating = itstime(step, cadence.eval_every, total)
+    checkpointing = itstime(step, cadence.ckpt_every, total) or stop
+    if evaluating or checkpointing:
+      # Steps still running on the device are training time, not evaluation time: without
+      # this wait, an evaluation between two log lines made the next line's rate too high.
+      jax.block_until_ready(run.states)
+    train_wait = time.monotonic() - t_other  # logging included: it waits for the device too
+    if evaluating:
       rows = eval_rows(task, run, window.take_host(), step)
       epoch = epoch_of(step, spe)
       for m, (member, row, w) in enumerate(zip(members, rows, writers, strict=True)):
@@ -523,8 +529,7 @@ def _train(task: Task, members, source, split, ckpts, writers) -> Run:
       for w in writers:
         w.flush()
       stats.epoch(step, spe)
-    stop = step == cadence.stop_after and step < total
-    if itstime(step, cadence.ckpt_every, total) or stop:
+    if checkpointing:
       window.fetch()  # never checkpoint a state that followed a non-finite step
       for m, ck in enumerate(ckpts):
         ck.save(step, run.member_state(m), window=window.saved(m))
@@ -533,7 +538,7 @@ def _train(task: Task, members, source, split, ckpts, writers) -> Run:
       logging.info("Stopping after step %d of %d (config.stop_after_step); the same command "
                    "resumes the run.", step, total)
       raise StoppedAfterStep(step)
-    progress.exclude(time.monotonic() - t_other - log_time)
+    progress.exclude(time.monotonic() - t_other - train_wait)
   return run
 
 
