@@ -16,10 +16,14 @@ def data() -> ConfigDict:
   c.npz_path = ""        # for source='npz': an official MedMNIST dermamnist*.npz
   c.size = 28            # MedMNIST resolution to download: 28, 64, 128 or 224
   c.data_dir = ""        # where TFDS prepares ArrayRecords; '' = ~/tensorflow_datasets
+  # dermamnist: 'official' (MedMNIST's per-image split: a third of the test images have a
+  # lesion seen in training) | 'lesion' (all images re-split by lesion, class-stratified,
+  # seeded by split_seed, with the official split sizes; no lesion in two splits)
+  c.split = "official"
   # Full-resolution datasets that users bring (ham10000, isic2019):
   c.manual_dir = ""      # the folder holding the official download layout
   c.stored_size = 256    # images are stored as centred square crops of this side (JPEG)
-  c.split_seed = 0       # seed of the lesion-grouped, class-stratified train/val/test split
+  c.split_seed = 0       # seed of the lesion-grouped, class-stratified split (and of split='lesion')
   c.val_fraction = 0.1
   c.test_fraction = 0.2
   # Your own images (name='folder', derm_jax/data/folder.py):

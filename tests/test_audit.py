@@ -139,8 +139,9 @@ def test_cli(tmp_path):
 @pytest.mark.slow
 @pytest.mark.skipif(not SHARED_NPZ, reason="set DERMAMNIST_NPZ to the full DermaMNIST npz")
 def test_full_dermamnist(tmp_path):
-  """The README's figure: 32 test images have a near-duplicate in train (34 in train or
-  val); about 30 s."""
+  """The README's figures: 32 test images have a near-duplicate in train (34 in train or
+  val); through the lesion table, 693 test images from 641 lesions have a lesion with an
+  image in train, and every near-duplicate is also a same-lesion pair; about 15 s."""
   from derm_jax.data import registry
   d = registry.get(SimpleNamespace(name="dermamnist", source="npz", npz_path=SHARED_NPZ,
                                    size=28, data_dir=str(tmp_path)))
@@ -148,6 +149,12 @@ def test_full_dermamnist(tmp_path):
   s = result.summary()
   assert s["split_pairs"]["train-test"]["test_images_with_near_duplicate"] == 32
   assert s["test_images_with_near_duplicate_in_train_or_val"] == 34
+  train_test = s["split_pairs"]["train-test"]
+  assert train_test["test_images_sharing_a_lesion"] == 693
+  assert train_test["test_lesions_shared"] == 641
+  assert s["test_images_sharing_a_lesion_with_train_or_val"] == 773
+  assert s["test_images_found_by"] == {"pixels_only": 0, "lesion_id_only": 739, "both": 34}
+  assert s["leak_free_test_images"] == 2005 - 773
 
 
 def _audit_cli(tmp_path, *args, out=None):

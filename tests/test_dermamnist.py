@@ -285,8 +285,8 @@ def test_failed_prepare_leaves_nothing_and_retry_works(tmp_path, monkeypatch):
   c = cfg(tmp_path / "tfds", source="npz", npz_path=str(path))
   original = dm.DermaMNIST._generate_examples
 
-  def flaky(self, images, labels):
-    for n, item in enumerate(original(self, images, labels)):
+  def flaky(self, images, labels, ids):
+    for n, item in enumerate(original(self, images, labels, ids)):
       if n == 3:
         raise RuntimeError("disk full (simulated)")
       yield item

@@ -11,11 +11,26 @@ Three sources, selected by `data_config.source`:
   Zenodo (one attempt; `DOWNLOAD_TIMEOUT_S` without an answer ends it with a DataError
   that names the npz alternative), verified against the MD5 published in `medmnist`.
 
+Two splits, selected by `data_config.split`:
+
+* ``'official'`` (default): MedMNIST's split, random per image, so a third of the test
+  images have a lesion with an image in train (kept so MedMNIST comparisons hold);
+* ``'lesion'``: all images re-split by HAM10000 lesion (no lesion in two splits),
+  class-stratified, seeded by `data_config.split_seed`, with the file's own split sizes
+  (`dermamnist_lesions.lesion_split`). Needs a file the lesion table knows.
+
+Every image of a file the lesion table knows carries its HAM10000 identity and metadata
+(`Dataset.metadata(split)`: image_id, lesion_id, dx_type, age, sex, localization; see
+dermamnist_lesions.py): the audit measures lesion overlap with it, MICLe pairs images of
+one lesion, and test metrics come per seen/unseen lesion and per subgroup.
+
 Each source is prepared once into `data_dir/dermamnist/<config>/<version>/` as ArrayRecord
 files with TFDS (no TensorFlow needed). The config name encodes the source (`embedded`,
-`npz_<first 12 hex digits of the file's sha256>`, `download_<size>`), so two different
-files never share prepared records. Records are written unshuffled: index i of a split is
-image i of that split in the source file (its 'id'). Every npz is validated before any
+`npz_<first 12 hex digits of the file's sha256>`, `download_<size>`; `_lesion<seed>` for
+the lesion split), so two different files never share prepared records. Records are
+written unshuffled: in the official split, index i of a split is image i of that split in
+the source file (its 'id'); in the lesion split an image's 'id' is its position in the
+file's train, val and test images taken in that order (`global_id`). Every npz is validated before any
 record is written; TFDS writes into a temporary directory and renames it when complete,
 and a prepared directory that fails verification is removed so the next call starts clean.
 """
@@ -50,6 +65,7 @@ from derm_jax.data.tfds_source import TfdsSource, resolve_split
 CLASS_NAMES = HAM10000_CLASSES  # the MedMNIST label order
 NUM_CLASSES = len(CLASS_NAMES)
 SOURCES = ("embedded", "npz", "download")
+SPLIT_KINDS = ("official", "lesion")
 TFDS_SPLITS = ("train", "validation", "test")
 # TFDS split name -> key prefix in the MedMNIST npz.
 NPZ_PREFIX = {"train": "train", "validation": "val", "test": "test"}
@@ -228,6 +244,8 @@ class DermaMNISTConfig(tfds.core.BuilderConfig):
   source: str = "embedded"
   npz_path: str = ""
   image_size: int = 28
+  split: str = "official"  # or 'lesion': re-split by lesion (dermamnist_lesions.lesion_split)
+  split_seed: int = 0
 
 
 def _embedded_config() -> DermaMNISTConfig:
@@ -311,19 +329,50 @@ class DermaMNIST(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     if contents.image_size != cfg.image_size:
       raise DataError(f"{path}: images are {contents.image_size}x{contents.image_size} but "
                       f"config '{cfg.name}' expects {cfg.image_size}x{cfg.image_size}.")
-    self.info.metadata.update({
-        "source": cfg.source,
-        "source_file": os.path.abspath(path),
-        "source_sha256": file_digest(path),
-        "image_size": contents.image_size,
-        "num_examples": contents.counts(),
-    })
-    return {split: self._generate_examples(contents.images[split], contents.labels[split])
-            for split in TFDS_SPLITS}
+    meta = {"source": cfg.source, "source_file": os.path.abspath(path),
+            "source_sha256": file_digest(path), "image_size": contents.image_size,
+            "split": cfg.split}
+    if cfg.split == "official":
+      meta["num_examples"] = contents.counts()
+      self.info.metadata.update(meta)
+      return {split: self._generate_examples(contents.images[split], contents.labels[split],
+                                             np.arange(len(contents.labels[split])))
+              for split in TFDS_SPLITS}
+    members = lesion_split_members(contents, cfg.source, cfg.split_seed)
+    offsets = global_offsets(contents.counts())
+    ids = {s: (offsets[m[:, 0]] + m[:, 1]) for s, m in members.items()}
+    meta.update({"split_seed": int(cfg.split_seed), "official_num_examples": contents.counts(),
+                 "num_examples": {s: int(len(v)) for s, v in ids.items()},
+                 "ids": {s: v.tolist() for s, v in ids.items()}})
+    self.info.metadata.update(meta)
+    pool_images = np.concatenate([contents.images[s] for s in TFDS_SPLITS])
+    pool_labels = np.concatenate([contents.labels[s] for s in TFDS_SPLITS])
+    return {s: self._generate_examples(pool_images[v], pool_labels[v], v)
+            for s, v in ids.items()}
 
-  def _generate_examples(self, images: np.ndarray, labels: np.ndarray):
+  def _generate_examples(self, images: np.ndarray, labels: np.ndarray, ids: np.ndarray):
     for i in range(len(labels)):
-      yield i, {"image": Image.fromarray(images[i]), "label": int(labels[i]), "id": i}
+      yield i, {"image": Image.fromarray(images[i]), "label": int(labels[i]),
+                "id": int(ids[i])}
+
+
+def global_offsets(counts: dict[str, int]) -> np.ndarray:
+  """Where each official split starts among a file's images taken train, val, test."""
+  return np.cumsum([0] + [counts[s] for s in TFDS_SPLITS[:-1]]).astype(np.int64)
+
+
+def lesion_split_members(contents: NpzContents, source: str,
+                         seed: int) -> dict[str, np.ndarray]:
+  """{TFDS split: (n, 2) rows of (official split 0/1/2, index in it)} of the lesion split."""
+  from derm_jax.data import dermamnist_lesions
+  labels = {s: contents.labels[t] for s, t in zip(dermamnist_lesions.SPLITS, TFDS_SPLITS,
+                                                    strict=True)}
+  md, why = dermamnist_lesions.match(source, labels)
+  if md is None:
+    raise DataError(f"{contents.path}: data.split='lesion' needs every image's HAM10000 "
+                    f"lesion, and the lesion table does not know this file ({why}).")
+  out = dermamnist_lesions.lesion_split(md, labels, int(seed))
+  return {t: out[s] for s, t in zip(dermamnist_lesions.SPLITS, TFDS_SPLITS, strict=True)}
 
 
 # ----------------------------------------------------------------------------- preparing
@@ -340,6 +389,23 @@ def _data_dir(data_config: Any) -> Path:
 
 
 def resolve_config(data_config: Any) -> tuple[DermaMNISTConfig, str | None]:
+  """The builder config for `data_config` and the local npz it is made from (None: download),
+  with the split `data_config.split` asks for ('official' or 'lesion', `split_seed`)."""
+  config, path = _resolve_source(data_config)
+  kind = str(_field(data_config, "split", "official") or "official")
+  if kind not in SPLIT_KINDS:
+    raise DataError(f"unknown data.split={kind!r}; valid splits: {list(SPLIT_KINDS)}.")
+  if kind == "official":
+    return config, path
+  seed = _field(data_config, "split_seed", 0)
+  if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
+    raise DataError(f"data.split_seed={seed!r}: must be a non-negative integer.")
+  return dataclasses.replace(
+      config, name=f"{config.name}_lesion{int(seed)}", split="lesion", split_seed=int(seed),
+      description=f"{config.description} Re-split by lesion (seed {int(seed)})."), path
+
+
+def _resolve_source(data_config: Any) -> tuple[DermaMNISTConfig, str | None]:
   """The builder config for `data_config` and the local npz it is made from (None: download).
 
   Cheap: hashes the local file (memoised) but does not decode it; the image size of an
@@ -519,8 +585,11 @@ def labels(data_config: Any, split: str) -> np.ndarray:
 
   Cached as an .npy inside the prepared directory; computed once without decoding images.
   """
+  return _labels_of(prepare(data_config), split)
+
+
+def _labels_of(builder: DermaMNIST, split: str) -> np.ndarray:
   split = _tfds_split(split)
-  builder = prepare(data_config)
   version_dir = Path(builder.data_dir)
   cache = version_dir / _LABELS_CACHE.format(split=split)
   n = builder.info.splits[split].num_examples
@@ -549,16 +618,63 @@ def class_counts(data_config: Any, split: str) -> np.ndarray:
 
 
 class Dataset:
-  """DermaMNIST through the dataset registry (`config.data.name='dermamnist'`)."""
+  """DermaMNIST through the dataset registry (`config.data.name='dermamnist'`).
+
+  `metadata(split)` (per-image HAM10000 identity and metadata, index i = source(split)[i])
+  exists when the lesion table knows the file (dermamnist_lesions.py); otherwise the
+  attribute is None, as for datasets without metadata."""
+
+  metadata = None
 
   def __init__(self, data_config: Any):
     from derm_jax.data import unlabeled
     from derm_jax.data.registry import DatasetMeta
     self._config = data_config
     self._builder = prepare(data_config)
+    self._stored = json.loads((Path(self._builder.data_dir) / "metadata.json").read_text())
     self.meta = DatasetMeta(name="dermamnist", class_names=CLASS_NAMES)
+    self._identity = self._match_lesion_table()
+    if self._identity is not None:
+      self.metadata = self._metadata
     # config.data.unlabeled: prepared now, at the stored resolution, checked against val/test.
     self._unlabeled = unlabeled.prepare(self, data_config)
+
+  def _match_lesion_table(self) -> dict[str, dict[str, np.ndarray]] | None:
+    """Per split, the HAM10000 identity of each record (None: the table does not know the
+    file; said once in the log)."""
+    from absl import logging
+
+    from derm_jax.data import dermamnist_lesions
+    official = self._stored.get("official_num_examples") or self._stored["num_examples"]
+    counts = [int(official[t]) for t in TFDS_SPLITS]
+    offsets = global_offsets(dict(zip(TFDS_SPLITS, counts, strict=True)))
+    lesion_split = self._stored.get("split", "official") == "lesion"
+    # Each record's position among the file's images (train, val, test in that order).
+    where = {s: (np.asarray(self._stored["ids"][t], dtype=np.int64) if lesion_split else
+                 offsets[k] + np.arange(counts[k], dtype=np.int64))
+             for k, (s, t) in enumerate(zip(dermamnist_lesions.SPLITS, TFDS_SPLITS,
+                                            strict=True))}
+    pool = np.full(sum(counts), -1, dtype=np.int64)
+    for s, pos in where.items():
+      pool[pos] = self.labels(s)
+    file_labels = {s: pool[o:o + n] for s, o, n in zip(dermamnist_lesions.SPLITS, offsets,
+                                                       counts, strict=True)}
+    md, why = dermamnist_lesions.match(self._stored["source"], file_labels)
+    if md is None:
+      logging.log_first_n(logging.WARNING, "DermaMNIST %s: no lesion identity (%s): no "
+                          "lesion audit, seen/unseen-lesion or subgroup metrics, MICLe pairs.",
+                          1, self._stored.get("source_file"), why)
+      return None
+    whole = {k: np.concatenate([md[s][k] for s in dermamnist_lesions.SPLITS])
+             for k in md["train"]}
+    return {s: {"id": pos if lesion_split else pos - offsets[k],
+                **{f: v[pos] for f, v in whole.items()}}
+            for k, (s, pos) in enumerate(where.items())}
+
+  def _metadata(self, split: str) -> dict[str, np.ndarray]:
+    """Keys: 'id' (int64), 'image_id', 'lesion_id', 'dx', 'dx_type', 'sex',
+    'localization' (str) and 'age' (float32 years, NaN where unknown)."""
+    return dict(self._identity[{"validation": "val"}.get(split, split)])
 
   @property
   def version_dir(self) -> str:
@@ -574,14 +690,19 @@ class Dataset:
     return TfdsSource(self._builder.data_dir, _tfds_split(split))
 
   def labels(self, split: str) -> np.ndarray:
-    return labels(self._config, split)
+    return _labels_of(self._builder, split)
 
   def describe(self) -> dict[str, Any]:
     splits = {s: int(self._builder.info.splits[_tfds_split(s)].num_examples)
               for s in ("train", "val", "test")}
+    kind = self._stored.get("split", "official")
     out = {"name": "dermamnist", "source": str(_field(self._config, "source", "embedded")),
            "splits": splits,
-           "image_size": int(self._builder.info.features["image"].shape[0])}
+           "image_size": int(self._builder.info.features["image"].shape[0]),
+           "split": kind, "lesion_grouped": kind == "lesion",
+           "lesion_ids": self._identity is not None}
+    if kind == "lesion":
+      out["split_seed"] = int(self._stored["split_seed"])
     if self._unlabeled is not None:
       out["unlabeled"] = self._unlabeled.summary()
     return out

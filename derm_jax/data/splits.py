@@ -131,3 +131,41 @@ def split_indices(assignment: np.ndarray) -> dict[str, np.ndarray]:
   """{'train': indices, 'val': ..., 'test': ...} (ascending) from a split assignment."""
   assignment = np.asarray(assignment)
   return {name: np.flatnonzero(assignment == k) for k, name in enumerate(SPLIT_NAMES)}
+
+
+def fit_sizes(assignment: np.ndarray, labels: Sequence[int] | np.ndarray,
+              groups: Sequence[object] | np.ndarray, sizes: Sequence[int],
+              seed: int = 0) -> np.ndarray:
+  """`assignment` with exactly `sizes` (train, val, test) images, groups kept whole.
+
+  A grouped split lands a few images off its targets. This moves single-image groups of
+  the most common label (the moves that change class proportions least) from splits over
+  their size to splits under it, in a seeded order. Raises ValueError when `sizes` do not
+  add up to the number of examples or there are too few such groups to move."""
+  out = np.asarray(assignment, dtype=np.int64).copy()
+  labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+  keys = np.asarray(groups, dtype=object).reshape(-1)
+  sizes = np.asarray(sizes, dtype=np.int64)
+  if sizes.sum() != out.size:
+    raise ValueError(f"sizes {sizes.tolist()} add up to {sizes.sum()}, not {out.size}.")
+  _, group_index, group_size = np.unique(keys.astype(str), return_inverse=True,
+                                         return_counts=True)
+  single = group_size[group_index.reshape(-1)] == 1
+  common = np.bincount(labels).argmax()
+  movable = np.flatnonzero(single & (labels == common))
+  movable = movable[np.random.default_rng(int(seed)).permutation(movable.size)]
+  have = np.bincount(out, minlength=len(sizes))
+  for i in movable:
+    over = have - sizes
+    if not over.any():
+      break
+    src = int(out[i])
+    if over[src] > 0:
+      dst = int(np.argmin(over))
+      out[i] = dst
+      have[src] -= 1
+      have[dst] += 1
+  if (have != sizes).any():
+    raise ValueError(f"cannot reach split sizes {sizes.tolist()} (have {have.tolist()}) by "
+                     "moving single-image groups of the most common label.")
+  return out
