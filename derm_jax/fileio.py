@@ -247,17 +247,27 @@ def atomic_write_text(path: PathLike, text: str) -> str:
   Local: a hidden temporary file in the same folder (created with the usual umask), fsync,
   then os.replace. Remote: one object upload (published only when complete). The parent
   folder is created if missing."""
+  return _atomic_write(path, text, "w")
+
+
+def atomic_write_bytes(path: PathLike, data: bytes) -> str:
+  """`atomic_write_text` for bytes."""
+  return _atomic_write(path, data, "wb")
+
+
+def _atomic_write(path: PathLike, data: str | bytes, mode: str) -> str:
   path = os.fspath(path)
+  newline = "" if mode == "w" else None
   if is_remote(path):
-    with open(path, "w", newline="") as f:
-      f.write(text)
+    with open(path, mode, newline=newline) as f:
+      f.write(data)
     return path
   parent = os.path.dirname(os.path.abspath(path))
   os.makedirs(parent, exist_ok=True)
   tmp = os.path.join(parent, f".{os.path.basename(path)}.{uuid.uuid4().hex[:12]}.tmp")
   try:
-    with builtins.open(tmp, "x", newline="") as f:
-      f.write(text)
+    with builtins.open(tmp, mode.replace("w", "x"), newline=newline) as f:
+      f.write(data)
       f.flush()
       os.fsync(f.fileno())
     os.replace(tmp, path)

@@ -31,22 +31,30 @@ def check(config, workdir: str) -> None:
         c = study_arms.contrastive_config(config, arm, seed)
         backbone_init.check_source(c, study_arms.pretrain_dir(workdir, arm, seed))
         if c.positives == "lesion" and "lesion_id" not in _metadata_keys(dataset):
-          raise ConfigError(f"arm {arm!r} pairs images of one lesion, but {config.data.name!r} "
-                            "has no lesion groups (use a dataset with lesion_id, e.g. "
-                            "ham10000, or a folder dataset with a 'group' column).")
+          raise ConfigError(f"arm {arm!r} pairs images of one lesion, but this "
+                            f"{config.data.name!r} data has no lesion ids (dermamnist files the "
+                            "lesion table knows, ham10000, isic2019 and folders with a "
+                            "'group' column have them).")
         continue
       arm_cfg = study_arms.arm_config(config, arm, seed, vae_workdir)
       if arm == "vae" and not config.vae_workdir:
         continue  # trained by the study itself
       backbone_init.check_source(arm_cfg, study_arms.arm_dir(workdir, arm, seed))
-    from derm_jax.data import isic
+    from derm_jax.data import isic, outside
     for name, images, csv_path in study_arms.external_sets(config):
-      # The CSV parses, every image it lists exists, and it has classes of the run.
-      isic.IsicSource(images, csv_path, class_names=dataset.meta.class_names)
-      logging.info("Outside set %s: %s with %s", name, images, csv_path)
+      # The CSV parses, every image it lists exists, it has classes of the run, and it is
+      # not mostly the study's own training or validation images.
+      source = isic.IsicSource(images, csv_path, image_size=dataset.describe()["image_size"],
+                               class_names=dataset.meta.class_names)
+      found = outside.check(outside.fingerprint_of(dataset), source, source.image_ids)
+      outside.refuse_if_mostly(found, name)
+      logging.info("Outside set %s: %s with %s (%d images; %d of them training or "
+                   "validation images, to be left out)", name, images, csv_path, len(source),
+                   found.summary()["overlapping"])
 
 
 def _metadata_keys(dataset) -> set[str]:
-  """The per-image metadata fields of the training split (none for DermaMNIST)."""
+  """The per-image metadata fields of the training split (none where the dataset has no
+  metadata)."""
   metadata = getattr(dataset, "metadata", None)
   return set(metadata("train")) if metadata is not None else set()

@@ -89,6 +89,19 @@ def summary_line(result: dict[str, Any]) -> str:
   return line
 
 
+def lesion_overlap_line(overlap: dict[str, Any]) -> str:
+  """One log line: balanced accuracy on all, seen-lesion and unseen-lesion images."""
+  def cell(g):
+    m = overlap[g]
+    ba = (m["metrics"] or {}).get("balanced_accuracy")
+    ci = (m.get("intervals") or {}).get("balanced_accuracy")
+    v = "n/a" if ba is None else f"{ba:.4f}"
+    return f"{g.replace('_', ' ')} ({m['count']} images) {v}" + (
+        f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+  return "balanced accuracy: " + "; ".join(cell(g) for g in ("all", "seen_lesion",
+                                                             "unseen_lesion"))
+
+
 def write_outputs(result: dict[str, Any], preds: Predictions, meta, out_dir: str, *,
                   metrics_name: str = "metrics.json", confusion_name: str = "confusion.png",
                   predictions_name: str = "predictions.csv", title: str = "",
@@ -113,16 +126,35 @@ def write_outputs(result: dict[str, Any], preds: Predictions, meta, out_dir: str
 
 def add_subgroups(result: dict[str, Any], preds: Predictions, dataset, split: str,
                   num_classes: int) -> None:
-  """Metrics per sex, age band and body site, where the dataset has per-image metadata
-  (HAM10000, ISIC 2019); groups too small to mean anything get counts only."""
+  """Metrics with intervals per sex, age band, body site and diagnosis type (`dx_type`),
+  where the dataset has per-image metadata (DermaMNIST, HAM10000, ISIC 2019); groups too
+  small to mean anything get counts only. Then the seen/unseen-lesion metrics
+  (`add_lesion_overlap`)."""
   metadata = getattr(dataset, "metadata", None)
   if metadata is None or preds.labels is None:
     return
   from derm_jax.data import subgroups
-  md = metadata(split)
-  result["subgroups"] = subgroups.subgroup_metrics(
-      preds.labels, preds.probs, num_classes, {k: np.asarray(v)[preds.index]
-                                               for k, v in md.items()})
+  md = {k: np.asarray(v)[preds.index] for k, v in metadata(split).items()}
+  attributes = tuple(a for a in (*subgroups.ATTRIBUTES, "dx_type")
+                     if (a if a != "age_band" else "age") in md)
+  result["subgroups"] = subgroups.subgroup_metrics(preds.labels, preds.probs, num_classes, md,
+                                                   attributes=attributes)
+  add_lesion_overlap(result, preds, dataset, split, num_classes)
+
+
+def add_lesion_overlap(result: dict[str, Any], preds: Predictions, dataset, split: str,
+                       num_classes: int) -> None:
+  """result['lesion_overlap']: all / seen-lesion / unseen-lesion metrics side by side, where
+  the dataset knows lesions and some images of `split` have a lesion seen in training."""
+  from derm_jax.evaluation import lesion_overlap
+  seen = lesion_overlap.seen_mask(dataset, split)
+  if seen is None or preds.labels is None:
+    return
+  seen = seen[preds.index]
+  md = dataset.metadata(split)
+  dx_type = np.asarray(md["dx_type"])[preds.index] if "dx_type" in md else None
+  result["lesion_overlap"] = lesion_overlap.metrics(preds.labels, preds.probs, num_classes,
+                                                    seen, preds.ids, dx_type)
 
 
 def read_id_list(path: str) -> np.ndarray:

@@ -1,6 +1,8 @@
 """Evaluate one classifier checkpoint: on a project split, on outside data in the ISIC
 layout, or (without ground truth) predict on a folder of images; writes metrics.json,
-confusion.png, predictions.csv (and submission.csv for ISIC input).
+confusion.png, predictions.csv (and submission.csv for ISIC input). Outside images that
+are the run's own training or validation images are left out of the outside metrics (and
+a set made mostly of them is refused): derm_jax/data/outside.py.
 
 The function behind `python -m derm_jax.evaluate`, also used by the study for its outside
 sets (`config.external`); it defines no command-line flags, so any entry point can call it.
@@ -42,9 +44,40 @@ def outside_source(task, isic_images: str, isic_csv: str | None):
   return source, os.path.basename(os.path.normpath(isic_images)), source.image_ids
 
 
+def run_fingerprint(task, run_dir: str):
+  """The fingerprint of the run's training and validation images: the one kept in its
+  folder, else (a run of an older version) computed from the dataset."""
+  from derm_jax.data import outside
+  return task.once(("fingerprint", run_dir),
+                   lambda: outside.load(run_dir) or outside.fingerprint_of(task.dataset))
+
+
+def checked_outside(task, run_dir: str, isic_images: str, isic_csv: str | None):
+  """(source, name, image ids, check summary) of an outside set with the run's own training
+  and validation images left out (derm_jax/data/outside.py); a set that is mostly such
+  images is refused (DataError). Without ground truth (predictions only) nothing is left
+  out, but the overlap is counted and logged."""
+  from derm_jax.data import outside
+  source, name, image_ids = outside_source(task, isic_images, isic_csv)
+  found = outside.check(run_fingerprint(task, run_dir), source, image_ids)
+  summary = found.summary(image_ids)
+  if summary["overlapping"]:
+    logging.warning("Outside set %s: %d of %d images are this run's training or validation "
+                    "images (by image id %d, lesion id %d, pixels %d)%s.", name,
+                    summary["overlapping"], summary["images"], summary["found_by"]["image_id"],
+                    summary["found_by"]["lesion_id"], summary["found_by"]["pixels"],
+                    ": left out of its metrics" if isic_csv else "")
+  if not isic_csv:
+    return source, name, image_ids, summary
+  outside.refuse_if_mostly(found, name)
+  kept = found.kept
+  return (outside.Subset(source, kept), name, [image_ids[i] for i in kept], summary)
+
+
 def score(run, source, outs: list[str], *, name: str, split: str | None = None,
           image_ids=None, isic_images: str | None = None, isic_csv: str | None = None,
-          leak_free_ids: str | None = None, quiet: bool = False) -> list[dict]:
+          leak_free_ids: str | None = None, quiet: bool = False,
+          outside_check: dict | None = None) -> list[dict]:
   """Scores every member of `run` on `source` in one pass and writes member m's
   metrics.json, confusion.png, predictions.csv (and submission.csv for ISIC input) into
   outs[m]. `split`: a project split (subgroups, `leak_free_ids`); else outside images."""
@@ -61,6 +94,9 @@ def score(run, source, outs: list[str], *, name: str, split: str | None = None,
     result["step"] = run.step
     if split is not None:
       classification.add_subgroups(result, preds, task.dataset, split, task.meta.num_classes)
+      if "lesion_overlap" in result:
+        logging.info("%s%s: %s", name, f" [{member.name}]" if len(run.members) > 1 else "",
+                     classification.lesion_overlap_line(result["lesion_overlap"]))
       if leak_free_ids:
         classification.add_subset(result, preds, classification.read_id_list(leak_free_ids),
                                   "leak_free", task.meta.num_classes)
@@ -70,15 +106,18 @@ def score(run, source, outs: list[str], *, name: str, split: str | None = None,
       result["data"] = {"split": split, **task.dataset.describe()}
     else:
       native = task.dataset.describe()["image_size"]
+      summary = getattr(source, "summary", None) or getattr(source.source, "summary", None)
       result["data"] = {"isic_images": os.path.abspath(isic_images), "image_size": native,
-                        **({"isic_csv": os.path.abspath(isic_csv), **source.summary()}
+                        **({"isic_csv": os.path.abspath(isic_csv), **summary()}
                            if isic_csv else {"num_images": len(source)})}
+      if outside_check is not None:
+        result["outside_check"] = outside_check
     if jax.process_index() != 0:
       continue
     classification.write_outputs(result, preds, task.meta, out, title=f"{name}, step "
                                  f"{result['step']}", image_ids=image_ids)
     if isic_images:  # the challenge's own file, where the run's classes fill its columns
-      fmt = source.ground_truth.format if isic_csv else "2018"
+      fmt = getattr(source, "source", source).ground_truth.format if isic_csv else "2018"
       problem = predictions_lib.isic_submission_problem(task.meta.class_names, fmt)
       if problem is None:
         predictions_lib.write_isic_submission_csv(
@@ -114,12 +153,13 @@ def evaluate_checkpoint(workdir: str, step: int | None = None, split: str = "tes
   if isic_images and leak_free_ids:
     raise ConfigError("--leak_free_ids goes with --split (the project's own splits).")
   task = classifier_task.build(config)
+  check = None
   if isic_images:
-    source, name, image_ids = outside_source(task, isic_images, isic_csv)
+    source, name, image_ids, check = checked_outside(task, workdir, isic_images, isic_csv)
   else:
     source, name, image_ids = task.dataset.source(split), split, None
   run = loop.restore(task, [Member("classifier", workdir, config)], step)
   out = out or fileio.join(workdir, "eval", f"{name}_step{run.step}")
   return score(run, source, [out], name=name, split=None if isic_images else split,
                image_ids=image_ids, isic_images=isic_images, isic_csv=isic_csv,
-               leak_free_ids=leak_free_ids)[0]
+               leak_free_ids=leak_free_ids, outside_check=check)[0]

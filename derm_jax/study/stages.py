@@ -118,11 +118,13 @@ def _run_stages(config, workdir: str, is_main: bool):
       task = run.task
       results.update({m.name: t for m, t in zip(group, tests, strict=True)})
       for name, images, csv_path in outside:
-        source, _, image_ids = task.once(
-            ("outside", name), lambda: scoring.outside_source(task, images, csv_path))
+        # The run's own training and validation images are left out (data/outside.py).
+        source, _, image_ids, check = task.once(
+            ("outside", name),
+            lambda: scoring.checked_outside(task, group[0].workdir, images, csv_path))
         scoring.score(run, source, [fileio.join(m.workdir, "external", name) for m in group],
                       name=name, image_ids=image_ids, isic_images=images, isic_csv=csv_path,
-                      quiet=True)
+                      quiet=True, outside_check=check)
     clock.lap(f"{protocol} x{len(members)}")
   for name, test in results.items():
     logging.info("Test split, %s: %s", name, classification.summary_line(test))

@@ -25,7 +25,7 @@ import optax
 from absl import logging
 
 from derm_jax import fileio
-from derm_jax.data import device_augment, registry
+from derm_jax.data import device_augment, outside, registry
 from derm_jax.evaluation import classification
 from derm_jax.models import classifier as classifier_lib
 from derm_jax.models import registry as model_registry
@@ -227,9 +227,11 @@ def test_and_write(run: loop.Run) -> list[dict[str, Any]]:
   for member, test, preds in zip(run.members, results, ev.predictions, strict=True):
     test["step"] = run.step
     classification.add_subgroups(test, preds, task.dataset, "test", task.meta.num_classes)
-    logging.info("test (step %d)%s: %s", test["step"],
-                 f" [{member.name}]" if len(run.members) > 1 else "",
-                 classification.summary_line(test))
+    who = f" [{member.name}]" if len(run.members) > 1 else ""
+    logging.info("test (step %d)%s: %s", test["step"], who, classification.summary_line(test))
+    if "lesion_overlap" in test:
+      logging.info("test%s, by lesion seen in training: %s", who,
+                   classification.lesion_overlap_line(test["lesion_overlap"]))
     if jax.process_index() == 0:
       classification.write_outputs(test, preds, task.meta, member.workdir,
                                    metrics_name="test_metrics.json",
@@ -255,6 +257,12 @@ def train_members(members: Sequence[Member],
   for m in members:
     fileio.makedirs(m.workdir)
   task = task or build(config)
+  # What its training and validation images were, kept in each run: outside sets are
+  # checked against it, also where the data are no longer present (data/outside.py).
+  fingerprint = task.once("fingerprint", lambda: outside.fingerprint_of(task.dataset))
+  if jax.process_index() == 0:
+    for m in members:
+      outside.write_into(m.workdir, fingerprint)
   logging.info("Classifier: backbone %s (%s), %s, %d epochs x %d steps, batch %d.",
                config.model.backbone, ", ".join(sorted({m.config.init.source for m in members})),
                "frozen" if config.freeze_backbone else "fine-tuned", config.num_epochs,
