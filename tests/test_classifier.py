@@ -9,7 +9,8 @@ import pytest
 from conftest import REPO, TINY_COMPARE, run_main
 
 TINY_CLASSIFY = os.path.join(REPO, "tests", "configs", "tiny_classify.py")
-ISIC = os.path.join(REPO, "tests", "data", "isic2018_sample")
+ISIC = os.path.join(REPO, "tests", "data", "isic2018_sample")  # training images: not outside
+TEST_DEV = os.path.join(REPO, "tests", "data", "isic2018_test_dev")  # an outside set
 
 
 def _load(name):
@@ -109,21 +110,22 @@ def test_compare_end_to_end_then_evaluate_outside_data(study, tmp_path):
   import subprocess
   import sys
   cmd = [sys.executable, "-m", "derm_jax.evaluate", f"--workdir={arm_dir}",
-         f"--isic_images={ISIC}/ISIC2018_Task3_Training_Input",
-         f"--isic_csv={ISIC}/ISIC2018_Task3_Training_GroundTruth.csv", f"--out={out}"]
+         f"--isic_images={TEST_DEV}/ISIC2018_Task3_Test_Input",
+         f"--isic_csv={TEST_DEV}/ISIC2018_Task3_Test_GroundTruth_35.csv", f"--out={out}"]
   r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
   assert r.returncode == 0, r.stderr[-3000:]
   m = json.load(open(out / "metrics.json"))
-  assert sum(map(sum, m["confusion_matrix"])) == 14
+  assert sum(map(sum, m["confusion_matrix"])) == 35
+  assert m["outside_check"]["overlapping"] == 0 and m["outside_check"]["images"] == 35
   assert (out / "confusion.png").exists()
   # The study scored the same checkpoint on the same outside set itself: same numbers.
-  ext = json.load(open(arm_dir / "external" / "isic2018" / "metrics.json"))
+  ext = json.load(open(arm_dir / "external" / "isic2018_test" / "metrics.json"))
   for k in ("accuracy", "balanced_accuracy", "macro_auc", "per_class_recall"):
     np.testing.assert_allclose(np.asarray(ext[k], float), np.asarray(m[k], float), atol=1e-5)
   from derm_jax.evaluation.predictions import read_predictions_csv
   p_cli = read_predictions_csv(out / "predictions.csv")
-  p_study = read_predictions_csv(arm_dir / "external" / "isic2018" / "predictions.csv")
-  assert p_cli.image_ids == p_study.image_ids and len(p_cli.image_ids) == 14
+  p_study = read_predictions_csv(arm_dir / "external" / "isic2018_test" / "predictions.csv")
+  assert p_cli.image_ids == p_study.image_ids and len(p_cli.image_ids) == 35
   # The study scored both arms in one vmapped pass, the CLI one arm alone: the same
   # arithmetic summed in another order (vmap batches the convolution kernels), so ~1e-6.
   np.testing.assert_allclose(p_cli.probs, p_study.probs, atol=1e-5)
@@ -134,21 +136,21 @@ def test_compare_end_to_end_then_evaluate_outside_data(study, tmp_path):
   import derm_jax
   model = derm_jax.load(str(arm_dir))
   assert model.class_names == ("akiec", "bcc", "bkl", "df", "mel", "nv", "vasc")
-  files = [f"{ISIC}/ISIC2018_Task3_Training_Input/{i}.jpg" for i in p_cli.image_ids[:5]]
+  files = [f"{TEST_DEV}/ISIC2018_Task3_Test_Input/{i}.jpg" for i in p_cli.image_ids[:5]]
   np.testing.assert_allclose(model.predict(files), p_cli.probs[:5], atol=1e-6)
   arrays = [np.asarray(Image.open(f).convert("RGB")) for f in files[:2]]
   np.testing.assert_allclose(model.predict(arrays), p_cli.probs[:2], atol=1e-6)
+  cmd = [*cmd[:2], f"--workdir={arm_dir}", f"--isic_images={ISIC}/ISIC2018_Task3_Training_Input",
+         f"--isic_csv={ISIC}/ISIC2018_Task3_Training_GroundTruth.csv", f"--out={out}"]
   # Predictions without ground truth: no CSV, no metrics, a predictions file all the same.
   r = subprocess.run([*cmd[:-2], f"--out={tmp_path / 'unlabelled'}"], cwd=REPO,
                      capture_output=True, text=True, timeout=600)
   assert r.returncode == 0, r.stderr[-3000:]
   unlabelled = read_predictions_csv(tmp_path / "unlabelled" / "predictions.csv")
   assert unlabelled.labels is None and len(unlabelled.image_ids) == 14
-  by_id = dict(zip(unlabelled.image_ids, unlabelled.probs, strict=True))
-  np.testing.assert_allclose([by_id[i] for i in p_cli.image_ids], p_cli.probs, atol=1e-6)
   # The report's shift section has the outside set, with both arms' numbers.
-  assert "In distribution vs shifted" in report and "isic2018" in report
-  ext_vae = json.load(open(workdir / "arms" / "vae" / "seed_0" / "external" / "isic2018" /
+  assert "In distribution vs shifted" in report and "isic2018_test" in report
+  ext_vae = json.load(open(workdir / "arms" / "vae" / "seed_0" / "external" / "isic2018_test" /
                            "metrics.json"))
   for arm_metrics in (ext, ext_vae):
     assert f"{arm_metrics['balanced_accuracy']:.3f}" in report

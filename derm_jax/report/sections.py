@@ -355,6 +355,33 @@ def _classes_covered(sa: SetAnalysis) -> str:
   return text + "."
 
 
+def outside_check_lines(analysis: dict[str, SetAnalysis]) -> list[str]:
+  """What the check of each outside set against the runs' own training and validation
+  images found (`outside_check` in its metrics files; data/outside.py)."""
+  L = []
+  for name, sa in analysis.items():
+    if not sa.shifted:
+      continue
+    checks = [ev.metrics.get("outside_check") for rs in sa.runs.values() for _, ev in rs]
+    checks = [c for c in checks if isinstance(c, dict)]
+    if not checks:
+      L.append(f"- `{name}`: not checked against the runs' training images (runs of an "
+               "older version): it may hold some of them.")
+      continue
+    worst = max(checks, key=lambda c: c.get("overlapping", 0))
+    n, k = int(worst.get("images", 0)), int(worst.get("overlapping", 0))
+    if k:
+      by = ", ".join(f"{v} by {w.replace('_', ' ')}" for w, v in
+                     (worst.get("found_by") or {}).items() if v)
+      L.append(f"- `{name}`: {k} of its {n} images are the runs' own training or validation "
+               f"images ({by}); they are left out, and the numbers below are on the other "
+               f"{n - k}.")
+    else:
+      L.append(f"- `{name}`: none of its {n} images is a training or validation image of the "
+               "runs (checked by image id, lesion id and pixels).")
+  return L + [""] if L else []
+
+
 def shift_lines(
   analysis: dict[str, SetAnalysis],
   arms: Sequence[str],
@@ -371,6 +398,7 @@ def shift_lines(
     + (f" The verdict per set is `{pair[0]}` vs `{pair[1]}` on balanced accuracy." if pair else "")
   )
   L.append("")
+  L += outside_check_lines(analysis)
   verdicts = {}
   for name, sa in analysis.items():
     L += [f"### {sa.label[0].upper() + sa.label[1:]}", ""]

@@ -29,6 +29,7 @@ from derm_jax.report.formatting import (
   int_list,
   table,
 )
+from derm_jax.report.lesions import lesion_lines, subgroup_lines
 from derm_jax.report.runs import (
   ARM_DESCRIPTIONS,
   CLASSIFIER,
@@ -449,6 +450,9 @@ def write_report(workdir: str, n_boot: int = 2000, seed: int = 0, figures: bool 
       headline_pair(list(study.arms(PROBE))),
       title="## In distribution vs shifted: linear probe",
     )
+
+  L += lesion_lines(arms, test_sa, n_boot, seed)
+  L += subgroup_lines(arms)
 
   # --- figures
   L += _figure_lines(
