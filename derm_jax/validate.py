@@ -32,6 +32,9 @@ from derm_jax.tasks import backbone_init
 TASKS = ("vae", "classify", "compare", "simclr")
 DTYPES = ("float32", "bfloat16")
 RECON_KINDS = ("gaussian", "l1")
+# Seeds seed numpy (which refuses negative ones) and JAX keys (which keep 32 bits: 2**32
+# would silently be seed 0 again).
+MAX_SEED = 2**32 - 1
 
 # Stage field -> top-level field of a compare config (the shared settings).
 _SHARED = {"data": "data", "image_size": "image_size", "aug": "aug",
@@ -71,15 +74,19 @@ class _Checker:
 
   # -- typed checks; each returns whether the value is fine
 
-  def integer(self, path: str, minimum: int, required: bool = True) -> bool:
+  def integer(self, path: str, minimum: int, required: bool = True,
+              maximum: int | None = None) -> bool:
     if not self.has(path):
       if required:
         self.add(path, " is missing")
       return False
     v = self.get(path)
-    if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < minimum:
+    if (isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < minimum
+        or (maximum is not None and v > maximum)):
       what = ("a positive integer" if minimum == 1 else
               "a non-negative integer" if minimum == 0 else f"an integer >= {minimum}")
+      if maximum is not None:
+        what = f"an integer from {minimum} to {maximum}"
       self.add(path, f"={v!r} must be {what}")
       return False
     return True
@@ -140,6 +147,7 @@ def _check_common(k: _Checker, task: str) -> None:
   if k.has("checkpoint_every_steps"):
     k.integer("checkpoint_every_steps", 0)
   k.integer("stop_after_step", 0, required=False)
+  k.integer("seed", 0, required=False, maximum=MAX_SEED)
   k.integer("steps_per_dispatch", 0, required=False)
   # optimiser
   k.number("optimizer.lr", 0, low_open=True)
@@ -227,6 +235,14 @@ def _check_own_data(k: _Checker, name: str) -> None:
   if not _strings(unlabeled):
     k.add("data.unlabeled", f"={unlabeled!r} must be a tuple of folder paths, e.g. "
           "\"('/data/unlabeled',)\"")
+
+
+def _repeated(values: Sequence[Any]) -> list[Any]:
+  """The values that occur more than once, in order of first occurrence."""
+  counts: dict[Any, int] = {}
+  for v in values:
+    counts[v] = counts.get(v, 0) + 1
+  return [v for v, n in counts.items() if n > 1]
 
 
 def _strip_field(e: Exception) -> str:
@@ -318,8 +334,13 @@ def _check_compare(config, problems: list[str]) -> None:
   top = _Checker(config, _plain_name, problems)
   seeds = top.get("seeds")
   if (not isinstance(seeds, Sequence) or isinstance(seeds, str) or not seeds
-      or not all(isinstance(s, numbers.Integral) and not isinstance(s, bool) for s in seeds)):
-    top.add("seeds", f"={seeds!r} must be a non-empty sequence of integers")
+      or not all(isinstance(s, numbers.Integral) and not isinstance(s, bool)
+                 and 0 <= s <= MAX_SEED for s in seeds)):
+    top.add("seeds", f"={seeds!r} must be a non-empty sequence of integers from 0 to "
+            f"{MAX_SEED}")
+  elif _repeated(seeds):
+    top.add("seeds", f"={tuple(seeds)!r} repeats {_repeated(seeds)}: each seed is one member "
+            "(one folder seed_<s>); give each once")
   arms = top.get("arms")
   if (not isinstance(arms, Sequence) or isinstance(arms, str) or not arms
       or any(a not in study_arms.ARMS for a in arms) or len(set(arms)) != len(arms)):
@@ -336,6 +357,13 @@ def _check_compare(config, problems: list[str]) -> None:
                  and 0 < f <= 1 for f in fractions)):
     top.add("label_fractions", f"={fractions!r} must be a non-empty sequence of fractions in "
             "(0, 1], e.g. (0.01, 0.1, 1.0)")
+  elif _repeated([float(f) for f in fractions]):
+    top.add("label_fractions", f"={tuple(fractions)!r} repeats "
+            f"{_repeated([float(f) for f in fractions])}; give each fraction once")
+  elif 1.0 not in [float(f) for f in fractions]:
+    top.add("label_fractions", f"={tuple(fractions)!r} lacks 1.0: the study's arms and its "
+            "report are the runs on all the labels; add 1.0, e.g. "
+            f"{(*tuple(fractions), 1.0)!r}")
   if top.has("vae_per_seed") and not isinstance(top.get("vae_per_seed"), bool):
     top.add("vae_per_seed", f"={top.get('vae_per_seed')!r} must be True or False")
   if "vae" in arms and not top.get("vae_workdir"):

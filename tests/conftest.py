@@ -9,19 +9,33 @@ import fcntl
 import os
 import subprocess
 import sys
-import tempfile
 
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# One compilation cache for every run of derm_jax in the test session (its entry points and
-# subprocesses; `derm_jax.train.compile_cache.default`): the suite compiles the same tiny
-# programs in many runs (a run, its resumed twin, its evaluation, another process count),
-# and loads them after the first. Programs are keyed by their whole computation, so a
-# cached program is the one that would have been compiled.
-os.environ.setdefault("DERM_JAX_COMPILATION_CACHE",
-                      os.path.join(tempfile.gettempdir(), f"derm_jax_tests_xla_{os.getuid()}"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def compilation_cache(tmp_path_factory):
+  """One compilation cache for every run of derm_jax in the test session (its entry points
+  and subprocesses; `derm_jax.train.compile_cache.default`): the suite compiles the same
+  tiny programs in many runs (a run, its resumed twin, its evaluation, another process
+  count), and loads them after the first. Programs are keyed by their whole computation, so
+  a cached program is the one that would have been compiled. A fresh folder per pytest
+  session (under its base temp, shared by the xdist workers), so that no session starts
+  warm from an earlier one; $DERM_JAX_COMPILATION_CACHE, when set, is used instead."""
+  if os.environ.get("DERM_JAX_COMPILATION_CACHE"):
+    yield os.environ["DERM_JAX_COMPILATION_CACHE"]
+    return
+  base = tmp_path_factory.getbasetemp()
+  if os.environ.get("PYTEST_XDIST_WORKER"):
+    base = base.parent  # pytest-of-<user>/pytest-<n>/: the same for every worker
+  path = str(base / "xla_cache")
+  os.makedirs(path, exist_ok=True)
+  os.environ["DERM_JAX_COMPILATION_CACHE"] = path
+  yield path
+  os.environ.pop("DERM_JAX_COMPILATION_CACHE", None)
 
 
 @pytest.fixture(scope="session")
@@ -128,8 +142,10 @@ def pytest_collection_modifyitems(config, items):
       item.add_marker(pytest.mark.skip(reason=reason))
 
 
-def run_main(args, env_extra=None, timeout=600):
-  """Runs `python -m derm_jax.main args...` and returns the CompletedProcess."""
+def run_main(args, env_extra=None, timeout=1800):
+  """Runs `python -m derm_jax.main args...` and returns the CompletedProcess. The limit
+  only stops a hung run: the all-arms smoke study took over 600 s on a busy 2-core
+  machine."""
   env = dict(os.environ)
   env.update(env_extra or {})
   return subprocess.run([sys.executable, "-m", "derm_jax.main", *args], cwd=REPO, env=env,

@@ -284,6 +284,29 @@ def _bad(tmp_path: Path, kind: str) -> tuple[SimpleNamespace, str]:
       for i in range(3):
         picture(d / c / f"{i}.png", i)
     return cfg(tmp_path, d), "class folders 'Nevus' (folder"
+  if kind == "no_labels_csv":  # a labelled folder whose labels.csv was forgotten
+    csv_folder(d, {"a": 4, "b": 4}, seed=0)
+    (d / folder.LABELS_CSV).unlink()
+    return cfg(tmp_path, d), (f"{d}: no labels.csv found, and one subfolder ('img'), which "
+                              "would be the only class")
+  if kind.startswith("labels_csv_is_"):  # labels.csv that is not a readable file
+    csv_folder(d, {"a": 4, "b": 4})
+    path = d / folder.LABELS_CSV
+    path.unlink()
+    what = kind[len("labels_csv_is_"):]
+    if what == "folder":
+      path.mkdir()
+    elif what == "fifo":
+      os.mkfifo(path)
+    elif what == "dev_zero":
+      path.symlink_to("/dev/zero")
+    elif what == "broken_link":
+      path.symlink_to(d / "gone.csv")
+    return cfg(tmp_path, d), {
+        "folder": f"{path}: labels CSV is a folder, not a file",
+        "fifo": f"{path}: labels CSV is a FIFO (named pipe), not a file",
+        "dev_zero": f"{path}: labels CSV is a device (a link to /dev/zero), not a file",
+        "broken_link": f"{path}: labels CSV is a broken link (to '{d / 'gone.csv'}')"}[what]
   # labels.csv cases: a valid table, then one thing broken.
   csv_folder(d, {"a": 4, "b": 4})
   path = d / folder.LABELS_CSV
@@ -325,6 +348,14 @@ def _bad(tmp_path: Path, kind: str) -> tuple[SimpleNamespace, str]:
     rows[6]["group"] = "P1"  # P1 is on line 3 (val); line 8 is test
     text = ("group 'P1' spans the given splits: 'val' (line 3) and 'test' (line 8); all "
             "images of one group (patient/lesion) must share a split")
+  elif kind == "outside_absolute":  # a listed absolute path is never opened
+    rows[2]["image"] = "/etc/passwd"
+    text = (f"line 4: image '/etc/passwd' lies outside {d}; the paths in labels.csv are "
+            "relative to its folder")
+  elif kind == "outside_dotdot":
+    picture(tmp_path / "elsewhere.png", 5)
+    rows[3]["image"] = "img/../../elsewhere.png"
+    text = f"line 5: image 'img/../../elsewhere.png' lies outside {d}"
   elif kind == "unknown_column":
     columns.append("grup")
     for r in rows:
@@ -340,7 +371,9 @@ BAD = ["path_missing", "path_is_file", "path_empty", "empty_unlabeled", "classes
        "classes_case", "classes_lacking", "one_class", "too_few", "too_few_groups",
        "empty_class_folder", "folder_case", "duplicate", "missing_image", "not_an_image",
        "corrupt_image", "split_value", "label_variant", "group_spans_splits",
-       "unknown_column", "unlabeled_inside", "given_split_empty"]
+       "unknown_column", "unlabeled_inside", "given_split_empty", "no_labels_csv",
+       "labels_csv_is_folder", "labels_csv_is_fifo", "labels_csv_is_dev_zero",
+       "labels_csv_is_broken_link", "outside_absolute", "outside_dotdot"]
 
 
 @pytest.mark.parametrize("kind", BAD)
@@ -355,6 +388,19 @@ def test_bad_input_is_one_clear_line_and_writes_nothing(tmp_path, kind):
     assert not (data_dir / "unlabeled_pool").exists()
   else:
     assert not data_dir.exists() or not any(data_dir.rglob("*")), list(data_dir.rglob("*"))
+
+
+def test_images_elsewhere_through_a_link_inside_the_folder(tmp_path):
+  """The way to use images kept outside DIR (paths that leave DIR are refused): a link
+  inside DIR; the listed path is read through it."""
+  csv_folder(tmp_path / "store", {"a": 4, "b": 4})
+  d = tmp_path / "d"
+  d.mkdir()
+  (d / "img").symlink_to(tmp_path / "store" / "img")
+  shutil.copy(tmp_path / "store" / folder.LABELS_CSV, d / folder.LABELS_CSV)
+  listing = folder.read_listing(str(d))
+  assert len(listing.records) == 8
+  assert all(r.path.startswith(str(d / "img") + os.sep) for r in listing.records)
 
 
 def test_cli_prints_one_line(tmp_path):

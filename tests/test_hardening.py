@@ -28,6 +28,7 @@ def test_a_busy_workdir_is_refused_before_any_data_is_prepared(tmp_path):
   assert not data_dir.exists() and not (workdir / "config.json").exists()
 
 
+@pytest.mark.slow
 def test_two_real_runs_into_one_workdir(data_dir, tmp_path):
   """A second `derm_jax.main` into the workdir of a live one fails at once, naming the
   first; the first is unaffected and finishes."""
@@ -101,6 +102,7 @@ def _refused(config, workdir, *words, kind=DermJaxError):
   return time.monotonic() - t0
 
 
+@pytest.mark.slow
 def test_preflight_refuses_unusable_backbones_and_outside_sets(study, data_dir, tmp_path):
   """Each refused before anything trains, with its message: a VAE workdir that pretrained
   another backbone, one without a checkpoint, one that is not a run; converted ImageNet
@@ -137,6 +139,7 @@ def test_preflight_refuses_unusable_backbones_and_outside_sets(study, data_dir, 
   _refused(c, tmp_path / "study", "ISIC_9999999")
 
 
+@pytest.mark.slow
 def test_a_study_reusing_a_pretrained_vae(study, data_dir, tmp_path):
   """`config.vae_workdir` (how a study adds seeds to an earlier one): no VAE is trained,
   every seed's VAE arm starts from that workdir, and the preflight checks it."""

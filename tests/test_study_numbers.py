@@ -13,6 +13,7 @@
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -28,6 +29,14 @@ METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc", "loss")
 
 def _arm(study, arm):
   return study / "arms" / arm / "seed_0"
+
+
+def _own_copy(run_dir, tmp_path):
+  """A copy of one of the study's run folders, for a test that writes into it: the session
+  study is shared by every test (and xdist worker) and stays as trained."""
+  copy = tmp_path / "own" / run_dir.name
+  shutil.copytree(run_dir, copy)
+  return copy
 
 
 def _arm_config(study, arm):
@@ -147,7 +156,7 @@ def test_evaluate_cli_and_eval_mode_reproduce_the_runs_own_evaluation(study, dat
   """Catches: `derm_jax.evaluate --split=test` or `--mode=eval` (the README's table) scoring
   anything but the trained checkpoint (e.g. the restore leaving the frozen VAE backbone or the
   head at a fresh initialisation), evaluating with training augmentation, or another order."""
-  arm = _arm(study, "vae")
+  arm = _own_copy(_arm(study, "vae"), tmp_path)  # --mode=eval writes into its workdir
   trained = json.load(open(arm / "test_metrics.json"))
   out = tmp_path / "evaluate"
   from derm_jax.evaluation import metrics as metrics_lib
@@ -192,10 +201,10 @@ def test_evaluate_cli_and_eval_mode_reproduce_the_runs_own_evaluation(study, dat
 
 
 @pytest.mark.slow
-def test_vae_eval_mode_reproduces_the_last_validation_row(study, data_dir):
+def test_vae_eval_mode_reproduces_the_last_validation_row(study, data_dir, tmp_path):
   """Catches: the VAE's `--mode=eval` restoring anything but the trained checkpoint (its
   numbers must equal the run's last validation row and differ from an untrained model's)."""
-  vae_dir = study / "vae" / "seed_0"
+  vae_dir = _own_copy(study / "vae" / "seed_0", tmp_path)  # --mode=eval writes into it
   last = [json.loads(line) for line in open(vae_dir / "metrics.jsonl")][-1]
   r = run_main([f"--config={TINY_VAE}", f"--config.data.data_dir={data_dir}",
                 f"--workdir={vae_dir}", "--mode=eval"])

@@ -27,6 +27,7 @@ def _assert_trees_equal(a, b):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
+@pytest.mark.slow
 def test_vae_learns_on_real_data_and_writes_outputs(data_dir, tmp_path):
   from derm_jax.tasks import vae as vae_task
   c = tiny_vae_config(data_dir)
@@ -63,6 +64,7 @@ def test_vae_learns_on_real_data_and_writes_outputs(data_dir, tmp_path):
   assert max(steps) == 4 * (1700 // 16)
 
 
+@pytest.mark.slow
 def test_kill_and_resume_equals_uninterrupted_run(data_dir, tmp_path):
   args = [f"--config={TINY_VAE}", f"--config.data.data_dir={data_dir}",
           "--config.total_steps=24", "--config.checkpoint_every_steps=4",

@@ -31,6 +31,7 @@ def start_holder(workdir):
   return proc
 
 
+@pytest.mark.slow
 def test_second_run_refused_while_first_lives_then_taken_over_after_kill9(tmp_path, caplog):
   proc = start_holder(tmp_path)
   try:

@@ -4,7 +4,9 @@ DIR holds one of two layouts:
 
 1. ``DIR/labels.csv`` with a header and the columns
 
-     image         path of the image file, relative to DIR (an absolute path also works)
+     image         path of the image file, relative to DIR and inside it (an absolute
+                   path, or one whose '..' leaves DIR, is refused; to use images kept
+                   elsewhere, put a link to them inside DIR)
      label         the class name, as you call it ('melanoma', 'Nevus', 'BCC', ...)
      group         optional: patient or lesion id; images of one group never sit in two
                    splits (an empty cell: the image is its own group)
@@ -128,8 +130,13 @@ def _from_csv(root: str, requested: Sequence[str]) -> fullres.Listing:
   csv_path = os.path.join(root, LABELS_CSV)
   table = isic.read_labels_csv(csv_path)
   paths = []
+  top = os.path.normpath(os.path.abspath(root))
   for r in table.rows:
     path = os.path.normpath(os.path.join(root, r.image))
+    if os.path.isabs(r.image) or not _inside(os.path.abspath(path), top):
+      raise DataError(f"{csv_path}: line {r.line}: image {r.image!r} lies outside {root}; "
+                      f"the paths in {LABELS_CSV} are relative to its folder (to use images "
+                      "kept elsewhere, put a link to them inside the folder).")
     if not os.path.isfile(path):
       what = "is a folder, not an image" if os.path.isdir(path) else "not found"
       raise DataError(f"{csv_path}: line {r.line}: image {r.image!r} {what} ({path}).")
@@ -171,6 +178,12 @@ def _from_csv(root: str, requested: Sequence[str]) -> fullres.Listing:
                   input_files=(csv_path,))
 
 
+def _inside(path: str, top: str) -> bool:
+  """Whether the absolute, normalised `path` is `top` or lies under it (by name: a link
+  inside `top` counts as inside)."""
+  return path == top or path.startswith(top.rstrip(os.sep) + os.sep)
+
+
 def _images_under(folder: str) -> list[str]:
   found = []
   for parent, dirs, files in os.walk(folder):
@@ -190,6 +203,10 @@ def _from_subfolders(root: str, requested: Sequence[str]) -> fullres.Listing:
   if not folders:
     raise DataError(f"{root}: neither a {LABELS_CSV} (columns image,label) nor class "
                     "subfolders (DIR/<class>/*.jpg) found (config.data.path).")
+  if len(folders) == 1 and not requested:
+    raise DataError(f"{root}: no {LABELS_CSV} found, and one subfolder ({folders[0]!r}), "
+                    f"which would be the only class; give {LABELS_CSV} (columns image,label) "
+                    "in this folder, or one subfolder per class (at least two).")
   isic.check_name_variants({d: f"folder {os.path.join(root, d)}" for d in folders},
                            "class folders", root)
   images: dict[str, list[str]] = {}

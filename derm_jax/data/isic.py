@@ -166,7 +166,7 @@ def read_csv_rows(path: str, what: str = "file") -> list[tuple[int, list[str]]]:
   """(line number, cells) of every non-blank row of a CSV file, header included; DataError
   naming the file if it is missing or unreadable (`what` names the kind of file)."""
   if not os.path.isfile(path):
-    raise DataError(f"{path}: {what} not found.")
+    raise DataError(f"{path}: {what} {_not_a_file(path)}.")
   try:
     with open(path, newline="", encoding="utf-8-sig") as f:
       reader = csv.reader(f)
@@ -174,6 +174,21 @@ def read_csv_rows(path: str, what: str = "file") -> list[tuple[int, list[str]]]:
   except (OSError, UnicodeDecodeError, csv.Error) as e:
     raise DataError(f"{path}: cannot be read as a CSV file ({e}).") from e
   return [(n, r) for n, r in rows if any(cell.strip() for cell in r)]  # drop blank lines
+
+
+def _not_a_file(path: str) -> str:
+  """Why `path`, which is not a regular file (nor a link to one), cannot be read."""
+  import stat
+  if not os.path.lexists(path):
+    return "not found"
+  if not os.path.exists(path):
+    return f"is a broken link (to {os.readlink(path)!r})"
+  mode = os.stat(path).st_mode
+  kind = ("a folder" if stat.S_ISDIR(mode) else "a FIFO (named pipe)" if stat.S_ISFIFO(mode)
+          else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+          else "a socket" if stat.S_ISSOCK(mode) else "a special file")
+  link = f" (a link to {os.path.realpath(path)})" if os.path.islink(path) else ""
+  return f"is {kind}{link}, not a file"
 
 
 def _header(csv_path: str, rows: list[tuple[int, list[str]]]) -> list[str]:

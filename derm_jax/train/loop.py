@@ -19,7 +19,9 @@ with no host work per step; otherwise the chunk's batches come through Grain. Th
 metrics written with each evaluation are computed from every step since the previous one
 (exact, not a running estimate), which is what the overfitting gap compares with
 validation; a checkpoint keeps those steps' outputs, so a run resumed mid-epoch writes the
-same metrics as an uninterrupted one.
+same metrics as an uninterrupted one (the rows of evaluations after the checkpoint it resumes
+from, left by a run killed before its next checkpoint, are dropped first: each evaluation is
+one row).
 """
 
 from __future__ import annotations
@@ -446,6 +448,8 @@ def _train(task: Task, members, source, split, ckpts, writers) -> Run:
   mesh = task.mesh
   host_states, keys = initial_states(task, members)
   start, states, restored = _resume(members, ckpts, host_states, mesh)
+  for w in writers:  # rows of evaluations after that checkpoint are written again
+    w.truncate_after(start)
   one = population.member(host_states, 0)
   if start == 0 and jax.process_index() == 0:
     for m in members:

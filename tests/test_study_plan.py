@@ -1,0 +1,49 @@
+"""The study's plan (derm_jax/study/arms.py, the members derm_jax/study/stages.py trains):
+by default one VAE per seed, each seed's VAE arm starting from its own VAE, so that the VAE
+arm's spread over seeds includes the pretraining's."""
+
+import os
+import sys
+
+from conftest import REPO
+
+from derm_jax.study import arms
+
+
+def _compare(**fields):
+  sys.path.insert(0, os.path.join(REPO, "configs"))
+  import compare
+  c = compare.get_config()
+  for k, v in fields.items():
+    c[k] = v
+  return c
+
+
+def test_one_vae_per_seed_is_the_default(tmp_path):
+  wd = str(tmp_path / "study")
+  c = _compare(seeds=(0, 1, 2), arms=("vae", "scratch"))
+  assert c.vae_per_seed is True
+  vaes = arms.vae_stage(c, wd)
+  assert [(n, d, int(cfg.seed)) for n, d, cfg in vaes] == [
+      (f"vae seed {s}", os.path.join(wd, "vae", f"seed_{s}"), s) for s in (0, 1, 2)]
+  by_name = {n: cfg for n, _, cfg in arms.classifier_stage(c, wd)}
+  for s in (0, 1, 2):
+    vae_arm = by_name[f"vae seed {s}"]
+    assert vae_arm.init.vae_workdir == os.path.join(wd, "vae", f"seed_{s}")
+    assert int(vae_arm.seed) == s
+    assert by_name[f"scratch seed {s}"].init.vae_workdir == ""
+  del c["vae_per_seed"]  # a config without the field (an older study's config.json)
+  assert [d for _, d, _ in arms.vae_stage(c, wd)] == [d for _, d, _ in vaes]
+
+
+def test_one_vae_for_all_seeds_or_a_pretrained_one_when_asked(tmp_path):
+  wd = str(tmp_path / "study")
+  shared = _compare(seeds=(3, 4), arms=("vae",), vae_per_seed=False)
+  assert [(d, int(cfg.seed)) for _, d, cfg in arms.vae_stage(shared, wd)] == [
+      (os.path.join(wd, "vae"), 3)]
+  assert {cfg.init.vae_workdir for _, _, cfg in arms.classifier_stage(shared, wd)} == {
+      os.path.join(wd, "vae")}
+  reused = _compare(seeds=(3, 4), arms=("vae",), vae_workdir="/pretrained/vae")
+  assert arms.vae_stage(reused, wd) == []
+  assert {cfg.init.vae_workdir for _, _, cfg in arms.classifier_stage(reused, wd)} == {
+      "/pretrained/vae"}
