@@ -295,11 +295,8 @@ def _check_simclr(k: _Checker) -> None:
   k.integer("projection.out_dim", 1)
   k.integer("projection.num_layers", 1, required=False)
   k.number("contrastive.grayscale", 0, high=1, required=False)
-  if k.has("positives") and k.choice("positives", simclr.POSITIVES):
-    if k.get("positives") == "lesion" and (k.get("data.name") or "dermamnist") == "dermamnist":
-      k.add("positives", "='lesion' (MICLe) needs lesion groups, which dermamnist does not "
-            "have; use 'views' (SimCLR) or a dataset with lesion ids (ham10000, isic2019, "
-            "folder with a group column)")
+  if k.has("positives"):  # whether the data have lesion ids is checked when they are read
+    k.choice("positives", simclr.POSITIVES)
   k.choice("optimizer.name", simclr.OPTIMIZERS)
   k.number("optimizer.momentum", 0, high=1, high_open=True, required=False)
   k.number("optimizer.trust_coefficient", 0, low_open=True, required=False)

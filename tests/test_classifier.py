@@ -140,7 +140,7 @@ def test_compare_end_to_end_then_evaluate_outside_data(study, tmp_path):
   np.testing.assert_allclose(model.predict(files), p_cli.probs[:5], atol=1e-6)
   arrays = [np.asarray(Image.open(f).convert("RGB")) for f in files[:2]]
   np.testing.assert_allclose(model.predict(arrays), p_cli.probs[:2], atol=1e-6)
-  cmd = [*cmd[:2], f"--workdir={arm_dir}", f"--isic_images={ISIC}/ISIC2018_Task3_Training_Input",
+  cmd = [*cmd[:3], f"--workdir={arm_dir}", f"--isic_images={ISIC}/ISIC2018_Task3_Training_Input",
          f"--isic_csv={ISIC}/ISIC2018_Task3_Training_GroundTruth.csv", f"--out={out}"]
   # Predictions without ground truth: no CSV, no metrics, a predictions file all the same.
   r = subprocess.run([*cmd[:-2], f"--out={tmp_path / 'unlabelled'}"], cwd=REPO,

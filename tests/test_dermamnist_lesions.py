@@ -95,7 +95,7 @@ def data_config(data_dir, **kw):
 def test_embedded_examples_carry_their_identity_on_both_splits(tmp_path):
   official = registry.get(data_config(tmp_path))
   lesion = registry.get(data_config(tmp_path, split="lesion"))
-  assert official.describe()["split"] == "official" and official.describe()["lesion_ids"]
+  assert official.describe()["split_kind"] == "official" and official.describe()["lesion_ids"]
   assert lesion.describe()["lesion_grouped"] and lesion.describe()["split_seed"] == 0
   for ds in (official, lesion):
     for s in ("train", "val", "test"):

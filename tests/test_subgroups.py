@@ -31,7 +31,10 @@ def test_hand_made_case():
   assert sex["male"]["count"] == 2 and sex["male"]["metrics"]["accuracy"] == 1.0
   assert sex["female"]["metrics"]["accuracy"] == pytest.approx(2 / 3)
   assert sex["female"]["class_counts"] == [2, 1]
-  assert sex["unknown"] == {"count": 1, "class_counts": [0, 1], "metrics": None}
+  assert sex["unknown"] == {"count": 1, "class_counts": [0, 1], "metrics": None,
+                            "intervals": None}
+  lo, hi = sex["female"]["intervals"]["accuracy"]  # a 95% bootstrap interval around it
+  assert 0 <= lo <= 2 / 3 <= hi <= 1
   age = out["by"]["age_band"]
   assert list(age) == ["<30", "30-49", "50-69", ">=70", "unknown"]
   assert age[">=70"]["count"] == 2 and age[">=70"]["metrics"]["accuracy"] == 0.5

@@ -337,7 +337,7 @@ def find_leaks(dataset: Any, tolerance: int = DEFAULT_TOLERANCE,
   return AuditResult(tolerance=tolerance, min_correlation=min_correlation, ids=ids,
                      hashes=hashes, thumbnails=thumbs,
                      lesion_ids=lesions if has_lesions else None, pairs=pairs,
-                     dataset={k: describe[k] for k in ("name", "source", "split", "splits", "image_size")
+                     dataset={k: describe[k] for k in ("name", "source", "split_kind", "splits", "image_size")
                               if k in describe},
                      candidates=candidates)
 

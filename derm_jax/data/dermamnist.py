@@ -699,7 +699,7 @@ class Dataset:
     out = {"name": "dermamnist", "source": str(_field(self._config, "source", "embedded")),
            "splits": splits,
            "image_size": int(self._builder.info.features["image"].shape[0]),
-           "split": kind, "lesion_grouped": kind == "lesion",
+           "split_kind": kind, "lesion_grouped": kind == "lesion",
            "lesion_ids": self._identity is not None}
     if kind == "lesion":
       out["split_seed"] = int(self._stored["split_seed"])

@@ -55,6 +55,8 @@ def lesion_group_arms(arms: dict[str, ArmRuns], group: str) -> dict[str, ArmRuns
       overlap = r.test.get("lesion_overlap")
       if not isinstance(overlap, dict) or TEST_SET not in r.evals:
         continue
+      if not (overlap.get(group) or {}).get("count"):
+        continue  # no image in this group (a lesion-grouped split has no seen lesion)
       seen = {str(i) for i in overlap.get("seen_ids", [])}
       metrics = dict((overlap.get(group) or {}).get("metrics") or {})
       ev = _subset(r.evals[TEST_SET], seen, group == "seen_lesion", metrics)
@@ -87,11 +89,15 @@ def lesion_lines(arms: dict[str, ArmRuns], test: SetAnalysis, n_boot: int, seed:
   """The 'Seen vs unseen lesions' section (empty without lesion_overlap)."""
   if not has_lesion_overlap(arms):
     return []
-  groups = analyse_groups(arms, n_boot, seed)
   first = next(r.test["lesion_overlap"] for a in arms.values() for r in a.runs
                if isinstance(r.test.get("lesion_overlap"), dict))
   counts = {g: first[g]["count"] for g in ("all", *GROUPS)}
   L = ["## Seen vs unseen lesions (test split)", ""]
+  if not counts["seen_lesion"]:
+    return L + [f"None of the {counts['all']:,} test images has a lesion with an image in the "
+                "training split (HAM10000 lesion ids): every test lesion is unseen, and the "
+                "test-split numbers above are the unseen-lesion numbers.", ""]
+  groups = analyse_groups(arms, n_boot, seed)
   L.append(
     f"Of the {counts['all']:,} test images, {counts['seen_lesion']:,} belong to a lesion that "
     f"also has an image in the training split and {counts['unseen_lesion']:,} do not "
