@@ -6,6 +6,9 @@
   print(dict(zip(model.class_names, probs[0].round(3))))
 Images are prepared exactly as outside ISIC images are by `derm_jax.evaluate` (centred
 square crop, resized to the run's stored training resolution, then to its model size).
+A run folder is self-contained: it keeps its class names, stored image size and training
+class counts (`dataset.json`) beside its config and checkpoints, so it predicts where its
+training data are absent (runs of older versions rebuild their dataset).
 """
 
 from __future__ import annotations
@@ -22,13 +25,17 @@ class Model:
 
   def __init__(self, workdir: str, step: int | None = None):
     from derm_jax import fileio
+    from derm_jax.data import run_data
     from derm_jax.evaluation import scoring
     from derm_jax.tasks import classifier as classifier_task
     from derm_jax.train import compile_cache
     self.workdir = fileio.normalize(workdir)
     self.config = scoring.load_run_config(self.workdir)
+    # What the run keeps of its data is all predicting needs; a run of an older version
+    # rebuilds its dataset from config.json.
     with compile_cache.default():
-      self._run = classifier_task.restore(self.config, self.workdir, step)
+      self._run = classifier_task.restore(self.config, self.workdir, step,
+                                          run_data.load(self.workdir))
     self._stored_size = int(self._run.task.dataset.describe()["image_size"])
 
   @property

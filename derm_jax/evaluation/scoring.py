@@ -152,7 +152,10 @@ def evaluate_checkpoint(workdir: str, step: int | None = None, split: str = "tes
     raise ConfigError("--isic_csv needs --isic_images (the folder of the images it lists).")
   if isic_images and leak_free_ids:
     raise ConfigError("--leak_free_ids goes with --split (the project's own splits).")
-  task = classifier_task.build(config)
+  # Outside images need only what the run keeps of its data (data/run_data.py); a project
+  # split needs the data themselves, where config.json says.
+  from derm_jax.data import run_data
+  task = classifier_task.build(config, run_data.load(workdir) if isic_images else None)
   check = None
   if isic_images:
     source, name, image_ids, check = checked_outside(task, workdir, isic_images, isic_csv)

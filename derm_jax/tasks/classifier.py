@@ -25,7 +25,7 @@ import optax
 from absl import logging
 
 from derm_jax import fileio
-from derm_jax.data import device_augment, outside, registry
+from derm_jax.data import device_augment, outside, registry, run_data
 from derm_jax.evaluation import classification
 from derm_jax.models import classifier as classifier_lib
 from derm_jax.models import registry as model_registry
@@ -162,11 +162,12 @@ def member_keys(seed: int):
   return jax.random.split(jax.random.key(int(seed)), 3)
 
 
-def build(config) -> Task:
+def build(config, dataset=None) -> Task:
   """Models, optimiser, steps and evaluators of a classifier config; each member's
   starting point (where its backbone starts, its seed) comes from its own config in
-  `init_member`."""
-  dataset = registry.get(config.data)
+  `init_member`. `dataset`: the one to use instead of `config.data`'s (a trained run's
+  stored summary, data/run_data.py, to predict without the training data)."""
+  dataset = dataset if dataset is not None else registry.get(config.data)
   meta = dataset.meta
   train_labels = np.asarray(dataset.labels("train"))
   backbone, head = create_models(config, meta.num_classes)
@@ -259,10 +260,12 @@ def train_members(members: Sequence[Member],
   task = task or build(config)
   # What its training and validation images were, kept in each run: outside sets are
   # checked against it, also where the data are no longer present (data/outside.py).
+  # And what of its dataset it needs to predict without it (data/run_data.py).
   fingerprint = task.once("fingerprint", lambda: outside.fingerprint_of(task.dataset))
   if jax.process_index() == 0:
     for m in members:
       outside.write_into(m.workdir, fingerprint)
+      run_data.write_into(m.workdir, task.dataset)
   logging.info("Classifier: backbone %s (%s), %s, %d epochs x %d steps, batch %d.",
                config.model.backbone, ", ".join(sorted({m.config.init.source for m in members})),
                "frozen" if config.freeze_backbone else "fine-tuned", config.num_epochs,
@@ -296,9 +299,10 @@ def _test_to_tensorboard(config, workdir: str, test: dict[str, Any]) -> None:
     writer.close()
 
 
-def restore(config, workdir: str, step: int | None = None) -> loop.Run:
-  """A classifier run's checkpoint (latest or `step`) ready to predict (a Run of one)."""
-  return loop.restore(build(config), [Member("classifier", workdir, config)], step)
+def restore(config, workdir: str, step: int | None = None, dataset=None) -> loop.Run:
+  """A classifier run's checkpoint (latest or `step`) ready to predict (a Run of one);
+  `dataset` as in `build`."""
+  return loop.restore(build(config, dataset), [Member("classifier", workdir, config)], step)
 
 
 def evaluate(config, workdir: str, step: int | None = None) -> dict[str, Any]:
