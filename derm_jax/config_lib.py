@@ -76,3 +76,17 @@ def input_options() -> ConfigDict:
   # (derm_jax/data/device_data.py). 0 streams batches through Grain.
   c.device_data_mb = 2048
   return c
+
+
+def apply_smoke_steps(config) -> ConfigDict:
+  """A single run's `smoke_steps` > 0 (`--config.smoke_steps=N`, accepted by derm_jax.main
+  for every config): the run stops after N steps, as each stage of a study does
+  (derm_jax/study/arms.py): total_steps = N and a log line at least every N steps. A study's
+  config (task 'compare') is returned as it is: its stages apply the field."""
+  smoke = int(config.get("smoke_steps", 0) or 0)
+  if smoke <= 0 or config.get("task") == "compare":
+    return config
+  with config.unlocked():
+    config.total_steps = smoke
+    config.log_every_steps = min(int(config.get("log_every_steps", smoke) or smoke), smoke)
+  return config

@@ -387,7 +387,9 @@ def config_problems(config) -> list[str]:
   if task == "compare":
     _check_compare(config, problems)
   else:
-    _check_common(_Checker(config, _plain_name, problems), task)
+    k = _Checker(config, _plain_name, problems)
+    k.integer("smoke_steps", 0, required=False)  # --config.smoke_steps (derm_jax.main)
+    _check_common(k, task)
   return problems
 
 

@@ -531,8 +531,14 @@ def test_class_order_flows_to_predictions(tmp_path):
                 "--config.batch_size=8", "--config.eval_batch_size=8"])
   assert r.returncode == 0, r.stderr[-4000:]
   with open(work / "test_predictions.csv", newline="") as f:
-    header = next(csv.reader(f))
+    header, *rows = list(csv.reader(f))
   assert [h for h in header if h.startswith("p_")] == [f"p_{c}" for c in classes]
+  # label and pred are class names (not indices), each the row's own
+  assert rows and all(r[1] in classes and r[-1] in classes for r in rows)
+  from derm_jax.evaluation.predictions import read_predictions_csv
+  p = read_predictions_csv(work / "test_predictions.csv")
+  assert [classes[i] for i in p.labels] == [r[1] for r in rows]
+  assert [classes[i] for i in p.preds] == [r[-1] for r in rows]
   metrics = json.loads((work / "test_metrics.json").read_text())
   assert metrics["class_names"] == list(classes)
 

@@ -37,11 +37,45 @@ def test_round_trip_exact(tmp_path):
   np.testing.assert_array_equal(p.labels, labels)
   np.testing.assert_array_equal(p.probs, probs)  # exact float round trip
   np.testing.assert_array_equal(p.preds, probs.argmax(axis=1))
-  header = (tmp_path / "a" / "test_predictions.csv").read_text().splitlines()[0]
+  header, *rows = (tmp_path / "a" / "test_predictions.csv").read_text().splitlines()
   assert header == "image_id,label,p_akiec,p_bcc,p_bkl,p_df,p_mel,p_nv,p_vasc,pred"
+  cells = [r.split(",") for r in rows]
+  assert [c[1] for c in cells] == [NAMES[i] for i in labels]  # class names, not indices
+  assert [c[-1] for c in cells] == [NAMES[i] for i in probs.argmax(axis=1)]
   assert not [
     f for f in (tmp_path / "a").iterdir() if f.name != "test_predictions.csv"
   ]  # no temp file
+
+
+def test_old_files_with_class_indices_still_read(tmp_path):
+  """Runs written by earlier versions hold integer indices in label and pred."""
+  path = tmp_path / "old.csv"
+  path.write_text("image_id,label,p_a,p_b,p_c,pred\n"
+                  "1,2,0.1,0.2,0.7,2\n"
+                  "2,0,0.6,0.3,0.1,0\n"
+                  "3,1,0.6,0.3,0.1,0\n")
+  p = read_predictions_csv(path)
+  assert p.class_names == ("a", "b", "c")
+  np.testing.assert_array_equal(p.labels, [2, 0, 1])
+  assert p.labels.dtype == np.int64
+
+
+@pytest.mark.parametrize("names", [("1", "0", "2"), ("0", "1", "2"), ("10", "3")])
+def test_class_names_that_are_integers(tmp_path, names):
+  """Class names like '1', '0' (a folder of numbered classes): the new file (names) and an
+  old one (indices) of the same predictions both read back as the same indices."""
+  k = len(names)
+  probs = _probs(6, k, seed=1)
+  labels = np.arange(6) % k
+  new = read_predictions_csv(write_predictions_csv(tmp_path / "n.csv", range(6), labels, probs,
+                                                   names))
+  np.testing.assert_array_equal(new.labels, labels)
+  old = tmp_path / "o.csv"
+  rows = [f"{i},{labels[i]},{','.join(repr(float(x)) for x in probs[i])},{probs[i].argmax()}"
+          for i in range(6)]
+  old.write_text("image_id,label," + ",".join(f"p_{c}" for c in names) + ",pred\n"
+                 + "\n".join(rows) + "\n")
+  np.testing.assert_array_equal(read_predictions_csv(old).labels, labels)
 
 
 def test_numpy_and_bytes_ids(tmp_path):

@@ -3,15 +3,18 @@
 Prediction CSV (`write_predictions_csv` / `read_predictions_csv`), one row per image:
 
   image_id,label,p_akiec,p_bcc,p_bkl,p_df,p_mel,p_nv,p_vasc,pred
-  17,5,0.01,0.02,0.05,0.001,0.12,0.79,0.009,5
+  17,nv,0.01,0.02,0.05,0.001,0.12,0.79,0.009,nv
 
   * image_id: the image's id (string or integer, written as text);
-  * label: the true class as an integer index into the class names, or an empty cell
-    when the ground truth is unknown (then every row's label is empty);
+  * label: the true class's name, or an empty cell when the ground truth is unknown (then
+    every row's label is empty);
   * p_<class>: the predicted probability of each class, in the label order, written
     with Python's shortest round-trip float repr (so reading returns the exact values);
-  * pred: argmax of the probabilities (ties -> the lowest index), an integer index.
-The class names are recovered from the p_<class> header. Files are written atomically
+  * pred: the name of the class of highest probability (ties -> the first in label order).
+The class names (and their order, the index of `Predictions.labels`) are recovered from the
+p_<class> header. Files written before class names were used hold integer indices in
+label and pred; `read_predictions_csv` reads both (see `_class_cells` for class names that
+are themselves integers). Files are written atomically
 (`fileio.atomic_write_text`: a temporary file in the same folder then os.replace, or one
 object upload for a `gs://` path), so a reader never sees half a file.
 
@@ -169,16 +172,17 @@ def write_predictions_csv(
     w.writerow(
       [
         ids[r],
-        "" if labels is None else int(labels[r]),
+        "" if labels is None else names[int(labels[r])],
         *[repr(float(p)) for p in probs[r]],
-        int(preds[r]),
+        names[int(preds[r])],
       ]
     )
   return fileio.atomic_write_text(path, buf.getvalue())
 
 
 def read_predictions_csv(path: str | os.PathLike) -> Predictions:
-  """Reads a file written by `write_predictions_csv`.
+  """Reads a file written by `write_predictions_csv` (class names in label and pred), or by
+  an older version (integer class indices there); labels come back as indices either way.
 
   Raises PredictionsError naming the file and line for: a missing or empty file, a bad
   header, a row with the wrong number of cells, a non-finite or non-numeric probability,
@@ -209,7 +213,8 @@ def read_predictions_csv(path: str | os.PathLike) -> Predictions:
     raise PredictionsError(f"{path}:1: duplicate class columns in the header")
   k = len(names)
   ids: list[str] = []
-  labels: list[int | None] = []
+  label_cells: list[str] = []
+  pred_cells: list[str] = []
   probs = np.zeros((max(len(rows) - 1, 0), k), dtype=np.float64)
   seen: dict[str, int] = {}
   lines: list[int] = []
@@ -227,11 +232,7 @@ def read_predictions_csv(path: str | os.PathLike) -> Predictions:
         f"{path}:{line}: duplicate image_id {image_id!r} (first on line {seen[image_id]})"
       )
     seen[image_id] = line
-    label_text = row[1].strip()
-    if label_text:
-      labels.append(_parse_class(label_text, names, path, line, "label"))
-    else:
-      labels.append(None)
+    label_cells.append(row[1].strip())
     for j, cell in enumerate(row[2 : 2 + k]):
       try:
         p = float(cell)
@@ -242,11 +243,18 @@ def read_predictions_csv(path: str | os.PathLike) -> Predictions:
       if not math.isfinite(p):
         raise PredictionsError(f"{path}:{line}: {header[2 + j]} is not finite: {cell!r}")
       probs[n, j] = p
-    _parse_class(row[-1].strip(), names, path, line, "pred")
+    pred_cells.append(row[-1].strip())
     ids.append(image_id)
     lines.append(line)
     n += 1
   probs = probs[:n]
+  by_name = _class_cells(label_cells, pred_cells, names, probs)
+  labels: list[int | None] = [
+    _parse_class(t, names, path, line, "label", by_name) if t else None
+    for t, line in zip(label_cells, lines, strict=True)
+  ]
+  for t, line in zip(pred_cells, lines, strict=True):
+    _parse_class(t, names, path, line, "pred", by_name)
   known = [x is not None for x in labels]
   if any(known) and not all(known):
     i = next(i for i, x in enumerate(labels) if x is None) if known[0] else known.index(True)
@@ -259,11 +267,41 @@ def read_predictions_csv(path: str | os.PathLike) -> Predictions:
   return Predictions(image_ids=tuple(ids), labels=label_arr, probs=probs, class_names=names)
 
 
-def _parse_class(text: str, names: tuple[str, ...], path: str, line: int, what: str) -> int:
+def _as_index(text: str) -> int | None:
+  try:
+    return int(text)
+  except ValueError:
+    return None
+
+
+def _class_cells(label_cells: Sequence[str], pred_cells: Sequence[str],
+                 names: tuple[str, ...], probs: np.ndarray) -> bool:
+  """Whether the file's label and pred cells are class names (this version's files) rather
+  than class indices (older files). Decided once per file: names when every non-blank cell
+  is a class name. Only where class names are themselves integers ('0', '1', ...) in an
+  order that is not their index can a cell be read both ways differently; then the reading
+  under which pred is the argmax of the probabilities on more rows wins."""
+  cells = [t for t in (*label_cells, *pred_cells) if t]
+  if not all(t in names for t in cells):
+    return False
+  if all(_as_index(t) is None or names.index(t) == _as_index(t) for t in cells):
+    return True  # no cell means something else as an index
+  if not all(_as_index(t) is not None and 0 <= _as_index(t) < len(names) for t in cells):
+    return True  # not an index file
+  argmax = np.argmax(probs, axis=1) if len(pred_cells) else np.zeros((0,), np.int64)
+  as_name = sum(names.index(t) == a for t, a in zip(pred_cells, argmax, strict=True))
+  as_index = sum(_as_index(t) == a for t, a in zip(pred_cells, argmax, strict=True))
+  return as_name >= as_index
+
+
+def _parse_class(text: str, names: tuple[str, ...], path: str, line: int, what: str,
+                 by_name: bool = False) -> int:
+  if by_name:
+    return names.index(text)
   try:
     v = int(text)
   except ValueError:
-    if text in names:  # tolerate a class name instead of its index
+    if text in names:  # a class name among indices
       return names.index(text)
     raise PredictionsError(
       f"{path}:{line}: {what} {text!r} is neither a class index nor a class name"

@@ -62,6 +62,21 @@ def epoch_of(step: int, steps_per_epoch: int) -> float | int:
   return int(e) if float(e).is_integer() else round(e, 3)
 
 
+def progress_text(step: int, steps_per_epoch: int, total: int) -> str:
+  """Where an evaluation stands, for the log: `epoch 2/10 (step 68)` when the run is whole
+  epochs long; a run cut short of an epoch end (`total_steps`, `smoke_steps`) counts steps,
+  with the epoch reached: `step 26/30 (epoch 2)`, `step 30/30 (epoch 2.31)`."""
+  if total % steps_per_epoch == 0 and step % steps_per_epoch == 0:
+    return f"epoch {step // steps_per_epoch}/{total // steps_per_epoch} (step {step})"
+  return f"step {step}/{total} (epoch {_epoch_text(step, steps_per_epoch)})"
+
+
+def _epoch_text(step: int, steps_per_epoch: int) -> str:
+  """An epoch count for the log: an integer at epoch ends, else 2 decimals."""
+  e = step / steps_per_epoch
+  return str(int(e)) if float(e).is_integer() else f"{e:.2f}"
+
+
 def itstime(step: int, every: int, total: int) -> bool:
   """True every `every` steps (0 = never) and at the last step."""
   return step == total or (every > 0 and step % every == 0)
@@ -473,6 +488,9 @@ def _train(task: Task, members, source, split, ckpts, writers) -> Run:
   eval_batch = mesh_lib.shard_batch(population.abstract_eval_batch(task, image_shape), mesh)
   t0 = time.monotonic()
   reused = not programs.precompile(run.states, run.keys, arrays, first_xs, eval_batch)
+  if not reused:  # compiling runs in the background from here; the first chunk waits for it
+    logging.info("Compiling the train and evaluation steps (or loading them from the "
+                 "compilation cache) ...")
   window = _Window(members, restored)
   stats = _Stats()
   flops = step_flops(task, one, image_shape)
@@ -490,8 +508,11 @@ def _train(task: Task, members, source, split, ckpts, writers) -> Run:
     xs = None
     window.add(step + 1, end - step, outs)
     if step == start:  # the first call waits for the compiled program (or its cache entry)
-      logging.info("Train program %s in %.1f s.", "reused" if reused else
-                   "compiled (or loaded)", time.monotonic() - t0)
+      compiled = time.monotonic()
+      if not reused:
+        logging.info("Train program compiled (or loaded) in %.1f s (not counted in the epoch "
+                     "times).", compiled - t0)
+      stats.last = max(stats.last, compiled)  # the first epoch's time leaves compiling out
       jax.block_until_ready(run.states)
       progress.restart_clock(end)
     step = end
@@ -525,7 +546,7 @@ def _train(task: Task, members, source, split, ckpts, writers) -> Run:
       for m, (member, row, w) in enumerate(zip(members, rows, writers, strict=True)):
         w.write_scalars(step, {k: v for k, v in row.items() if v is not None})
         w.write_row({"step": step, "epoch": epoch, **row})
-        logging.info("epoch %s/%s (step %d)%s | %s", epoch, epoch_of(total, spe), step,
+        logging.info("%s%s | %s", progress_text(step, spe, total),
                      f" [{member.name}]" if len(members) > 1 else "", _fmt(row))
       run.last_rows = rows
       if task.after_eval is not None:
@@ -555,7 +576,7 @@ class _Stats:
   def epoch(self, step: int, spe: int) -> None:
     now = time.monotonic()
     logging.info("Epoch %s took %.1f s (training, evaluation and writing).",
-                 epoch_of(step, spe), now - self.last)
+                 _epoch_text(step, spe), now - self.last)
     self.last = now
 
 
