@@ -451,7 +451,7 @@ def smoke_reasons(study: Study, top: dict[str, Any]) -> list[str]:
   out = []
   smoke = num(top.get("smoke_steps")) if isinstance(top, dict) else None
   if smoke and smoke > 0:
-    out.append(f"the study config sets `smoke_steps` = {int(smoke)} (every stage stops there)")
+    out.append(f"the study config sets `smoke_steps` = {int(smoke)}: every stage stops there")
   short = [
     f"`{cond.folder}/{a}/seed_{r.seed}` {why}"
     for cond, arms in study.groups.items()
@@ -461,6 +461,6 @@ def smoke_reasons(study: Study, top: dict[str, Any]) -> list[str]:
   ]
   n = sum(len(arm.runs) for arms in study.groups.values() for arm in arms.values())
   if short:
-    shown = "; ".join(short[:3]) + (f"; and {len(short) - 3} more" if len(short) > 3 else "")
-    out.append(f"{len(short)} of {n} runs trained for less than one epoch ({shown})")
+    example = "e.g. " if len(short) > 1 else ""
+    out.append(f"{len(short)} of {n} runs trained for less than one epoch ({example}{short[0]})")
   return out

@@ -454,7 +454,9 @@ def _pair_conclusion(
   return lines
 
 
-def set_verdict(sa: SetAnalysis, arms: Sequence[str], withheld: str | None = None) -> dict[str, Any]:
+def set_verdict(
+  sa: SetAnalysis, arms: Sequence[str], withheld: str | None = None
+) -> dict[str, Any]:
   """Which arm is better on balanced accuracy on this set: from the paired interval (a
   winner only when it excludes 0 and both arms are above the majority-class baseline), else
   the means without a verdict. withheld: why no verdict is drawn at all (a smoke run)."""

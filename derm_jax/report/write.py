@@ -313,7 +313,8 @@ def write_report(workdir: str, n_boot: int = 2000, seed: int = 0, figures: bool 
   fig_dir = fileio.join(workdir, "figures")
   if figures:
     fileio.makedirs(fig_dir)
-  with plots.banner("⚠ SMOKE RUN: a pipeline test, not a result; no conclusions" if smoke else None):
+  figure_banner = "⚠ SMOKE RUN: a pipeline test, not a result; no conclusions" if smoke else None
+  with plots.banner(figure_banner):
     confusion_files, class_names, reliability_files = _draw_figures(
       study, analysis, probe, eff, fig_dir, figures
     )
