@@ -247,7 +247,7 @@ def test_own_data_report_gives_every_split_and_the_unlabelled_pool(tmp_path):
   assert _cells(setup, "| nv ") == ["nv (melanocytic nevi)", "400", "100", "30"]
   assert _cells(setup, "| all classes |") == ["all classes", "600", "150", "90"]
   assert (
-    "Unlabelled pool (`config.data.unlabeled` (`/data/unlabelled`)): 1,200 images found; 13 "
+    "Unlabelled pool (`config.data.unlabeled` = `/data/unlabelled`): 1,200 images found; 13 "
     "dropped as near-duplicates of validation or test images; **1,187 used for "
     "self-supervised pretraining**" in setup
   )

@@ -169,7 +169,7 @@ def _own_data_lines(info: dict[str, Any]) -> list[str]:
       L += ["Images per class and split:", ""] + table(["class", *cols], rows) + [""]
   if pool:
     folders = pool.get("folders") or configured
-    where = (" (" + ", ".join(f"`{f}`" for f in folders) + ")") if folders else ""
+    where = (" = " + ", ".join(f"`{f}`" for f in folders)) if folders else ""
     found, used = pool.get("found"), pool.get("used")
     dropped = pool.get("dropped_near_duplicates")
     L += [
