@@ -12,6 +12,8 @@
   * `save_interval_groups`: estimates with interval bars, grouped (e.g. per evaluation set);
   * `save_label_efficiency`: metrics against the fraction of training labels (log x axis),
     a line per arm and protocol, with interval bars.
+Inside `with banner(text):` every figure saved carries `text` above it in red (the report
+marks each figure of a smoke run this way).
 Figures are meant to be read without the code: plain-language titles and axis labels,
 class codes explained (`CLASS_DESCRIPTIONS`). No display is ever opened; every function
 creates the parent folder of `path`, which may be a `gs://` URL (`derm_jax.fileio`).
@@ -19,6 +21,7 @@ creates the parent folder of `path`, which may be a `gs://` URL (`derm_jax.filei
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import textwrap
@@ -95,9 +98,34 @@ def _ensure_parent(path: str | os.PathLike) -> str:
   return path
 
 
+_BANNER: list[str] = []  # the text of the innermost `banner` in effect
+
+
+@contextlib.contextmanager
+def banner(text: str | None):
+  """Within the block, every figure this module saves carries `text` (e.g. '⚠ SMOKE RUN: no
+  conclusions') above it in red; None or '' adds nothing."""
+  _BANNER.append(text or "")
+  try:
+    yield
+  finally:
+    _BANNER.pop()
+
+
+def _add_banner(fig: Any, kwargs: dict[str, Any]) -> None:
+  text = _BANNER[-1] if _BANNER else ""
+  if not text:
+    return
+  wrapped = "\n".join(textwrap.wrap(text, width=max(40, int(fig.get_figwidth() * 14))))
+  fig.text(0.5, 1.0, wrapped, ha="center", va="bottom", color="#b00000", fontsize=10,
+           fontweight="bold")
+  kwargs["bbox_inches"] = "tight"  # keeps the banner above the figure in the file
+
+
 def _savefig(fig: Any, path: str, **kwargs: Any) -> None:
   """fig.savefig to a local path, or to a URL (in the format its extension names, PNG if
-  none)."""
+  none); with the text of `banner` above the figure when one is in effect."""
+  _add_banner(fig, kwargs)
   if not fileio.is_remote(path):
     fig.savefig(path, **kwargs)
     return

@@ -419,3 +419,48 @@ def load_compare_dir(workdir: str) -> dict[str, ArmRuns]:
   if not fileio.isdir(arms_dir):
     raise ReportError(f"missing directory: {arms_dir} (expected DIR/arms/<arm>/seed_<s>/)")
   return _load_group(workdir, Condition(CLASSIFIER, FULL), [])
+
+
+def _steps_per_epoch(history: Sequence[dict[str, Any]]) -> float | None:
+  """Training steps per epoch from a run's recorded (step, epoch) rows, or None."""
+  for row in reversed(history):
+    step, epoch = num(row.get("step")), num(row.get("epoch"))
+    if step and epoch and epoch > 0:
+      return step / epoch
+  return None
+
+
+def cut_short(run: SeedRun) -> str | None:
+  """Why a run is a smoke run rather than a training run, or None: it recorded less than one
+  epoch, or its `total_steps` cap is below one epoch's steps."""
+  last = num(run.history[-1].get("epoch"))
+  step = num(run.history[-1].get("step"))
+  total = num(run.config.get("total_steps"))
+  spe = _steps_per_epoch(run.history)
+  if last is not None and last < 1:
+    steps = f"{int(step)} steps, " if step is not None else ""
+    return f"stopped after {steps}{format(last, '.3g')} of an epoch"
+  if total and total > 0 and spe and total < spe:
+    return f"`total_steps` = {int(total)}, below one epoch ({spe:.0f} steps)"
+  return None
+
+
+def smoke_reasons(study: Study, top: dict[str, Any]) -> list[str]:
+  """Why the study is a smoke run (empty when it is not): the study config's `smoke_steps`
+  > 0, or runs cut below one epoch (`cut_short`)."""
+  out = []
+  smoke = num(top.get("smoke_steps")) if isinstance(top, dict) else None
+  if smoke and smoke > 0:
+    out.append(f"the study config sets `smoke_steps` = {int(smoke)}: every stage stops there")
+  short = [
+    f"`{cond.folder}/{a}/seed_{r.seed}` {why}"
+    for cond, arms in study.groups.items()
+    for a, arm in arms.items()
+    for r in arm.runs
+    if (why := cut_short(r))
+  ]
+  n = sum(len(arm.runs) for arms in study.groups.values() for arm in arms.values())
+  if short:
+    example = "e.g. " if len(short) > 1 else ""
+    out.append(f"{len(short)} of {n} runs trained for less than one epoch ({example}{short[0]})")
+  return out

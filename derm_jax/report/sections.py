@@ -105,6 +105,13 @@ def _data_config(arm: ArmRuns, top: dict[str, Any]) -> dict[str, Any]:
     v = get(names)
     return v if v is not None else described.get(f"data.{key}")
 
+  raw = arm.runs[0].test.get("data")
+  raw = raw if isinstance(raw, dict) else {}
+  per_class = raw.get("per_class") if isinstance(raw.get("per_class"), dict) else None
+  pool = raw.get("unlabeled") if isinstance(raw.get("unlabeled"), dict) else None
+  configured = get(["data.unlabeled"])
+  if isinstance(configured, str):
+    configured = [configured]
   return {
     "name": get_or_described(CONFIG_FIELDS["dataset"], "name"),
     "source": get_or_described(["data.source"], "source"),
@@ -112,7 +119,83 @@ def _data_config(arm: ArmRuns, top: dict[str, Any]) -> dict[str, Any]:
     "npz_path": get(["data.npz_path"]),
     "path": get(["data.path"]),
     "splits": splits,
+    "per_class": per_class,
+    "class_names": raw.get("class_names"),
+    "unlabeled": (
+      {k: pool.get(k) for k in ("folders", "found", "used", "dropped_near_duplicates")}
+      if pool
+      else None
+    ),
+    "unlabeled_configured": list(configured) if configured else [],
   }
+
+
+def split_sizes(arms: dict[str, ArmRuns], top: dict[str, Any], sa: SetAnalysis) -> dict[str, int]:
+  """Images per split ('train', 'val', 'test') as far as the first arm's files record them
+  (the test count from test_metrics.json when nothing else has it)."""
+  if not arms:
+    return {}
+  sizes = dict(_data_config(next(iter(arms.values())), top)["splits"])
+  if "test" not in sizes and sa.n_images:
+    sizes["test"] = sa.n_images
+  return sizes
+
+
+def _own_data_lines(info: dict[str, Any]) -> list[str]:
+  """Every split's counts (per class where recorded) and what the unlabelled pool
+  (`config.data.unlabeled`) contributed. Empty for DermaMNIST without a pool."""
+  own = str(info["name"] or "").lower() != "dermamnist"
+  pool, configured = info["unlabeled"], info["unlabeled_configured"]
+  if not own and not pool and not configured:
+    return []
+  L = []
+  if own:
+    missing = [k for k in ("train", "val", "test") if k not in info["splits"]]
+    if missing:
+      L += [
+        "Images per split not recorded in these runs' files for: " + ", ".join(missing)
+        + " (runs written before test_metrics.json held the dataset's description).",
+        "",
+      ]
+    per_class, names = info["per_class"], info["class_names"]
+    if per_class and names:
+      cols = [k for k in ("train", "val", "test") if isinstance(per_class.get(k), list)]
+      rows = [
+        [_class_label(c), *[f"{int(per_class[k][i]):,}" if i < len(per_class[k]) else "—"
+                            for k in cols]]
+        for i, c in enumerate(names)
+      ]
+      rows.append(["all classes", *[f"{int(sum(per_class[k])):,}" for k in cols]])
+      L += ["Images per class and split:", ""] + table(["class", *cols], rows) + [""]
+  if pool:
+    folders = pool.get("folders") or configured
+    where = (" = " + ", ".join(f"`{f}`" for f in folders)) if folders else ""
+    found, used = pool.get("found"), pool.get("used")
+    dropped = pool.get("dropped_near_duplicates")
+    L += [
+      f"Unlabelled pool (`config.data.unlabeled`{where}): {found:,} images found; "
+      f"{dropped:,} dropped as near-duplicates of validation or test images; **{used:,} used "
+      "for self-supervised pretraining** beside the training split (the VAE and contrastive "
+      "arms' pretraining only: no classifier, and no ImageNet arm, sees them)."
+      if isinstance(found, int) and isinstance(used, int) and isinstance(dropped, int)
+      else f"Unlabelled pool (`config.data.unlabeled`{where}): its counts are incomplete in "
+      "the runs' files.",
+      "",
+    ]
+  elif configured:
+    L += [
+      "An unlabelled pool is configured (`config.data.unlabeled` = "
+      + ", ".join(f"`{f}`" for f in configured)
+      + "), but the runs' files do not record what it contributed (runs of an older version).",
+      "",
+    ]
+  else:
+    L += [
+      "No unlabelled pool (`config.data.unlabeled` is empty): self-supervised pretraining used "
+      "the training split only.",
+      "",
+    ]
+  return L
 
 
 def training_mode(arm: ArmRuns) -> tuple[bool | None, str]:
@@ -178,7 +261,15 @@ def data_lines(
     lines.append("")
     lines += [f"- `{a}`: {describe(i)}" for a, i in infos.items()]
   lines.append("")
-  if sa.support and sa.class_names and len(sa.support) == len(sa.class_names):
+  own = _own_data_lines(next(iter(infos.values()))) if len(keys) == 1 else []
+  lines += own
+  per_split_table = "Images per class and split:" in own
+  if (
+    not per_split_table
+    and sa.support
+    and sa.class_names
+    and len(sa.support) == len(sa.class_names)
+  ):
     lines.append(
       "Test images per class: "
       + ", ".join(
@@ -387,8 +478,11 @@ def shift_lines(
   arms: Sequence[str],
   pair: tuple[str, str] | None,
   title: str = "## In distribution vs shifted",
+  withheld: str | None = None,
 ) -> list[str]:
-  """The in-distribution vs shifted section; `pair`: the arms whose verdict is given per set."""
+  """The in-distribution vs shifted section; `pair`: the arms whose verdict is given per set;
+  `withheld`: why no verdict is drawn at all (a smoke run). The test split's per-class
+  recall and paired differences are printed once, in their own sections above."""
   L = [title, ""]
   L.append(
     "Each arm evaluated on the in-distribution test split and on outside (shifted) sets. Numbers "
@@ -467,8 +561,14 @@ def shift_lines(
       rows,
     )
     L.append("")
-    # per-class recall
-    names = sa.class_names or []
+    if not sa.shifted:
+      L.append(
+        "Per-class recall and the paired differences on the test split are in their sections "
+        "above."
+      )
+      L.append("")
+    # per-class recall (the test split's is above)
+    names = (sa.class_names or []) if sa.shifted else []
     if names:
       rows = []
       for i, c in enumerate(names):
@@ -488,7 +588,9 @@ def shift_lines(
       L.append("")
       L += table(["class", "images", *[f"`{a}`" for a in arms]], rows)
       L.append("")
-    if sa.diffs:
+    if not sa.shifted:
+      pass
+    elif sa.diffs:
       L += diff_lines(sa, legend=False)
     elif sa.notes or not sa.ci:
       L.append(
@@ -496,7 +598,7 @@ def shift_lines(
       )
       L.append("")
     if pair is not None:
-      verdicts[name] = set_verdict(sa, pair)
+      verdicts[name] = set_verdict(sa, pair, withheld)
       L.append(f"Verdict ({sa.label}, balanced accuracy): {verdicts[name]['text']}.")
       L.append("")
 

@@ -45,6 +45,7 @@ from derm_jax.report.runs import (
   num,
   paper_arm,
   read_json,
+  smoke_reasons,
 )
 from derm_jax.report.sections import (
   CONFIG_FIELDS,
@@ -57,10 +58,11 @@ from derm_jax.report.sections import (
   interval_lines,
   reference_sentence,
   shift_lines,
+  split_sizes,
   training_mode,
   warning_lines,
 )
-from derm_jax.report.verdicts import conclusion, headline_pair
+from derm_jax.report.verdicts import SMALL_SPLIT, conclusion, headline_pair
 
 # Numbers reported in the paper's abstract (see shared NOTES.md). Accuracies in %.
 PAPER = {
@@ -301,21 +303,34 @@ def write_report(workdir: str, n_boot: int = 2000, seed: int = 0, figures: bool 
   arm_names = list(arms)
   pair = headline_pair(arm_names)
   eff = label_efficiency(tests) if study.fractions else {}
+  smoke = smoke_reasons(study, top)
+  banner = (
+    "⚠ SMOKE RUN (" + "; ".join(smoke) + "): these numbers test the pipeline only; no "
+    "conclusions are drawn."
+    if smoke
+    else None
+  )
   fig_dir = fileio.join(workdir, "figures")
   if figures:
     fileio.makedirs(fig_dir)
-  confusion_files, class_names, reliability_files = _draw_figures(
-    study, analysis, probe, eff, fig_dir, figures
-  )
+  figure_banner = "⚠ SMOKE RUN: a pipeline test, not a result; no conclusions" if smoke else None
+  with plots.banner(figure_banner):
+    confusion_files, class_names, reliability_files = _draw_figures(
+      study, analysis, probe, eff, fig_dir, figures
+    )
 
   # --- header and warnings
   L: list[str] = ["# Self-supervised VAE vs ImageNet transfer: comparison report", ""]
+  if banner:
+    L += [f"> **{banner}**", ""]
   L.append(
     f"Workdir: `{fileio.abspath(workdir)}`. Paper: Matas et al. 2025, arXiv:2505.16773 "
     "(only its abstract's numbers are known)."
   )
   L.append("")
-  warnings = [f"- ⚠ {w}." for w in study.warnings] + warning_lines(analysis)
+  sizes = split_sizes(arms, top, test_sa)
+  warnings = [f"- ⚠ {w}." for w in study.warnings] + small_split_lines(sizes, analysis)
+  warnings += warning_lines(analysis)
   for cond, sa in tests.items():
     if cond == Condition(PROBE, FULL):
       warnings += warning_lines(probe, cond.label)
@@ -333,7 +348,7 @@ def write_report(workdir: str, n_boot: int = 2000, seed: int = 0, figures: bool 
     vals["frozen backbone"] = (
       None if frozen is None else ("yes (frozen)" if frozen else "no (fine-tuned)")
     )
-    epochs = sorted({int(r.history[-1]["epoch"]) for r in arm.runs})
+    epochs = _recorded_epochs(arm)
     rows.append(
       [
         f"`{a}`",
@@ -352,7 +367,7 @@ def write_report(workdir: str, n_boot: int = 2000, seed: int = 0, figures: bool 
   )
   L.append("")
   L += _protocol_lines(study)
-  rec = {a: sorted({int(r.history[-1]["epoch"]) for r in arm.runs}) for a, arm in arms.items()}
+  rec = {a: _recorded_epochs(arm) for a, arm in arms.items()}
   if len({tuple(v) for v in rec.values()}) > 1:
     L.append(
       "Note: the arms recorded different numbers of epochs ("
@@ -441,14 +456,16 @@ def write_report(workdir: str, n_boot: int = 2000, seed: int = 0, figures: bool 
     L.append("")
     L += efficiency_lines(eff, EFFICIENCY_METRICS)
 
+  withheld = "smoke run" if smoke else None
   if len(analysis) > 1:
-    L += shift_lines(analysis, arm_names, pair)
+    L += shift_lines(analysis, arm_names, pair, withheld=withheld)
   if len(probe) > 1:
     L += shift_lines(
       probe,
       list(study.arms(PROBE)),
       headline_pair(list(study.arms(PROBE))),
       title="## In distribution vs shifted: linear probe",
+      withheld=withheld,
     )
 
   L += lesion_lines(arms, test_sa, n_boot, seed)
@@ -460,9 +477,45 @@ def write_report(workdir: str, n_boot: int = 2000, seed: int = 0, figures: bool 
   )
 
   # --- (e) conclusion
-  L += conclusion(summary, n_seeds, test_sa, tests)
+  per_seed = {a: {r.seed: seed_summary(r) for r in arm.runs} for a, arm in arms.items()}
+  L += conclusion(
+    summary, n_seeds, test_sa, tests, per_seed=per_seed, smoke=smoke, val_images=sizes.get("val")
+  )
 
   return fileio.atomic_write_text(fileio.join(workdir, "report.md"), "\n".join(L).rstrip() + "\n")
+
+
+def _epoch_text(epoch: Any) -> str:
+  """'6', or '0.032' for a run stopped inside its first epoch."""
+  e = num(epoch)
+  if e is None:
+    return str(epoch)
+  return str(int(e)) if float(e).is_integer() else format(e, ".3g")
+
+
+def _recorded_epochs(arm: ArmRuns) -> list[str]:
+  """The distinct last recorded epochs of an arm's runs, ascending, as text."""
+  last = {r.history[-1]["epoch"] for r in arm.runs}
+  return [_epoch_text(e) for e in sorted(last, key=lambda e: num(e) or 0.0)]
+
+
+def small_split_lines(sizes: dict[str, int], analysis: dict[str, SetAnalysis]) -> list[str]:
+  """A warning for each validation, test or outside set under `SMALL_SPLIT` images."""
+  small = [(f"the {k} split" if k != "val" else "the validation split", n)
+           for k, n in sizes.items() if k in ("val", "test") and n < SMALL_SPLIT]
+  small += [
+    (f"the outside set `{sa.name}`", sa.n_images)
+    for sa in analysis.values()
+    if sa.shifted and sa.labelled and sa.n_images and sa.n_images < SMALL_SPLIT
+  ]
+  return [
+    f"- ⚠ **Small split: {what} has {n} image{'s' if n != 1 else ''}** (under {SMALL_SPLIT}): "
+    f"one image moves its accuracy by {100 / n:.1f} points, so its intervals are wide"
+    + (" and the overfitting gap (measured on it) decides nothing" if "validation" in what else "")
+    + "; more images are needed before its numbers carry a verdict."
+    for what, n in small
+    if n
+  ]
 
 
 def _draw_figures(
