@@ -266,9 +266,9 @@ def train_members(members: Sequence[Member],
     for m in members:
       outside.write_into(m.workdir, fingerprint)
       run_data.write_into(m.workdir, task.dataset)
-  logging.info("Classifier: backbone %s (%s), %s, %d epochs x %d steps, batch %d.",
+  logging.info("Classifier: backbone %s (%s), %s, %d steps (%d per epoch), batch %d.",
                config.model.backbone, ", ".join(sorted({m.config.init.source for m in members})),
-               "frozen" if config.freeze_backbone else "fine-tuned", config.num_epochs,
+               "frozen" if config.freeze_backbone else "fine-tuned", task.total_steps,
                task.steps_per_epoch, config.batch_size)
   run = loop.train(task, members)
   return run, test_and_write(run)
