@@ -51,8 +51,11 @@ def test_kill_between_an_evaluation_and_the_next_checkpoint(data_dir, tmp_path):
                           cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   metrics = os.path.join(killed, "metrics.jsonl")
   deadline = time.time() + 300
+  ckpts = os.path.join(killed, "checkpoints")
   while time.time() < deadline and proc.poll() is None:  # kill -9 once step 20's row is in
-    if os.path.exists(metrics) and '"step": 20,' in open(metrics).read():
+    # (and step 16's checkpoint, saved asynchronously, is complete)
+    if (os.path.exists(metrics) and '"step": 20,' in open(metrics).read()
+        and os.path.isdir(ckpts) and _steps(killed) == [16]):
       break
     time.sleep(0.02)
   proc.send_signal(signal.SIGKILL)

@@ -106,9 +106,10 @@ def score(run, source, outs: list[str], *, name: str, split: str | None = None,
       result["data"] = {"split": split, **task.dataset.describe()}
     else:
       native = task.dataset.describe()["image_size"]
-      summary = getattr(source, "summary", None) or getattr(source.source, "summary", None)
+      if isic_csv:  # an IsicSource, or the part of one the outside check kept
+        summary = getattr(source, "source", source).summary()
       result["data"] = {"isic_images": os.path.abspath(isic_images), "image_size": native,
-                        **({"isic_csv": os.path.abspath(isic_csv), **summary()}
+                        **({"isic_csv": os.path.abspath(isic_csv), **summary}
                            if isic_csv else {"num_images": len(source)})}
       if outside_check is not None:
         result["outside_check"] = outside_check
