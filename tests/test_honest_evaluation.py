@@ -115,8 +115,8 @@ def _evaluate(run_dir, csv_path, out):
        f"--isic_images={SAMPLE}/ISIC2018_Task3_Training_Input", f"--isic_csv={csv_path}",
        f"--out={out}"], cwd=REPO, capture_output=True, text=True, timeout=600)
 
-@pytest.mark.slow
 
+@pytest.mark.slow
 def test_evaluate_leaves_out_training_images_and_refuses_a_set_made_of_them(study, tmp_path):
   run_dir = study / "arms" / "imagenet" / "seed_0"
   if not run_dir.exists():

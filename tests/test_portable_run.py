@@ -11,6 +11,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from derm_jax.evaluation.predictions import read_predictions_csv
 
@@ -25,8 +26,8 @@ def _evaluate(run_dir, out, *extra):
        f"--isic_csv={TEST_DEV}/ISIC2018_Task3_Test_GroundTruth_35.csv", f"--out={out}", *extra],
       cwd=REPO, capture_output=True, text=True, timeout=600)
 
-@pytest.mark.slow
 
+@pytest.mark.slow
 def test_a_run_copied_without_its_data_predicts_and_evaluates_the_same(study, tmp_path):
   import derm_jax
   original = next(d for d in sorted((study / "arms").iterdir()) if d.is_dir()) / "seed_0"
@@ -61,8 +62,8 @@ def test_a_run_copied_without_its_data_predicts_and_evaluates_the_same(study, tm
                      capture_output=True, text=True, timeout=600)
   assert r.returncode == 1 and "gone.npz" in r.stderr.strip().splitlines()[-1]
 
-@pytest.mark.slow
 
+@pytest.mark.slow
 def test_bad_images_through_load_predict_are_one_clear_error(study, tmp_path):
   import pytest
 
