@@ -80,7 +80,12 @@ def study(data_dir, tmp_path_factory):
   with open(base / "shared_study.lock", "w") as lock:
     fcntl.flock(lock, fcntl.LOCK_EX)
     if not (workdir / "report.md").exists():
-      second = "scratch" if imagenet_weights_missing() else "imagenet"
+      missing = imagenet_weights_missing()
+      second = "scratch" if missing else "imagenet"
+      if missing:  # said, not silent: the tests that read the imagenet arm then use scratch
+        import warnings
+        warnings.warn(f"the session study trains 'scratch' instead of 'imagenet': {missing}",
+                      stacklevel=1)
       r = run_main([f"--config={TINY_COMPARE}", f"--config.data.data_dir={data_dir}",
                     f"--config.arms=('vae','{second}')", *recipe_aug()[1],
                     f"--workdir={workdir}"])

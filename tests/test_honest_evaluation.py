@@ -40,6 +40,7 @@ def arm_dirs(study):
   return [d for d in (study / "arms").iterdir() if d.is_dir()]
 
 
+@pytest.mark.slow
 def test_seen_unseen_lesion_and_subgroup_metrics_equal_numpy_from_predictions(study):
   train, test = embedded_identity("train"), embedded_identity("test")
   seen = np.isin(test["lesion_id"], train["lesion_id"])
@@ -86,6 +87,7 @@ def training_images_of_the_sample() -> list[str]:
   return [r for r in rows[1:] if r in ids]
 
 
+@pytest.mark.slow
 def test_the_study_leaves_out_training_images_of_an_outside_set(study):
   own = training_images_of_the_sample()
   assert len(own) == 5
@@ -114,6 +116,7 @@ def _evaluate(run_dir, csv_path, out):
        f"--out={out}"], cwd=REPO, capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow
 def test_evaluate_leaves_out_training_images_and_refuses_a_set_made_of_them(study, tmp_path):
   run_dir = study / "arms" / "imagenet" / "seed_0"
   if not run_dir.exists():

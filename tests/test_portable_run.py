@@ -11,6 +11,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from derm_jax.evaluation.predictions import read_predictions_csv
 
@@ -26,6 +27,7 @@ def _evaluate(run_dir, out, *extra):
       cwd=REPO, capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow
 def test_a_run_copied_without_its_data_predicts_and_evaluates_the_same(study, tmp_path):
   import derm_jax
   original = next(d for d in sorted((study / "arms").iterdir()) if d.is_dir()) / "seed_0"
@@ -59,3 +61,25 @@ def test_a_run_copied_without_its_data_predicts_and_evaluates_the_same(study, tm
                       "--split=test", f"--out={tmp_path / 'split'}"], cwd=REPO,
                      capture_output=True, text=True, timeout=600)
   assert r.returncode == 1 and "gone.npz" in r.stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.slow
+def test_bad_images_through_load_predict_are_one_clear_error(study, tmp_path):
+  import pytest
+
+  import derm_jax
+  from derm_jax.data.errors import DataError
+  run = next(d for d in sorted((study / "arms").iterdir()) if d.is_dir()) / "seed_0"
+  model = derm_jax.load(str(run))
+  good = np.zeros((20, 30, 3), np.uint8)
+  for images, needle in (
+      ([good, np.zeros((8, 8, 3), np.float32)], "image 1: expected a uint8 array"),
+      ([np.zeros((0, 5, 3), np.uint8)], "image 0: empty image of shape (0, 5, 3)"),
+      ([good, good, np.zeros((4, 4, 2), np.uint8)], "image 2: expected a uint8 array"),
+      ([good, 7], "image 1: expected a uint8 array"),
+      ([str(tmp_path / "missing.jpg")], "missing.jpg: image file not found"),
+      ([], "no images to predict on")):
+    with pytest.raises(DataError) as e:
+      model.predict(images)
+    assert needle in str(e.value) and "\n" not in str(e.value)
+  assert model.predict([good]).shape == (1, len(model.class_names))

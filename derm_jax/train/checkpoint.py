@@ -256,13 +256,14 @@ class Checkpointer:
   steps that may be restored (not known to be damaged); `latest_step()` the newest of them
   (the one a resumed run should use)."""
 
-  def __init__(self, directory: str, max_to_keep: int = 3, async_save: bool = True,
+  def __init__(self, directory: str, max_to_keep: int | None = 3, async_save: bool = True,
                read_only: bool = False):
     self.directory = fileio.abspath(directory)
     if read_only:
       _check_directory(self.directory)
     elif fileio.exists(self.directory) and not fileio.isdir(self.directory):
       raise CheckpointError(f"checkpoint directory {self.directory} is not a directory")
+    self._read_only = read_only
     self._writer = not read_only and jax.process_index() == 0
     if self._writer and not _has_steps(self.directory):
       # A new directory: every step it will hold gets its manifest as part of its save.
@@ -367,6 +368,21 @@ class Checkpointer:
 
   def all_steps(self) -> list[int]:
     return sorted(self._mngr.all_steps())
+
+  def prune(self, keep: int, common: set[int]) -> None:
+    """Deletes the steps older than the `keep` newest of `common` (the steps every member
+    of a population holds intact). A training loop prunes only once every member's last
+    save is complete, so no member loses the step they all share before each holds a
+    newer one: a kill, even during one member's save, costs at most one checkpoint
+    interval."""
+    newest = sorted(common)[-max(int(keep), 1):]
+    if self._read_only or not newest:
+      return  # (every process deletes: Orbax synchronises the processes on each delete)
+    self._mngr.wait_until_finished()
+    for s in self.all_steps():
+      if s < newest[0]:
+        self._mngr.delete(s)
+        self._checks.pop(s, None)
 
   def save(self, step: int, state, window: dict | None = None, force: bool = False) -> bool:
     """Saves `state` (and `window`, a dict of numpy arrays, when not empty) as step `step`;

@@ -423,12 +423,24 @@ def train(task: Task, members: Sequence[Member]) -> Run:
   ckpts = [o[0] for o in opened]
   writers = [o[1] for o in opened]
   try:
-    return _train(task, members, source, split, ckpts, writers)
+    run = _train(task, members, source, split, ckpts, writers)
+    prune_checkpoints(ckpts, c.keep_checkpoints)  # a stopped or failed run keeps its steps
+    return run
   finally:  # also on errors: finish pending saves, keep the last good checkpoint
     for ckpt in ckpts:
       ckpt.close()
     for w in writers:
       w.close()
+
+
+def prune_checkpoints(ckpts, keep: int) -> None:
+  """Waits for every member's pending save, then deletes each member's steps older than the
+  `keep` newest steps they all hold intact (none when they share none)."""
+  for ck in ckpts:
+    ck.wait()
+  common = set.intersection(*(set(ck.usable_steps()) for ck in ckpts)) if ckpts else set()
+  for ck in ckpts:
+    ck.prune(keep, common)
 
 
 def _resume(members, ckpts, host_states, mesh):
@@ -556,6 +568,9 @@ def _train(task: Task, members, source, split, ckpts, writers) -> Run:
       stats.epoch(step, spe)
     if checkpointing:
       window.fetch()  # never checkpoint a state that followed a non-finite step
+      # Old steps go only now that every member's last save is complete: a kill during
+      # this round's saves leaves the step they all share.
+      prune_checkpoints(ckpts, c.keep_checkpoints)
       for m, ck in enumerate(ckpts):
         ck.save(step, run.member_state(m), window=window.saved(m))
     run.step = step

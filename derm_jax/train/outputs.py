@@ -200,8 +200,10 @@ def open_run(workdir: str, config, keep_checkpoints: int):
   fileio.makedirs(workdir)
   if is_main:
     write_config(workdir, config)
-  ckpt = checkpoint.Checkpointer(fileio.join(workdir, "checkpoints"),
-                                 max_to_keep=keep_checkpoints)
+  # Old steps are deleted by the training loop (`loop.prune_checkpoints`), only once every
+  # member of its population holds a newer one; `keep_checkpoints` is how many it keeps.
+  del keep_checkpoints
+  ckpt = checkpoint.Checkpointer(fileio.join(workdir, "checkpoints"), max_to_keep=None)
   return ckpt, MetricWriter(workdir, enabled=is_main), is_main
 
 
