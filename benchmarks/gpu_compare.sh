@@ -15,7 +15,10 @@
 #   STUDY_DIR      the studies' parent folder (default /tmp/derm_jax_recipe_study; emptied)
 #   STEP_TIMEOUT   seconds each benchmark may take before it is skipped (default 150)
 #   RECIPE_TIMEOUT seconds the study may take (default 300)
-#   ALL_ARMS=1     last, issue 24's study: arms imagenet, vae, simclr, imagenet_simclr, seeds
+#   HONEST=1       the :honest study (imagenet, vae, imagenet_simclr, micle; ISIC 2018 test
+#                  images as outside set), seeds 0-2, on the official and the lesion split
+#                  (HONEST_TIMEOUT per split, default 600 s)
+#   ALL_ARMS=1     last, the all-arms study: arms imagenet, vae, simclr, imagenet_simclr, seeds
 #                  0-2, both protocols, label fractions 0.01/0.1/1 (ALL_ARMS_TIMEOUT, 420 s)
 # On the GPU machine, start with the set-up lines of ../shared/device/on_device.sh.
 # The most wanted figures come first (the study's wall times, then bf16 against torch bf16 +
@@ -58,7 +61,8 @@ study() {  # seeds label [overrides...]: the recipe study from an empty workdir 
   rm -rf "$wd"
   say "recipe study, seeds $1, on $RECIPE_NPZ"
   local t0=$SECONDS
-  timeout "${RECIPE_TIMEOUT:-300}" python3 -m derm_jax.main --config=configs/compare.py:recipe \
+  timeout "${RECIPE_TIMEOUT:-300}" python3 -m derm_jax.main \
+      --config=configs/compare.py:"${PRESET:-recipe}" \
       --workdir="$wd" --config.data.source=npz --config.data.npz_path="$RECIPE_NPZ" \
       --config.seeds="$1" $RECIPE_SIZE "${@:3}" > "$LOG_DIR/recipe_$2.log" 2>&1
   local rc=$?
@@ -106,6 +110,14 @@ bench convnext_tiny "$CNXT_B" float32
 peer efficientnet_lite0 "$LITE_B"
 peer convnext_tiny "$CNXT_B"
 table
+if [[ "${HONEST:-0}" == "1" ]]; then
+  # The honest-evaluation study, three seeds (each with its own pretraining), on both
+  # DermaMNIST splits; reports and figures land in LOG_DIR/honest_<split>/.
+  for split in official lesion; do
+    PRESET=honest RECIPE_TIMEOUT="${HONEST_TIMEOUT:-600}" study "(0,1,2)" "honest_$split" \
+        --config.data.split="$split"
+  done
+fi
 if [[ "${ALL_ARMS:-0}" == "1" ]]; then
   RECIPE_TIMEOUT="${ALL_ARMS_TIMEOUT:-420}" study "(0,1,2)" all_arms_seeds3 \
       --config.arms="('imagenet','vae','simclr','imagenet_simclr')" \
