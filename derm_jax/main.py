@@ -213,7 +213,9 @@ def main(argv):
 
 
 def _num(v) -> str:
-  return "n/a" if not isinstance(v, (int, float)) else f"{v:.4g}" if abs(v) >= 10 else f"{v:.3f}"
+  if not isinstance(v, (int, float)):
+    return "n/a"
+  return f"{v:.1f}" if abs(v) >= 100 else f"{v:.3f}"
 
 
 def closing_line(config, workdir: str, result) -> str:

@@ -49,8 +49,11 @@ SKIPPED = {
 }
 # What the log of each block's last command ends with (the README shows one such line).
 LAST_LINE = {
-  "vae": r"Epoch [\d.]+ took [\d.]+ s \(training, evaluation and writing\)\.",
-  "study": r"Study wall time: [\d.]+ s \(.*\)",
+  "vae": (r"Done: validation ELBO [\d.]+ \(reconstruction .*, KL .*\)\. Outputs in \S*runs/vae "
+          r"\(checkpoints/, metrics\.jsonl, tensorboard/\)\. Use it as a classifier's "
+          r"backbone: python -m derm_jax\.main .* --config\.init\.vae_workdir=\S*runs/vae"),
+  "study": (r"Done: the study's report is \S*runs/(own_)?study/report\.md\. Outputs in "
+            r"\S*runs/(own_)?study \(.*\)\. Evaluate an arm on other images: .*"),
   "evaluate": r'\{"accuracy": [\d.]+, "balanced_accuracy": [\d.]+, .*"out": ".*test_step\d+"\}',
 }
 # Overrides appended to every `derm_jax.main` command, by its config.
