@@ -49,7 +49,7 @@ SKIPPED = {
 }
 # What the log of each block's last command ends with (the README shows one such line).
 LAST_LINE = {
-  "vae": (r"Done: validation ELBO [\d.]+ \(reconstruction .*, KL .*\)\. Outputs in \S*runs/vae "
+  "vae": (r"Done: validation ELBO -?[\d.]+ \(reconstruction .*, KL .*\)\. Outputs in \S*runs/vae "
           r"\(checkpoints/, metrics\.jsonl, tensorboard/\)\. Use it as a classifier's "
           r"backbone: python -m derm_jax\.main .* --config\.init\.vae_workdir=\S*runs/vae"),
   "study": (r"Done: the study's report is \S*runs/(own_)?study/report\.md\. Outputs in "
