@@ -240,6 +240,7 @@ def test_smoke_study_with_every_arm_protocol_and_fraction_on_the_ham10000_sample
       run = workdir / base / arm / "seed_0"
       test = json.load(open(run / "test_metrics.json"))
       assert sum(map(sum, test["confusion_matrix"])) == test["num_examples"] > 0
+      assert test["step"] == 2  # smoke_steps: each run stops after 2 steps
       assert set(test["subgroups"]["by"]) >= {"sex", "age_band", "localization"}
       cfg = json.load(open(run / "config.json"))
       assert cfg["label_fraction"] == (0.5 if base.startswith("fractions") else 1.0)
