@@ -102,6 +102,16 @@ def tiny_vae_config(data_dir):
   return c
 
 
+def compare_config(**fields):
+  """configs/compare.py (default preset) as a ConfigDict with top-level `fields` set."""
+  sys.path.insert(0, os.path.join(REPO, "configs"))
+  import compare
+  c = compare.get_config()
+  for k, v in fields.items():
+    c[k] = v
+  return c
+
+
 def tiny_classify_config(data_dir, **overrides):
   """tests/configs/tiny_classify.py as a ConfigDict on `data_dir`, with dotted-key
   overrides (`**{"input.device_data_mb": 0}`)."""

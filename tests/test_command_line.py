@@ -6,22 +6,14 @@ and the workdir is never created."""
 
 from __future__ import annotations
 
-import os
-import sys
-
 import pytest
-from conftest import REPO, TINY_COMPARE, TINY_VAE, run_main
+from conftest import TINY_COMPARE, TINY_VAE, compare_config, run_main
 
 from derm_jax import validate
 
 
 def _compare(**fields):
-  sys.path.insert(0, os.path.join(REPO, "configs"))
-  import compare
-  c = compare.get_config()
-  for k, v in fields.items():
-    c[k] = v
-  return c
+  return compare_config(**fields)
 
 
 def _error_lines(r) -> list[str]:

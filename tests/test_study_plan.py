@@ -3,20 +3,14 @@ by default one VAE per seed, each seed's VAE arm starting from its own VAE, so t
 arm's spread over seeds includes the pretraining's."""
 
 import os
-import sys
 
-from conftest import REPO
+from conftest import compare_config
 
 from derm_jax.study import arms
 
 
 def _compare(**fields):
-  sys.path.insert(0, os.path.join(REPO, "configs"))
-  import compare
-  c = compare.get_config()
-  for k, v in fields.items():
-    c[k] = v
-  return c
+  return compare_config(**fields)
 
 
 def test_one_vae_per_seed_is_the_default(tmp_path):
