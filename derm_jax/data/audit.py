@@ -247,20 +247,26 @@ def _near_duplicates(ha, ta, hb, tb, tolerance, min_correlation, distinct=False)
   return ia[ok], ib[ok], dist[ok], corr[ok], len(ia)
 
 
-def _read_split(source: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """(ids, hashes, thumbnails) of every image of a random-access source."""
+def read_hashes(source: Any, thumbnails: Any = None, thumb_size: int = THUMB_SIZE
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(ids, pHashes, thumbnails) of every image of a random-access source, read in batches.
+
+  `thumbnails(images) -> (n, thumb_size, thumb_size, 3) uint8` (default: the audit's 32x32
+  `thumbnail` of each image); an item without an 'id' gets its position."""
   n = len(source)
   ids = np.zeros(n, dtype=np.int64)
   hashes = np.zeros(n, dtype=np.uint64)
-  thumbs = np.zeros((n, THUMB_SIZE, THUMB_SIZE, 3), dtype=np.uint8)
+  thumbs = np.zeros((n, thumb_size, thumb_size, 3), dtype=np.uint8)
   get_many = getattr(source, "__getitems__", None)
   for start in range(0, n, _BATCH):
     idx = list(range(start, min(n, start + _BATCH)))
     items = get_many(idx) if get_many is not None else [source[i] for i in idx]
-    ids[start:start + len(idx)] = [int(ex["id"]) for ex in items]
-    images = [ex["image"] for ex in items]
+    ids[start:start + len(idx)] = [int(ex.get("id", i)) for i, ex in zip(idx, items,
+                                                                           strict=True)]
+    images = [np.asarray(ex["image"]) for ex in items]
     hashes[start:start + len(idx)] = phash(images)
-    thumbs[start:start + len(idx)] = [thumbnail(im) for im in images]
+    thumbs[start:start + len(idx)] = (thumbnails(images) if thumbnails is not None
+                                      else [thumbnail(im) for im in images])
   return ids, hashes, thumbs
 
 
@@ -305,7 +311,7 @@ def find_leaks(dataset: Any, tolerance: int = DEFAULT_TOLERANCE,
   tolerance, min_correlation = check_thresholds(tolerance, min_correlation)
   ids, hashes, thumbs, lesions = {}, {}, {}, {}
   for split in splits:
-    ids[split], hashes[split], thumbs[split] = _read_split(dataset.source(split))
+    ids[split], hashes[split], thumbs[split] = read_hashes(dataset.source(split))
     lesions[split] = dataset_lesion_ids(dataset, split)
   has_lesions = all(v is not None for v in lesions.values())
   pairs: list[Pair] = []

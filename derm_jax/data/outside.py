@@ -51,7 +51,6 @@ SPLITS = ("train", "val")
 THUMB = 16
 MIN_CORRELATION = 0.975
 MOSTLY = 0.5
-_BATCH = 256
 _VERSION = 1
 
 
@@ -78,21 +77,8 @@ def thumbnails(images: Sequence[np.ndarray]) -> np.ndarray:
 
 
 def _hash_source(source: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """(record ids, hashes, thumbnails) of every image of a random-access source."""
-  n = len(source)
-  ids = np.zeros(n, np.int64)
-  hashes = np.zeros(n, np.uint64)
-  thumbs = np.zeros((n, THUMB, THUMB, 3), np.uint8)
-  get_many = getattr(source, "__getitems__", None)
-  for start in range(0, n, _BATCH):
-    idx = list(range(start, min(n, start + _BATCH)))
-    items = get_many(idx) if get_many is not None else [source[i] for i in idx]
-    images = [np.asarray(ex["image"]) for ex in items]
-    ids[start:start + len(idx)] = [int(ex.get("id", i)) for i, ex in zip(idx, items,
-                                                                           strict=True)]
-    hashes[start:start + len(idx)] = audit.phash(images)
-    thumbs[start:start + len(idx)] = thumbnails(images)
-  return ids, hashes, thumbs
+  """(record ids, hashes, 16x16 thumbnails) of every image of a random-access source."""
+  return audit.read_hashes(source, thumbnails, THUMB)
 
 
 def _metadata_column(dataset: Any, split: str, key: str, n: int) -> np.ndarray:
