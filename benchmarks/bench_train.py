@@ -33,6 +33,7 @@ from ml_collections import config_flags
 
 from derm_jax import console
 from derm_jax.data import device_data
+from derm_jax.train import feed as feed_lib
 from derm_jax.train import loop, population
 from derm_jax.train.population import Member
 
@@ -60,11 +61,11 @@ class _Path:
   """One way of feeding the train program: its compiled program, state and feed."""
 
   def __init__(self, task, members, source, split, scan):
-    states, keys = loop.initial_states(task, members)
+    states, keys = population.initial_states(task, members)
     self.states = population.replicate(states, task.mesh)
     self.keys = population.replicate(keys, task.mesh)
     self.programs = population.Programs(task, len(members), scan, split)
-    self.feed = loop.Feed(task, members, source, split, scan, 0)
+    self.feed = feed_lib.Feed(task, members, source, split, scan, 0)
     self.arrays = split.arrays if split is not None else {}
     self.scan, self.step = scan, 0
 
@@ -90,13 +91,13 @@ def main(argv):
       with c.unlocked():
         c.seed = int(config.seed) + i
       members.append(Member(f"member {i}", f"{tmp}/{i}", c))
-    source, split = loop.training_split(task)
+    source, split = feed_lib.training_split(task)
     paths = {"grain": _Path(task, members, source, None, scan)}
     if split is not None:
       paths["device"] = _Path(task, members, source, split, scan)
   dispatches = max(1, _STEPS.value // scan)
   images = dispatches * scan * config.batch_size * m
-  host = loop.train_iterator(task, loop.train_dataset(task, source))
+  host = feed_lib.train_iterator(task, feed_lib.train_dataset(task, source))
   next(host)  # threads started, first batch read
   t0 = time.perf_counter()
   for _ in range(_STEPS.value * _REPEATS.value):

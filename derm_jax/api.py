@@ -24,13 +24,12 @@ class Model:
   """A restored classifier run: `class_names`, `step`, `predict(images)`."""
 
   def __init__(self, workdir: str, step: int | None = None):
-    from derm_jax import fileio
+    from derm_jax import fileio, layout
     from derm_jax.data import run_data
-    from derm_jax.evaluation import scoring
     from derm_jax.tasks import classifier as classifier_task
     from derm_jax.train import compile_cache
     self.workdir = fileio.normalize(workdir)
-    self.config = scoring.load_run_config(self.workdir)
+    self.config = layout.read_config(self.workdir, task="classify")
     # What the run keeps of its data is all predicting needs; a run of an older version
     # rebuilds its dataset from config.json.
     with compile_cache.default():

@@ -90,3 +90,23 @@ def apply_smoke_steps(config) -> ConfigDict:
     config.total_steps = smoke
     config.log_every_steps = min(int(config.get("log_every_steps", smoke) or smoke), smoke)
   return config
+
+
+# Renamed fields: an older run's config names where its backbone started with a field of
+# its pretraining method; today every pretraining run is init.source='pretrained' with
+# init.pretrained_workdir.
+_LEGACY_INIT = {"vae": "init.vae_workdir", "simclr": "init.simclr_workdir"}
+
+
+def upgrade_flat(flat: dict) -> dict:
+  """A flattened config ('a.b' -> value) with renamed fields under their current names, so
+  that a run started before a rename resumes and compares equal to today's config."""
+  out = dict(flat)
+  source = out.get("init.source")
+  old = [out.pop(f, "") for f in _LEGACY_INIT.values()]
+  if source in _LEGACY_INIT:
+    out["init.source"] = "pretrained"
+    out["init.pretrained_workdir"] = flat.get(_LEGACY_INIT[source], "") or ""
+  elif any(old) or "init.source" in out:
+    out.setdefault("init.pretrained_workdir", "")
+  return out

@@ -191,6 +191,14 @@ def parse_flags(argv: list[str]) -> list[str]:
   return rest
 
 
+# Fields that were renamed: older command lines get the new name. (Older configs and runs
+# with the old names are still read: derm_jax/tasks/backbone_init.py.)
+RENAMED = {
+    "init.vae_workdir": "init.source=pretrained with init.pretrained_workdir=DIR",
+    "init.simclr_workdir": "init.source=pretrained with init.pretrained_workdir=DIR",
+}
+
+
 def _unknown_field(argv: Sequence[str], path: str | None, field: str, hint: str) -> None:
   """Prints the error of an unknown `--config.<path>` (`path` None: found from `field`, its
   last name) with the nearest existing field paths, and exits 2."""
@@ -201,6 +209,9 @@ def _unknown_field(argv: Sequence[str], path: str | None, field: str, hint: str)
                  if a.split("=", 1)[0].rsplit(".", 1)[-1] == field), field)
   culprit = next((a for a in bad if a[len("--config."):].split("=", 1)[0] == path),
                  ", ".join(bad) or "--config")
+  renamed = next((new for old, new in RENAMED.items() if path.endswith(old)), None)
+  if not hint and renamed:
+    hint = f" It is now {renamed}."
   if not hint:
     try:
       from derm_jax import config_text

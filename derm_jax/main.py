@@ -1,6 +1,7 @@
 """Command-line entry point: `python -m derm_jax.main --config=configs/X.py --workdir=DIR`.
 
-The config file decides what runs (`config.task`: 'vae', 'simclr', 'classify' or 'compare');
+The config file decides what runs (`config.task`: a task of derm_jax/tasks/registry.py, e.g.
+'vae', 'simclr', 'dino' or 'classify', or 'compare', the study);
 `--mode=eval` restores a checkpoint (`--step`, default the latest) instead of training.
 Override any config field with `--config.some.field=value`; an unknown field is an error
 that names the nearest fields. `--print_config` prints every field of the resolved config
@@ -19,7 +20,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from derm_jax import console, fileio
-from derm_jax.errors import ConfigError, NotARunError
+from derm_jax.errors import ConfigError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
                                           lock_config=True)
@@ -58,14 +59,8 @@ _smoke_steps: int | None = None
 def eval_config(cli_config, workdir: str):
   """For --mode=eval: the run's own config.json (so the model is rebuilt exactly as it was
   trained), with the data location taken from the command line when one is given there."""
-  import json
-
-  from ml_collections import ConfigDict
-  path = fileio.join(workdir, "config.json")
-  if not fileio.exists(path):
-    raise NotARunError(f"{path} not found: {workdir!r} is not a derm_jax run directory.")
-  with fileio.open(path) as f:
-    config = ConfigDict(json.load(f))
+  from derm_jax import layout
+  config = layout.read_config(workdir)
   if config.get("task") != cli_config.get("task"):
     raise ConfigError(f"{workdir!r} holds a {config.get('task')!r} run, but --config is a "
                      f"{cli_config.get('task')!r} config.")
@@ -120,7 +115,7 @@ def run(config, workdir: str, mode: str = "train", step: int | None = None):
   evaluates."""
   from derm_jax import config_lib, preflight, validate
   task = config.get("task", "vae")
-  if mode == "eval" and task in ("vae", "classify", "simclr"):
+  if mode == "eval" and task != "compare":
     config = eval_config(config, workdir)
   validate.validate_config(config)
   config = config_lib.apply_smoke_steps(config)
@@ -149,26 +144,16 @@ def _dispatch(config, workdir: str, mode: str, step: int | None):
 
 def _run_task(config, workdir: str, mode: str, step: int | None):
   task = config.get("task", "vae")
-  if task == "vae":
-    from derm_jax.tasks import vae as vae_task
-    return (vae_task.train_and_evaluate(config, workdir) if mode == "train"
-            else vae_task.evaluate(config, workdir, step))
-  if task == "classify":
-    from derm_jax.tasks import classifier as classifier_task
-    return (classifier_task.train_and_evaluate(config, workdir) if mode == "train"
-            else classifier_task.evaluate(config, workdir, step))
-  if task == "simclr":
-    from derm_jax.tasks import simclr as simclr_task
-    return (simclr_task.train_and_evaluate(config, workdir) if mode == "train"
-            else simclr_task.evaluate(config, workdir, step))
   if task == "compare":
     from derm_jax.study import stages
     if mode != "train":
       raise ConfigError("--mode=eval is per arm: evaluate DIR/arms/<arm>/seed_<s> with "
                         "python -m derm_jax.evaluate.")
     return stages.run(config, workdir)
-  raise ConfigError(f"Unknown config.task={task!r}; expected 'vae', 'classify', 'simclr' or "
-                    "'compare'.")
+  from derm_jax.tasks import registry
+  module = registry.get(task)
+  return (module.train_and_evaluate(config, workdir) if mode == "train"
+          else module.evaluate(config, workdir, step))
 
 
 def _validate_remote_workdir(workdir: str) -> None:
@@ -236,14 +221,14 @@ def closing_line(config, workdir: str, result) -> str:
             f"{_num(result.get('val/recon'))}, KL {_num(result.get('val/kl'))}). {out} "
             "(checkpoints/, metrics.jsonl, tensorboard/). Use it as a classifier's backbone: "
             "python -m derm_jax.main --config=configs/classify.py --workdir=NEW_DIR "
-            f"--config.init.source=vae --config.init.vae_workdir={workdir}")
-  if task == "simclr":
+            f"--config.init.source=pretrained --config.init.pretrained_workdir={workdir}")
+  if task != "compare":  # a self-supervised pretraining (SimCLR, DINO, ...): its k-NN monitor
     knn = {k: v for k, v in result.items() if "knn" in k and isinstance(v, (int, float))}
     shown = ", ".join(f"{k} {_num(v)}" for k, v in sorted(knn.items())) or "no k-NN metrics"
     return (f"Done: {shown}. {out} (checkpoints/, metrics.jsonl, tensorboard/). Use it as a "
             "classifier's backbone: python -m derm_jax.main --config=configs/classify.py "
-            f"--workdir=NEW_DIR --config.init.source=simclr --config.init.simclr_workdir="
-            f"{workdir}")
+            f"--workdir=NEW_DIR --config.init.source=pretrained "
+            f"--config.init.pretrained_workdir={workdir}")
   report = fileio.join(workdir, "report.md")
   return (f"Done: the study's report is {report}. {out} (each arm's runs in "
           f"{fileio.join(workdir, 'arms')}/<arm>/seed_<s>). Evaluate an arm on other images: "

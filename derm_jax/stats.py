@@ -10,7 +10,7 @@
 
 Metrics. `metric_fn` is either the name of a built-in vectorised metric, 'accuracy',
 'balanced_accuracy', 'macro_f1' or 'macro_auc' (same definitions as
-`derm_jax.evaluation.metrics.classification_metrics`: balanced accuracy = mean recall over
+`derm_jax.metrics.classification_metrics`: balanced accuracy = mean recall over
 the classes present in the (resampled) labels; macro-F1 over all K classes; macro AUC = mean exact
 Mann-Whitney one-vs-rest AUC over the classes with positives and negatives), or any
 callable f(labels, probs) -> float | None, evaluated resample by resample (slower).

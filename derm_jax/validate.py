@@ -25,13 +25,13 @@ import tempfile
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from derm_jax import arms as arm_table
 from derm_jax.errors import ConfigError
-from derm_jax.study import arms as study_arms
-from derm_jax.tasks import backbone_init
+from derm_jax.study import plan as plan_lib
+from derm_jax.tasks import registry
 
-TASKS = ("vae", "classify", "compare", "simclr")
+TASKS = (*registry.TASKS, "compare")
 DTYPES = ("float32", "bfloat16")
-RECON_KINDS = ("gaussian", "l1")
 # Seeds seed numpy (which refuses negative ones) and JAX keys (which keep 32 bits: 2**32
 # would silently be seed 0 again).
 MAX_SEED = 2**32 - 1
@@ -46,6 +46,13 @@ class _Checker:
 
   def __init__(self, config, name: Callable[[str], str], problems: list[str]):
     self.c, self.name, self.problems = config, name, problems
+
+  model_ok = False  # whether image_size and model.backbone(_kwargs) passed their checks
+
+  @staticmethod
+  def reason(e: Exception) -> str:
+    """The message of a check_image_size ValueError without its leading 'config.x=v ' part."""
+    return _strip_field(e)
 
   def add(self, path: str, message: str) -> None:
     text = f"{self.name(path)}{message}"
@@ -202,12 +209,8 @@ def _check_common(k: _Checker, task: str) -> None:
       k.add("image_size", f"={k.get('image_size')!r}: {_strip_field(e)}")
     except TypeError as e:
       k.add("model.backbone_kwargs", f"={kwargs!r} not accepted by {backbone!r}: {e}")
-  if task == "vae":
-    _check_vae(k, size_ok and backbone_ok, backbone, kwargs)
-  elif task == "classify":
-    _check_classifier(k)
-  elif task == "simclr":
-    _check_simclr(k)
+  k.model_ok = size_ok and backbone_ok  # the task's checks may build the model's shapes
+  registry.get(task).check_config(k)
 
 
 def _strings(value: Any) -> bool:
@@ -251,65 +254,6 @@ def _strip_field(e: Exception) -> str:
   return re.sub(r"^config\.image_size=\S+\s*", "", text).rstrip(".")
 
 
-def _check_vae(k: _Checker, size_ok: bool, backbone: str, kwargs: dict) -> None:
-  k.integer("model.latent_dim", 1)
-  widths = k.get("model.decoder_widths")
-  widths_ok = (isinstance(widths, Sequence) and not isinstance(widths, str) and len(widths) > 0
-               and all(isinstance(w, numbers.Integral) and not isinstance(w, bool) and w > 0
-                       for w in widths))
-  if not widths_ok:
-    k.add("model.decoder_widths", f"={widths!r} must be a non-empty sequence of positive "
-          "integers")
-  if size_ok and widths_ok:
-    from derm_jax.models import vae as vae_model
-    try:
-      vae_model.check_image_size(k.get("image_size"), backbone, kwargs, tuple(widths))
-    except ValueError as e:
-      k.add("image_size", f"={k.get('image_size')!r}: {_strip_field(e)}")
-  if k.has("loss.recon"):
-    k.choice("loss.recon", RECON_KINDS)
-  k.number("loss.sigma", 0, low_open=True, required=False)
-  k.number("loss.l1_scale", 0, low_open=True, required=False)
-  k.number("loss.beta", 0, required=False)
-  k.integer("loss.kl_warmup_steps", 0, required=False)
-  k.number("loss.free_bits", 0, required=False)
-  k.integer("num_image_samples", 0, required=False)
-
-
-def _check_classifier(k: _Checker, in_compare: bool = False) -> None:
-  k.integer("head.hidden", 0, required=False)  # 0: a linear head (the linear probe)
-  k.number("label_fraction", 0, low_open=True, high=1, required=False)
-  k.number("head.dropout", 0, high=1, high_open=True, required=False)
-  if k.has("init.source") and k.choice("init.source", backbone_init.SOURCES) and not in_compare:
-    if k.get("init.source") == "vae" and not k.get("init.vae_workdir"):
-      k.add("init.vae_workdir", " is empty; init.source='vae' needs a VAE workdir")
-    if k.get("init.source") == "simclr" and not k.get("init.simclr_workdir"):
-      k.add("init.simclr_workdir", " is empty; init.source='simclr' needs a SimCLR workdir")
-
-
-def _check_simclr(k: _Checker) -> None:
-  """Fields of a SimCLR / MICLe config (configs/simclr.py)."""
-  from derm_jax.tasks import simclr
-  k.number("loss.temperature", 0, low_open=True)
-  k.integer("projection.hidden", 1)
-  k.integer("projection.out_dim", 1)
-  k.integer("projection.num_layers", 1, required=False)
-  k.number("contrastive.grayscale", 0, high=1, required=False)
-  if k.has("positives"):  # whether the data have lesion ids is checked when they are read
-    k.choice("positives", simclr.POSITIVES)
-  k.choice("optimizer.name", simclr.OPTIMIZERS)
-  k.number("optimizer.momentum", 0, high=1, high_open=True, required=False)
-  k.number("optimizer.trust_coefficient", 0, low_open=True, required=False)
-  k.integer("knn.k", 1)
-  k.integer("knn.max_train", 0, required=False)
-  k.number("knn.temperature", 0, low_open=True, required=False)
-  if k.has("init.source"):
-    k.choice("init.source", simclr.INIT_SOURCES)
-  if k.get("aug.on_device", True) is not True:
-    k.add("aug.on_device", f"={k.get('aug.on_device')!r}: SimCLR makes its two views on the "
-          "device; it must be True")
-
-
 def _plain_name(path: str) -> str:
   return f"config.{path}"
 
@@ -340,10 +284,10 @@ def _check_compare(config, problems: list[str]) -> None:
             "(one folder seed_<s>); give each once")
   arms = top.get("arms")
   if (not isinstance(arms, Sequence) or isinstance(arms, str) or not arms
-      or any(a not in study_arms.ARMS for a in arms) or len(set(arms)) != len(arms)):
+      or any(a not in arm_table.ARMS for a in arms) or len(set(arms)) != len(arms)):
     top.add("arms", f"={arms!r} must be a non-empty list of distinct arms from "
-            f"{list(study_arms.ARMS)}")
-    arms = [a for a in (arms if isinstance(arms, Sequence) else ()) if a in study_arms.ARMS]
+            f"{list(arm_table.NAMES)}")
+    arms = [a for a in (arms if isinstance(arms, Sequence) else ()) if a in arm_table.ARMS]
   top.integer("population_size", 0, required=False)
   top.integer("smoke_steps", 0, required=False)
   if top.has("linear_probe") and not isinstance(top.get("linear_probe"), bool):
@@ -363,18 +307,26 @@ def _check_compare(config, problems: list[str]) -> None:
             f"{(*tuple(fractions), 1.0)!r}")
   if top.has("vae_per_seed") and not isinstance(top.get("vae_per_seed"), bool):
     top.add("vae_per_seed", f"={top.get('vae_per_seed')!r} must be True or False")
-  if "vae" in arms and not top.get("vae_workdir"):
-    _check_common(_Checker(study_arms.vae_stage_config(config), _stage_name("vae"), problems),
-                  "vae")
-  for arm in [a for a in arms if a in study_arms.CONTRASTIVE][:1]:  # one config for all
-    _check_common(_Checker(study_arms.contrastive_config(config, arm, 0),
-                           _stage_name("simclr", own=("aug",)), problems), "simclr")
+  # One config per pretraining task (its arms differ in starting weights and options only),
+  # then each arm's classifier, as the study's plan builds them.
+  checked = set()
+  for arm in arms:
+    a = arm_table.get(arm)
+    if a.pretraining is None or a.pretraining in checked or (
+        arm == "vae" and top.get("vae_workdir")):
+      continue
+    checked.add(a.pretraining)
+    if a.pretraining not in config:
+      top.add(a.pretraining, f" is missing: arm {arm!r} is pretrained by the "
+              f"{a.pretraining!r} task, configured in config.{a.pretraining}")
+      continue
+    stage = plan_lib.pretraining_config(config, arm, 0)
+    own = ("aug",) if "aug" in config[a.pretraining] else ()
+    _check_common(_Checker(stage, _stage_name(a.pretraining, own=own), problems),
+                  a.pretraining)
   for arm in arms or ("imagenet",):
-    stage = study_arms.arm_config(config, arm, 0, top.get("vae_workdir") or "<vae stage>",
-                                  "<contrastive stage>")
-    k = _Checker(stage, _stage_name("classifier"), problems)
-    _check_common(k, "compare-classifier")
-    _check_classifier(k, in_compare=True)
+    stage = plan_lib.classifier_config(config, arm, 0, "<pretraining stage>")
+    _check_common(_Checker(stage, _stage_name("classifier"), problems), "classify")
 
 
 def config_problems(config) -> list[str]:

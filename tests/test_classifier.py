@@ -23,18 +23,18 @@ def _load(name):
 
 
 def test_arm_configs_differ_only_in_backbone_initialisation():
-  from derm_jax.study import arms as compare
+  from derm_jax.study import plan
   from derm_jax.train.outputs import _flatten
   c = _load("tiny_compare")
-  a = _flatten(compare.arm_config(c, "vae", 3, "/some/vae").to_dict())
-  b = _flatten(compare.arm_config(c, "imagenet", 3, "/some/vae").to_dict())
+  a = _flatten(plan.classifier_config(c, "vae", 3, "/some/vae").to_dict())
+  b = _flatten(plan.classifier_config(c, "imagenet", 3, "/some/vae").to_dict())
   assert a.keys() == b.keys()
   diff = {k for k in a if a[k] != b[k]}
   assert diff and all(k.startswith("init.") for k in diff), diff
   assert a["seed"] == b["seed"] == 3
   assert a["model.backbone"] == b["model.backbone"] == c.backbone
   # The VAE stage pretrains exactly the encoder architecture the classifier uses.
-  v = compare.vae_stage_config(c)
+  v = plan.pretraining_config(c, "vae", 3)
   assert v.model.backbone == a["model.backbone"] and v.image_size == a["image_size"]
 
 
@@ -251,7 +251,7 @@ def test_smoke_study_with_every_arm_protocol_and_fraction_on_the_ham10000_sample
     assert cfg["task"] == "simclr"
     assert cfg["positives"] == ("lesion" if arm == "micle" else "views")
     assert json.load(open(workdir / "arms" / arm / "seed_0" / "config.json"))["init"][
-        "simclr_workdir"] == str(workdir / "pretrain" / arm / "seed_0")
+        "pretrained_workdir"] == str(workdir / "pretrain" / arm / "seed_0")
   report = (workdir / "report.md").read_text()
   assert "ham10000" in report.lower()
   for arm in ALL_ARMS:

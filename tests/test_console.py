@@ -178,4 +178,4 @@ def test_a_vae_run_closes_with_its_elbo_and_how_to_use_it(data_dir, tmp_path):
   assert r.returncode == 0, r.stderr[-4000:]
   done = [ln for ln in r.stdout.splitlines() if ln.startswith("Done:")]
   assert len(done) == 1 and "validation ELBO" in done[0], r.stdout
-  assert f"--config.init.source=vae --config.init.vae_workdir={work}" in done[0]
+  assert f"--config.init.source=pretrained --config.init.pretrained_workdir={work}" in done[0]

@@ -549,7 +549,7 @@ def test_unlabeled_images_reach_pretraining_and_never_evaluation(data_dir, tmp_p
   which hold none of the pool's images."""
   from derm_jax.tasks import classifier as classifier_task
   from derm_jax.tasks import vae as vae_task
-  from derm_jax.train import loop
+  from derm_jax.train import feed
   sys.path.insert(0, os.path.join(REPO, "tests", "configs"))
   import tiny_classify
   import tiny_vae
@@ -560,7 +560,7 @@ def test_unlabeled_images_reach_pretraining_and_never_evaluation(data_dir, tmp_p
   c.data.data_dir = data_dir
   c.data.unlabeled = (str(pool),)
   task = vae_task.build(c)
-  source, _ = loop.training_split(task)
+  source, _ = feed.training_split(task)
   n_train = len(task.dataset.source("train"))
   assert len(source) == n_train + 40 and task.steps_per_epoch == (n_train + 40) // 16
   pool_images = {source[i]["image"].tobytes() for i in range(n_train, n_train + 40)}
@@ -573,4 +573,4 @@ def test_unlabeled_images_reach_pretraining_and_never_evaluation(data_dir, tmp_p
   k.data = c.data
   k.init.source = "scratch"
   ktask = classifier_task.build(k)
-  assert len(loop.training_split(ktask)[0]) == n_train  # labels only
+  assert len(feed.training_split(ktask)[0]) == n_train  # labels only

@@ -144,7 +144,7 @@ def test_a_study_reusing_a_pretrained_vae(study, data_dir, tmp_path):
   """`config.vae_workdir` (how a study adds seeds to an earlier one): no VAE is trained,
   every seed's VAE arm starts from that workdir, and the preflight checks it."""
   from derm_jax import preflight
-  from derm_jax.study import arms
+  from derm_jax.study import plan
   sys.path.insert(0, os.path.join(REPO, "tests", "configs"))
   import tiny_compare
   c = tiny_compare.get_config()
@@ -154,12 +154,12 @@ def test_a_study_reusing_a_pretrained_vae(study, data_dir, tmp_path):
   c.arms = ("vae", "scratch")
   c.vae_workdir = str(study / "vae" / "seed_0")
   wd = str(tmp_path / "more_seeds")
-  assert arms.vae_stage(c, wd) == []
-  members = arms.classifier_stage(c, wd)
+  assert "vae" not in plan.pretraining_runs(c, wd)
+  members = [(r.name, r.workdir, r.config) for r in plan.classifier_runs(c, wd)]
   assert [n for n, _, _ in members] == ["vae seed 1", "scratch seed 1", "vae seed 2",
                                         "scratch seed 2"]
   for name, _, cfg in members:
-    assert cfg.init.vae_workdir == (c.vae_workdir if name.startswith("vae") else "")
+    assert cfg.init.pretrained_workdir == (c.vae_workdir if name.startswith("vae") else "")
   preflight.check(c, wd)  # the reused VAE is a VAE of the study's backbone, with a checkpoint
   c.vae_workdir = str(tmp_path / "nothing_here")
   with pytest.raises(NotARunError, match="no config.json"):

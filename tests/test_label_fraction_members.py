@@ -8,7 +8,7 @@ from conftest import tiny_classify_config
 
 from derm_jax.data import label_fractions
 from derm_jax.tasks import classifier as classifier_task
-from derm_jax.train import loop
+from derm_jax.train import feed as feed_lib
 from derm_jax.train.population import Member
 
 
@@ -23,15 +23,15 @@ def test_a_fraction_member_is_fed_its_subset_only(data_dir, tmp_path):
     return Member(f"{fraction}/{seed}", str(tmp_path / f"{fraction}_{seed}"), c)
 
   members = [member(0.1, 0), member(0.1, 1), member(1.0, 0)]
-  source, split = loop.training_split(task)
+  source, split = feed_lib.training_split(task)
   assert split is not None  # the embedded subset is held on the device
   pool = label_fractions.fraction_indices(labels, 0.1, 0)
   assert 0 < len(pool) < len(labels) // 5
-  assert loop.member_pool(task, members[0].config).tolist() == pool.tolist()
-  assert loop.member_pool(task, members[2].config) is None
+  assert feed_lib.member_pool(task, members[0].config).tolist() == pool.tolist()
+  assert feed_lib.member_pool(task, members[2].config) is None
   b = task.batch_size
   steps = -(-2 * len(pool) // b)  # two epochs of the subset
-  feed = loop.Feed(task, members, source, split, steps, 0)
+  feed = feed_lib.Feed(task, members, source, split, steps, 0)
   fed = np.asarray(feed.xs(0, steps)["indices"])  # (steps, members, batch)
   assert fed.shape == (steps, 3, b)
   for m, seed in ((0, 0), (1, 1)):
@@ -46,7 +46,7 @@ def test_a_fraction_member_is_fed_its_subset_only(data_dir, tmp_path):
   full = set(fed[:, 2].ravel().tolist())
   assert len(full) > 2 * len(pool) and not full <= set(pool.tolist())
   # The Grain stream (a split too large for the device) draws from the same subset.
-  ds = loop.train_dataset(task, source, members[0].config)
+  ds = feed_lib.train_dataset(task, source, members[0].config)
   in_pool = {source[int(i)]["image"].tobytes() for i in pool}
   images = np.concatenate([np.asarray(ds[s]["image"]) for s in range(len(pool) // b)])
   assert len(images) >= len(pool) // 2 and all(x.tobytes() in in_pool for x in images)

@@ -1,4 +1,4 @@
-"""Tests of derm_jax.evaluation.metrics: hand-computed cases and randomized agreement with scikit-learn."""
+"""Tests of derm_jax.metrics: hand-computed cases and randomized agreement with scikit-learn."""
 
 from __future__ import annotations
 
@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from derm_jax.evaluation.metrics import (
-  MetricsAccumulator,
+from derm_jax.metrics import (
   binary_auc,
   classification_metrics,
   majority_baseline,
@@ -159,47 +158,7 @@ def test_overfitting_gap_signs():
   assert g["gap/loss"] is None and g["gap/accuracy"] == pytest.approx(0.1)
 
 
-def test_accumulator_with_padding_mask_matches_direct():
-  rng = np.random.default_rng(0)
-  k, n = 4, 37
-  labels = rng.integers(0, k, n)
-  probs = rng.dirichlet(np.ones(k), n)
-  losses = rng.random(n)
-  acc = MetricsAccumulator(k)
-  bs = 8
-  for start in range(0, n, bs):
-    sl = slice(start, start + bs)
-    lb, pb, lo = labels[sl], probs[sl], losses[sl]
-    pad = bs - lb.shape[0]
-    mask = np.r_[np.ones(lb.shape[0]), np.zeros(pad)]
-    # Padded rows hold garbage that must be ignored.
-    lb = np.r_[lb, np.zeros(pad, np.int64)]
-    pb = np.r_[pb, np.tile(np.eye(k)[:1], (pad, 1))]
-    lo = np.r_[lo, np.full(pad, 1e6)]
-    acc.update(lb, pb, losses=lo, mask=mask)
-  assert acc.count == n
-  got = acc.result()
-  want = classification_metrics(labels, probs, k, loss=float(losses.mean()))
-  for key, v in want.items():
-    if isinstance(v, float):
-      assert got[key] == pytest.approx(v), key
-    else:
-      assert got[key] == v, key
-  acc.reset()
-  assert acc.count == 0
-
-
-def test_accumulator_without_loss_and_errors():
-  acc = MetricsAccumulator(3)
-  acc.update(LABELS[:4], PROBS[:4])
-  acc.update(LABELS[4:], PROBS[4:])
-  m = acc.result()
-  assert "loss" not in m
-  assert m["macro_auc"] == pytest.approx(0.625)
-  with pytest.raises(ValueError, match="either in every update or in none"):
-    acc.update(LABELS, PROBS, losses=np.zeros(7))
-  with pytest.raises(ValueError, match="per-example"):
-    MetricsAccumulator(3).update(LABELS, PROBS, losses=np.float32(0.3))
+def test_bad_inputs_are_refused():
   with pytest.raises(ValueError):
     classification_metrics(LABELS, PROBS[:, :2], 3)
   with pytest.raises(ValueError):

@@ -1,5 +1,5 @@
 """The MICLe partner sampler that training uses (`pairs.sample_partners_np`, called by
-derm_jax/train/loop.py with `np.random.default_rng([seed, step])`), over a real lesion
+derm_jax/tasks/simclr.py `LesionPartners` with `np.random.default_rng([seed, step])`), over a real lesion
 table: a partner is another image of the same lesion whenever the lesion has one, the image
 itself otherwise, and never an image of another split (the table is per split)."""
 

@@ -95,16 +95,16 @@ def test_a_later_group_of_a_stage_reuses_its_task_and_equals_a_fresh_run(data_di
   whose config differs from the task's in more than the member fields is refused."""
   from derm_jax.errors import ConfigError
   from derm_jax.tasks import classifier as classifier_task
-  from derm_jax.train import loop
+  from derm_jax.train import feed
   from derm_jax.train.population import Member
   kw = {"total_steps": 3, "log_every_steps": 1}
   first = Member("s0", str(tmp_path / "s0"), _classify_config(data_dir, 0, **kw))
   later = Member("s1", str(tmp_path / "s1"), _classify_config(data_dir, 1, **kw))
   run0, _ = classifier_task.train_members([first])
-  split = loop.training_split(run0.task)
+  split = feed.training_split(run0.task)
   run1, (test1,) = classifier_task.train_members([later], run0.task)
   assert run1.task is run0.task and run1.programs is run0.programs
-  assert loop.training_split(run1.task) is split
+  assert feed.training_split(run1.task) is split
   fresh = classifier_task.train_and_evaluate(later.config, str(tmp_path / "fresh"))
   assert _rows(tmp_path / "s1") == _rows(tmp_path / "fresh")
   for a, b in zip(jax.tree.leaves(_params(tmp_path / "s1")),

@@ -83,7 +83,7 @@ def test_bfloat16_logits_of_converted_imagenet_weights_match_float32(tmp_path):
 
 def test_bfloat16_vae_learns_and_its_checkpoint_evaluates_in_float32(data_dir, tmp_path):
   from derm_jax.tasks import vae as vae_task
-  from derm_jax.train import loop
+  from derm_jax.train import restore
   from derm_jax.train.population import Member
   c = tiny_vae_config(data_dir)
   c.dtype = "bfloat16"
@@ -101,7 +101,7 @@ def test_bfloat16_vae_learns_and_its_checkpoint_evaluates_in_float32(data_dir, t
   c32 = tiny_vae_config(data_dir)
   c32.total_steps = 40
   task32 = vae_task.build(c32)
-  run = loop.restore(task32, [Member("vae", workdir, c32)])
+  run = restore.restore(task32, [Member("vae", workdir, c32)])
   assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(run.states.params))
   val32 = task32.make_evaluator(task32.dataset.source("val")).run(run.predict)[0]
   np.testing.assert_allclose(val32["elbo"], last["val/elbo"], rtol=0.02)

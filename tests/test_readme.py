@@ -51,7 +51,7 @@ SKIPPED = {
 LAST_LINE = {
   "vae": (r"Done: validation ELBO -?[\d.]+ \(reconstruction .*, KL .*\)\. Outputs in \S*runs/vae "
           r"\(checkpoints/, metrics\.jsonl, tensorboard/\)\. Use it as a classifier's "
-          r"backbone: python -m derm_jax\.main .* --config\.init\.vae_workdir=\S*runs/vae"),
+          r"backbone: python -m derm_jax\.main .* --config\.init\.pretrained_workdir=\S*runs/vae"),
   "study": (r"Done: the study's report is \S*runs/(own_)?study/report\.md\. Outputs in "
             r"\S*runs/(own_)?study \(.*\)\. Evaluate an arm on other images: .*"),
   "evaluate": r'\{"accuracy": [\d.]+, "balanced_accuracy": [\d.]+, .*"out": ".*test_step\d+"\}',

@@ -13,8 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from derm_jax import plots, stats
-from derm_jax.evaluation import metrics
+from derm_jax import metrics, plots, stats
 from derm_jax.evaluation.predictions import read_predictions_csv, write_predictions_csv
 from derm_jax.report import ReportError, analysis, runs, write_report
 

@@ -92,8 +92,8 @@ def test_checkpoint_starts_a_classifier_bit_for_bit(simclr_run, tmp_path):
   cls.image_size = c.image_size
   cls.model.backbone = c.model.backbone
   cls.model.backbone_kwargs = c.model.backbone_kwargs.copy_and_resolve_references()
-  cls.init.source = "simclr"
-  cls.init.simclr_workdir = workdir
+  cls.init.source = "pretrained"
+  cls.init.pretrained_workdir = workdir
   validate.validate_config(cls)
   task = classifier_task.build(cls)
   state, _ = task.init_member(cls, str(tmp_path / "cls"))
@@ -112,20 +112,22 @@ def test_checkpoint_starts_a_classifier_bit_for_bit(simclr_run, tmp_path):
   assert not [k for k in got if got[k].ndim >= 2 and np.array_equal(got[k], other[k])]
 
   # The source is checked: an empty workdir setting, a VAE run, another backbone.
-  cls.init.simclr_workdir = ""
-  with pytest.raises(ConfigError, match="init.simclr_workdir"):
+  cls.init.pretrained_workdir = ""
+  with pytest.raises(ConfigError, match="init.pretrained_workdir"):
     validate.validate_config(cls)
   other_run = tmp_path / "vae_run"
   other_run.mkdir()
   (other_run / "config.json").write_text(json.dumps({"task": "vae"}))
-  cls.init.simclr_workdir = str(other_run)
-  with pytest.raises(ConfigError, match="not a SimCLR"):
+  cls.init.source = "simclr"  # an older config's name: a SimCLR run, nothing else
+  cls.init.pretrained_workdir = str(other_run)
+  with pytest.raises(ConfigError, match="not a 'simclr' one"):
     task.init_member(cls, str(tmp_path / "cls2"))
-  cls.init.simclr_workdir = str(tmp_path / "nothing")
+  cls.init.source = "pretrained"
+  cls.init.pretrained_workdir = str(tmp_path / "nothing")
   with pytest.raises(NotARunError):
     task.init_member(cls, str(tmp_path / "cls3"))
   from derm_jax.tasks import backbone_init
-  cls.init.simclr_workdir = workdir
+  cls.init.pretrained_workdir = workdir
   cls.model.backbone_kwargs.depths = (1, 1, 2, 1)
   with pytest.raises(ConfigError, match="backbone"):
     backbone_init.check_source(cls, str(tmp_path / "cls4"))
@@ -149,7 +151,7 @@ def test_micle_partners_share_the_lesion_and_stay_in_the_training_split(data_dir
   positives='views' member the anchors themselves; the two train as one population."""
   from derm_jax.data import unlabeled
   from derm_jax.tasks import simclr as simclr_task
-  from derm_jax.train import loop
+  from derm_jax.train import feed as feed_lib
   from derm_jax.train.population import Member
   root = csv_folder(tmp_path / "lesions", {"a": 15, "b": 15}, group_size=3)
   pool = tmp_path / "pool"
@@ -177,10 +179,10 @@ def test_micle_partners_share_the_lesion_and_stay_in_the_training_split(data_dir
   assert len(task.train_source) == n_train + 4  # the pool comes after the training split
   groups = list(dataset.metadata("train")["lesion_id"]) + [f"pool{i}" for i in range(4)]
   groups = np.asarray(groups)
-  source, split = loop.training_split(task)
-  feed = loop.Feed(task, members, source, split, scan_len=6, start=0)
+  source, split = feed_lib.training_split(task)
+  feed = feed_lib.Feed(task, members, source, split, scan_len=6, start=0)
   xs = feed.xs(0, 6)
-  idx, partners = np.asarray(xs["indices"]), np.asarray(xs["partners"])  # (L, M, B)
+  idx, partners = np.asarray(xs["indices"]), np.asarray(xs["partner_image"])  # (L, M, B)
   anchors, mine = idx[:, 0], partners[:, 0]
   assert (groups[mine] == groups[anchors]).all()       # the anchor's own lesion ...
   assert ((mine < n_train) == (anchors < n_train)).all()  # ... within the training split
@@ -205,10 +207,10 @@ def test_micle_partners_share_the_lesion_and_stay_in_the_training_split(data_dir
   second = simclr_task.train_members([Member("simclr 1", str(tmp_path / "g1"), seed1)],
                                      first.task)
   assert second.task is first.task and second.programs is first.programs
-  assert second.task.pairs is None
+  assert simclr_task.lesion_table(second.task) is None
   third = simclr_task.train_members([Member("micle 0", str(tmp_path / "g2"), lesion)],
                                     second.task)
-  assert third.task is not first.task and third.task.pairs is not None
+  assert third.task is not first.task and simclr_task.lesion_table(third.task) is not None
   assert third.step == 2 and np.isfinite(third.last_rows[0]["train/loss"])
 
 
@@ -227,7 +229,7 @@ def test_bad_settings_are_one_clear_error_each(data_dir, tmp_path):
   micle = c.copy_and_resolve_references()
   micle.positives = "lesion"
   validate.validate_config(micle)
-  assert simclr_task.build(micle).pairs is not None
+  assert simclr_task.lesion_table(simclr_task.build(micle)) is not None
   # A DermaMNIST-layout file the lesion table does not know has no lesion ids: refused.
   rng = np.random.default_rng(0)
   npz = tmp_path / "other.npz"

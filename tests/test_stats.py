@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from derm_jax import stats
-from derm_jax.evaluation import metrics
+from derm_jax import metrics, stats
 
 
 def _probs(labels, k, signal, rng):

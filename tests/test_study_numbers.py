@@ -41,7 +41,7 @@ def _own_copy(run_dir, tmp_path):
 
 def _arm_config(study, arm):
   # The library function (the CLI modules define absl flags: one of them per process).
-  from derm_jax.evaluation.scoring import load_run_config
+  from derm_jax.evaluate import load_run_config
   return load_run_config(str(_arm(study, arm)))
 
 
@@ -88,7 +88,8 @@ def test_vae_arm_backbone_starts_from_the_vae_encoder(study, tmp_path, frozen):
   from derm_jax.models import vae as vae_lib
   from derm_jax.train import checkpoint
   config = _arm_config(study, "vae")
-  assert config.init.source == "vae" and config.init.vae_workdir == str(study / "vae" / "seed_0")
+  assert (config.init.source == "pretrained"
+          and config.init.pretrained_workdir == str(study / "vae" / "seed_0"))
   config.freeze_backbone = frozen
   _, tree = checkpoint.restore_state_tree(str(study / "vae" / "seed_0" / "checkpoints"))
   encoder = vae_lib.backbone_variables(tree)
@@ -159,7 +160,7 @@ def test_evaluate_cli_and_eval_mode_reproduce_the_runs_own_evaluation(study, dat
   arm = _own_copy(_arm(study, "vae"), tmp_path)  # --mode=eval writes into its workdir
   trained = json.load(open(arm / "test_metrics.json"))
   out = tmp_path / "evaluate"
-  from derm_jax.evaluation import metrics as metrics_lib
+  from derm_jax import metrics as metrics_lib
   from derm_jax.evaluation.predictions import read_predictions_csv
   ids = list(read_predictions_csv(arm / "test_predictions.csv").image_ids)
   keep = tmp_path / "leak_free_ids.txt"  # half the test images, as the audit would list
@@ -218,12 +219,12 @@ def test_vae_eval_mode_reproduces_the_last_validation_row(study, data_dir, tmp_p
   from ml_collections import ConfigDict  # not derm_jax.main: its flags clash with evaluate's
 
   from derm_jax.tasks import vae as vae_task
-  from derm_jax.train import loop
+  from derm_jax.train import restore
   from derm_jax.train.population import Member
   config = ConfigDict(json.load(open(vae_dir / "config.json")))
   config.data.data_dir = data_dir
   task = vae_task.build(config)
-  untrained_run = loop.init_run(task, [Member("untrained", str(vae_dir), config)])
+  untrained_run = restore.init_run(task, [Member("untrained", str(vae_dir), config)])
   untrained = task.make_evaluator(task.dataset.source("val")).run(untrained_run.predict)[0]
   assert not np.isclose(untrained["elbo"], last["val/elbo"], rtol=1e-3)
   assert not np.isclose(untrained["recon"], last["val/recon"], rtol=1e-3)

@@ -1,4 +1,4 @@
-"""Tests for per-subgroup metrics (derm_jax/data/subgroups.py) on a tiny hand-made case."""
+"""Tests for per-subgroup metrics (derm_jax/evaluation/subgroups.py) on a tiny hand-made case."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from derm_jax.data import subgroups
+from derm_jax.evaluation import subgroups
 
 
 def test_age_bands():

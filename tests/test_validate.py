@@ -86,8 +86,8 @@ def test_classifier_settings():
       "config.optimizer.backbone_lr=nan must be a finite number > 0"]
   assert problems_after(load("classify.py"), image_size=40)[0].startswith(
       "config.image_size=40: cannot be used with backbone 'efficientnet_lite0'")
-  (p,) = problems_after(load("classify.py"), init__source="vae")
-  assert p.startswith("config.init.vae_workdir")
+  (p,) = problems_after(load("classify.py"), init__source="pretrained")
+  assert p.startswith("config.init.pretrained_workdir")
   (p,) = problems_after(load("classify.py"), head__dropout=1.0)
   assert p.startswith("config.head.dropout=1.0")
 

@@ -133,10 +133,6 @@ class _TorchDtype:
   """Stands in for `torch.<dtype>` in the pickle."""
   name: str
 
-  @property
-  def np_dtype(self) -> np.dtype:
-    return _numpy_dtype(self.name)
-
 
 @dataclasses.dataclass(frozen=True)
 class _StorageType:

@@ -67,10 +67,6 @@ class DatasetMeta:
   def num_classes(self) -> int:
     return len(self.class_names)
 
-  @property
-  def class_descriptions(self) -> tuple[str, ...]:
-    return tuple(CLASS_DESCRIPTIONS.get(c, c) for c in self.class_names)
-
 
 class Dataset(Protocol):
   """The interface every registered dataset implements."""
@@ -106,8 +102,3 @@ def get(data_config: Any) -> Dataset:
     raise DataError(f"unknown config.data.name={name!r}; registered datasets: {available()}.")
   module, factory = _DATASETS[name].split(":")
   return getattr(importlib.import_module(module), factory)(data_config)
-
-
-def meta(data_config: Any) -> DatasetMeta:
-  """The meta of the configured dataset (prepares it if needed)."""
-  return get(data_config).meta

@@ -5,7 +5,7 @@ confusion matrix, per-class recall, the majority baseline, and per-image probabi
   results = ev.run(run.predict)   # one metrics dict (JSON-safe) per member of the run
   ev.predictions[m]               # member m's per-image probabilities
 `run.predict(batch) -> {'probs': (B, M, K), 'loss': (B, M)}` is the classifier task's eval
-step for every member of a run (derm_jax/train/loop.py). Metrics come from `derm_jax.evaluation.metrics` (checked against sklearn).
+step for every member of a run (derm_jax/train/loop.py). Metrics come from `derm_jax.metrics` (checked against sklearn).
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from typing import Any
 
 import numpy as np
 
+from derm_jax import metrics as metrics_lib
 from derm_jax.data.errors import DataError
 from derm_jax.evaluation import common
-from derm_jax.evaluation import metrics as metrics_lib
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,7 +133,7 @@ def add_subgroups(result: dict[str, Any], preds: Predictions, dataset, split: st
   metadata = getattr(dataset, "metadata", None)
   if metadata is None or preds.labels is None:
     return
-  from derm_jax.data import subgroups
+  from derm_jax.evaluation import subgroups
   md = {k: np.asarray(v)[preds.index] for k, v in metadata(split).items()}
   attributes = tuple(a for a in (*subgroups.ATTRIBUTES, "dx_type")
                      if (a if a != "age_band" else "age") in md)

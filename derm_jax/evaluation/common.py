@@ -1,7 +1,7 @@
 """What every evaluator shares: run a population's prediction over a whole split.
 
 `collect` feeds each padded eval batch through `predict(batch) -> {name: (B, M, ...)}` (the
-eval step of all M members of a run, `loop.Run.predict`), keeps the results on the device
+eval step of all M members of a run, `population.Run.predict`), keeps the results on the device
 until the split is done, then brings them to the host in one transfer (gathered over
 processes in multi-host runs) and drops the padding. Nothing waits on the device between
 batches. `per_member(out, m)` is member m's view of the result.
@@ -12,19 +12,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import jax
 import numpy as np
-from jax.experimental import multihost_utils
 
 from derm_jax.data import input_pipeline
 from derm_jax.train import mesh as mesh_lib
-
-
-def to_host(tree: Any) -> Any:
-  """Device arrays -> numpy, gathered over all processes (one transfer for the whole tree)."""
-  if jax.process_count() > 1:
-    return multihost_utils.process_allgather(tree, tiled=True)
-  return jax.tree.map(np.asarray, jax.device_get(tree))
 
 
 def collect(predict: Callable, source: Any, *, batch_size: int, mesh) -> dict[str, np.ndarray]:
@@ -39,7 +30,7 @@ def collect(predict: Callable, source: Any, *, batch_size: int, mesh) -> dict[st
     sharded = mesh_lib.shard_batch(batch, mesh)
     outs.append(predict(sharded))
     batches.append({k: sharded[k] for k in ("label", "id", "index", "mask")})
-  host_outs, host_batches = to_host((outs, batches))
+  host_outs, host_batches = mesh_lib.to_host((outs, batches))
   merged = {k: np.concatenate([o[k] for o in host_outs]) for k in host_outs[0]}
   merged.update({k: np.concatenate([b[k] for b in host_batches]) for k in host_batches[0]})
   keep = merged.pop("mask") > 0

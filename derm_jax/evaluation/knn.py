@@ -6,7 +6,7 @@ most cosine-similar training examples, and score the votes. The vote is the comm
 practice (Wu et al. 2018's instance discrimination, used by DINO and others): neighbour j
 adds exp(cos(q, x_j) / temperature) to its class, and the scores are normalised to sum
 to 1, so they can be read as class probabilities (and scored by
-derm_jax.evaluation.metrics, AUC included).
+derm_jax.metrics, AUC included).
 
 Queries go in chunks of `chunk_size`, so memory stays at chunk_size x num_train floats
 (~40 MB for 1k x 10k) however many queries there are.
@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from derm_jax.evaluation import metrics
+from derm_jax import metrics
 
 
 def _normalized(x: Any, name: str) -> np.ndarray:

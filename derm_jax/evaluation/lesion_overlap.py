@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from derm_jax import stats
-from derm_jax.evaluation.metrics import classification_metrics
+from derm_jax.metrics import classification_metrics
 
 SEEN_IN = ("train",)
 INTERVAL_METRICS = ("accuracy", "balanced_accuracy", "macro_auc")

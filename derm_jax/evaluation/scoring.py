@@ -4,8 +4,9 @@ confusion.png, predictions.csv (and submission.csv for ISIC input). Outside imag
 are the run's own training or validation images are left out of the outside metrics (and
 a set made mostly of them is refused): derm_jax/data/outside.py.
 
-The function behind `python -m derm_jax.evaluate`, also used by the study for its outside
-sets (`config.external`); it defines no command-line flags, so any entry point can call it.
+`score` is behind `python -m derm_jax.evaluate` (derm_jax/evaluate.py restores the run) and
+the study's outside sets (`config.external`); it takes a restored run, so evaluation never
+needs the tasks or the training loop.
 """
 
 from __future__ import annotations
@@ -14,21 +15,8 @@ import json
 import os
 
 from absl import logging
-from ml_collections import ConfigDict
 
 from derm_jax import fileio
-from derm_jax.errors import ConfigError, NotARunError
-
-
-def load_run_config(workdir: str) -> ConfigDict:
-  path = fileio.join(workdir, "config.json")
-  if not fileio.exists(path):
-    raise NotARunError(f"{path} not found: {workdir!r} is not a derm_jax run directory.")
-  with fileio.open(path) as f:
-    cfg = ConfigDict(json.load(f))
-  if cfg.get("task") != "classify":
-    raise ConfigError(f"{workdir!r} holds a {cfg.get('task')!r} run, not a classifier.")
-  return cfg
 
 
 def outside_source(task, isic_images: str, isic_csv: str | None):
@@ -138,32 +126,3 @@ def score(run, source, outs: list[str], *, name: str, split: str | None = None,
       if not quiet:
         print(json.dumps({"num_examples": result["num_examples"], "out": out}))
   return results
-
-
-def evaluate_checkpoint(workdir: str, step: int | None = None, split: str = "test",
-                        isic_images: str | None = None, isic_csv: str | None = None,
-                        out: str | None = None, leak_free_ids: str | None = None) -> dict:
-  """One classifier run's checkpoint on a project split, on outside ISIC-layout data, or
-  (no CSV) predictions on a folder of images; the CLI `python -m derm_jax.evaluate`."""
-  from derm_jax.tasks import classifier as classifier_task
-  from derm_jax.train import loop
-  from derm_jax.train.population import Member
-  config = load_run_config(workdir)
-  if isic_csv and not isic_images:
-    raise ConfigError("--isic_csv needs --isic_images (the folder of the images it lists).")
-  if isic_images and leak_free_ids:
-    raise ConfigError("--leak_free_ids goes with --split (the project's own splits).")
-  # Outside images need only what the run keeps of its data (data/run_data.py); a project
-  # split needs the data themselves, where config.json says.
-  from derm_jax.data import run_data
-  task = classifier_task.build(config, run_data.load(workdir) if isic_images else None)
-  check = None
-  if isic_images:
-    source, name, image_ids, check = checked_outside(task, workdir, isic_images, isic_csv)
-  else:
-    source, name, image_ids = task.dataset.source(split), split, None
-  run = loop.restore(task, [Member("classifier", workdir, config)], step)
-  out = out or fileio.join(workdir, "eval", f"{name}_step{run.step}")
-  return score(run, source, [out], name=name, split=None if isic_images else split,
-               image_ids=image_ids, isic_images=isic_images, isic_csv=isic_csv,
-               leak_free_ids=leak_free_ids, outside_check=check)[0]

@@ -68,7 +68,6 @@ from derm_jax.report.analysis import (
 )
 from derm_jax.report.runs import (
   CLASSIFIER,
-  KNOWN_ARMS,
   PROBE,
   ArmRuns,
   Condition,
@@ -76,14 +75,12 @@ from derm_jax.report.runs import (
   ReportError,
   SeedRun,
   Study,
-  load_compare_dir,
   load_study,
 )
 from derm_jax.report.write import write_report
 
 __all__ = [
   "CLASSIFIER",
-  "KNOWN_ARMS",
   "PROBE",
   "ArmRuns",
   "Condition",
@@ -96,7 +93,6 @@ __all__ = [
   "Study",
   "analyse_sets",
   "label_efficiency",
-  "load_compare_dir",
   "load_study",
   "main",
   "shift_change",

@@ -10,9 +10,10 @@ test_predictions.csv and external/<set>/{metrics.json,predictions.csv}):
   fractions/<f>/probes/<arm>/seed_<s>/    linear probe on a fraction f of the labels
   vae/seed_<s>/latent_pca.png             the VAE's latent map (older studies: vae/latent_pca.png)
 
-`load_study` reads all of it into a `Study` (one `Condition` per protocol and fraction);
-`load_compare_dir` reads arms/ only. Raises ReportError naming any missing or unreadable
-file; predictions files are optional. Does not import jax.
+`load_study` reads all of it into a `Study` (one `Condition` per protocol and fraction).
+Raises ReportError naming any missing or unreadable file; predictions files are optional.
+The folder and file names are derm_jax/layout.py's; the arms' order, descriptions and kind
+are the arm table's (derm_jax/arms.py). Does not import jax.
 """
 
 from __future__ import annotations
@@ -24,32 +25,20 @@ import re
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
-from derm_jax import fileio
+from derm_jax import arms as arm_table
+from derm_jax import fileio, layout
 from derm_jax.errors import DermJaxError
-from derm_jax.evaluation.metrics import overfitting_gap
 from derm_jax.evaluation.predictions import Predictions, PredictionsError, read_predictions_csv
+from derm_jax.metrics import overfitting_gap
 
 TEST_SET = "test"
 
-# Evaluation protocols, the study folder each lives in, and their names in the report.
-CLASSIFIER = "classifier"
-PROBE = "probe"
-PROTOCOLS = (CLASSIFIER, PROBE)
-PROTOCOL_DIRS = {CLASSIFIER: "arms", PROBE: "probes"}
+# Evaluation protocols, the study folder each lives in (derm_jax/layout.py), their names
+# in the report.
+CLASSIFIER, PROBE, PROTOCOLS = layout.CLASSIFIER, layout.PROBE, layout.PROTOCOLS
+PROTOCOL_DIRS = layout.PROTOCOL_DIRS
 PROTOCOL_LABELS = {CLASSIFIER: "identical classifier", PROBE: "linear probe"}
-FULL = 1.0  # the label fraction of arms/ and probes/
-
-# The arms a study may have, in report order (any other name comes after these, by name).
-KNOWN_ARMS = ("vae", "imagenet", "scratch", "simclr", "imagenet_simclr", "micle")
-SELF_SUPERVISED_ARMS = ("vae", "simclr", "imagenet_simclr", "micle")
-ARM_DESCRIPTIONS = {
-  "vae": "self-supervised: VAE pretrained on the training images (the paper's arm)",
-  "imagenet": "ImageNet transfer (the paper's comparison arm)",
-  "scratch": "random initialisation, no pretraining",
-  "simclr": "self-supervised, contrastive: SimCLR from random initialisation",
-  "imagenet_simclr": "self-supervised, contrastive: SimCLR continued from ImageNet weights",
-  "micle": "self-supervised, contrastive: MICLe (multi-instance SimCLR)",
-}
+FULL = layout.FULL
 
 
 class ReportError(DermJaxError, RuntimeError):
@@ -178,8 +167,7 @@ class Condition(NamedTuple):
   @property
   def folder(self) -> str:
     """The condition's folder inside the study workdir: 'arms', 'fractions/0.1/probes', ..."""
-    base = PROTOCOL_DIRS[self.protocol]
-    return base if self.fraction == FULL else f"fractions/{fraction_name(self.fraction)}/{base}"
+    return layout.condition_dir(self.protocol, self.fraction)
 
   @property
   def label(self) -> str:
@@ -217,9 +205,7 @@ class Study:
     return sorted({c.fraction for c in self.groups if c.fraction != FULL})
 
 
-def fraction_name(fraction: float) -> str:
-  """The folder name of a label fraction: format(f, 'g') ('0.01', '0.1')."""
-  return format(fraction, "g")
+fraction_name = layout.fraction_name
 
 
 def fraction_label(fraction: float) -> str:
@@ -229,9 +215,7 @@ def fraction_label(fraction: float) -> str:
   return f"{format(100 * fraction, '.3g')}% of the training labels"
 
 
-def arm_sort_key(name: str) -> tuple[int, str]:
-  """The known arms in KNOWN_ARMS order, then any other name alphabetically."""
-  return (KNOWN_ARMS.index(name) if name in KNOWN_ARMS else len(KNOWN_ARMS), name)
+arm_sort_key = arm_table.order_key  # the arm table's order, then any other name by name
 
 
 def paper_arm(name: str) -> str | None:
@@ -241,8 +225,7 @@ def paper_arm(name: str) -> str | None:
   return {"vae": "self_supervised", "imagenet": "imagenet"}.get(name)
 
 
-def is_self_supervised(name: str) -> bool:
-  return name in SELF_SUPERVISED_ARMS
+is_self_supervised = arm_table.is_self_supervised
 
 
 def _reference_rank(name: str) -> int:
@@ -270,23 +253,23 @@ def _seed_dirs(parent: str) -> list[tuple[int, str]]:
 
 
 def _load_run(seed: int, seed_dir: str) -> SeedRun:
-  config = read_json(fileio.join(seed_dir, "config.json"))
-  history = _normalize_history(_read_jsonl(fileio.join(seed_dir, "metrics.jsonl")))
-  test = read_json(fileio.join(seed_dir, "test_metrics.json"))
+  config = read_json(fileio.join(seed_dir, layout.CONFIG))
+  history = _normalize_history(_read_jsonl(fileio.join(seed_dir, layout.METRICS)))
+  test = read_json(fileio.join(seed_dir, layout.TEST_METRICS))
   if not isinstance(config, dict) or not isinstance(test, dict):
     raise ReportError(f"expected JSON objects in {seed_dir}/config.json and test_metrics.json")
-  evals = {TEST_SET: _load_eval(test, fileio.join(seed_dir, "test_predictions.csv"))}
-  ext_dir = fileio.join(seed_dir, "external")
+  evals = {TEST_SET: _load_eval(test, fileio.join(seed_dir, layout.TEST_PREDICTIONS))}
+  ext_dir = fileio.join(seed_dir, layout.EXTERNAL)
   if fileio.isdir(ext_dir):
     for name in sorted(fileio.listdir(ext_dir)):
       set_dir = fileio.join(ext_dir, name)
       if not fileio.isdir(set_dir):
         continue
-      m = read_json(fileio.join(set_dir, "metrics.json"))
+      m = read_json(fileio.join(set_dir, layout.EXTERNAL_METRICS))
       if not isinstance(m, dict):
         raise ReportError(f"expected a JSON object in {set_dir}/metrics.json")
       key = name if name != TEST_SET else f"{name} (external)"
-      evals[key] = _load_eval(m, fileio.join(set_dir, "predictions.csv"))
+      evals[key] = _load_eval(m, fileio.join(set_dir, layout.EXTERNAL_PREDICTIONS))
   return SeedRun(seed=seed, path=seed_dir, config=config, history=history, test=test, evals=evals)
 
 
@@ -346,7 +329,7 @@ def _load_group(
 
 def _fraction_dirs(workdir: str) -> list[tuple[float, str]]:
   """(fraction, folder name) of each DIR/fractions/<f>/, ascending; ReportError on a bad name."""
-  root = fileio.join(workdir, "fractions")
+  root = fileio.join(workdir, layout.FRACTIONS)
   if not fileio.isdir(root):
     return []
   out = []
@@ -400,9 +383,9 @@ def load_study(workdir: str) -> Study:
     conds[Condition(PROBE, FULL)] = PROTOCOL_DIRS[PROBE]
   for f, name in _fraction_dirs(workdir):
     found = {
-      Condition(p, f): f"fractions/{name}/{PROTOCOL_DIRS[p]}"
+      Condition(p, f): layout.condition_dir(p, f)
       for p in PROTOCOLS
-      if fileio.isdir(fileio.join(workdir, "fractions", name, PROTOCOL_DIRS[p]))
+      if fileio.isdir(fileio.join(workdir, *layout.condition_dir(p, f).split("/")))
     }
     if not found:
       raise ReportError(
@@ -411,14 +394,6 @@ def load_study(workdir: str) -> Study:
     conds.update(found)
   groups = {c: _load_group(workdir, c, warnings, folder) for c, folder in conds.items()}
   return Study(workdir=workdir, groups=groups, latent_map=_latent_map(workdir), warnings=warnings)
-
-
-def load_compare_dir(workdir: str) -> dict[str, ArmRuns]:
-  """The identical-classifier arms (DIR/arms/<arm>/seed_<s>/) only; see `load_study`."""
-  arms_dir = fileio.join(workdir, PROTOCOL_DIRS[CLASSIFIER])
-  if not fileio.isdir(arms_dir):
-    raise ReportError(f"missing directory: {arms_dir} (expected DIR/arms/<arm>/seed_<s>/)")
-  return _load_group(workdir, Condition(CLASSIFIER, FULL), [])
 
 
 def _steps_per_epoch(history: Sequence[dict[str, Any]]) -> float | None:

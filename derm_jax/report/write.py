@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from derm_jax import arms as arm_table
 from derm_jax import fileio, plots
 from derm_jax.report import figures as report_figures
 from derm_jax.report.analysis import (
@@ -31,7 +32,6 @@ from derm_jax.report.formatting import (
 )
 from derm_jax.report.lesions import lesion_lines, subgroup_lines
 from derm_jax.report.runs import (
-  ARM_DESCRIPTIONS,
   CLASSIFIER,
   FULL,
   PROBE,
@@ -173,7 +173,7 @@ def _protocol_lines(study: Study) -> list[str]:
     L.append(
       "Arms: "
       + "; ".join(
-        f"`{a}` = {ARM_DESCRIPTIONS.get(a, 'an arm this report does not know')}" for a in names
+        f"`{a}` = {arm_table.description(a)}" for a in names
       )
       + "."
     )

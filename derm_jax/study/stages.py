@@ -1,27 +1,14 @@
-"""The study in one run: pretrain the VAEs, train every arm x seed under identical
-conditions, score the outside sets, report.
+"""The study in one run: pretrain (each arm's VAE, SimCLR, MICLe, DINO...), train every arm x
+seed classifier under identical conditions, score the outside sets, report.
 
-Layout of the workdir (read by derm_jax.report):
-  vae/seed_<s>/             one VAE per seed (unless config.vae_workdir points at one, or
-                            config.vae_per_seed=False: one VAE in vae/)
-  pretrain/<arm>/seed_<s>/  contrastive pretraining of the simclr, imagenet_simclr and micle
-                            arms (SimCLR; MICLe pairs images of one lesion)
-  arms/<arm>/seed_<s>/      one classifier run per arm and seed (+ external/<set>/)
-  probes/<arm>/seed_<s>/    with config.linear_probe: the linear probe of each arm and seed
-  fractions/<f>/{arms,probes}/<arm>/seed_<s>/   with config.label_fractions: the same on a
-                            class-stratified fraction f of the training labels
-  report.md, figures/       the comparison
-  compilation_cache/        compiled programs, shared by the stages (config.compilation_cache)
-Each stage is ONE program (derm_jax/train/population.py): the VAEs of all seeds train side
-by side; then the contrastive arms' pretraining; then every (fraction, seed, arm)
-classifier of a protocol, vmapped over the members (`config.population_size` caps a
-program's members; 1 trains them one after another, the default on a CPU). A stage builds
-its task once: its later groups reuse the training split, compiled programs and outside
-sets of the first (`Task.memo`), so a group after the first costs its own steps and
-evaluations only.
-The arms' configs are built by `arms.arm_config`, which changes nothing but `init.*` and the
-seed: the same data, splits, augmentation, backbone, head, optimiser, schedule and epochs;
-the population refuses members that differ in anything else.
+The runs are the study's plan (derm_jax/study/plan.py); where each lives is
+derm_jax/layout.py. Each stage is ONE program (derm_jax/train/population.py): the
+pretraining runs of one task (every arm and seed of it) train side by side; then every
+(fraction, seed, arm) classifier of a protocol, vmapped over the members
+(`config.population_size` caps a program's members; 1 trains them one after another, the
+default on a CPU). A stage builds its task once: its later groups reuse the training split,
+compiled programs and outside sets of the first (`Task.memo`), so a group after the first
+costs its own steps and evaluations only.
 """
 
 from __future__ import annotations
@@ -32,16 +19,8 @@ import time
 import jax
 from absl import logging
 
-from derm_jax import fileio
-from derm_jax.study.arms import (
-  classifier_stage,
-  contrastive_stage,
-  external_sets,
-  protocols,
-  vae_stage,
-)
-
-CACHE_DIR = "compilation_cache"  # in the study's workdir (config.compilation_cache)
+from derm_jax import fileio, layout
+from derm_jax.study import plan as plan_lib
 
 
 def run(config, workdir: str):
@@ -58,7 +37,7 @@ def _run_locked(config, workdir: str, is_main: bool):
   fileio.makedirs(workdir)
   if is_main:
     outputs.write_config(workdir, config)
-  cache = (compile_cache.persistent(fileio.join(workdir, CACHE_DIR))
+  cache = (compile_cache.persistent(fileio.join(workdir, layout.CACHE_DIR))
            if config.get("compilation_cache", False) else contextlib.nullcontext())
   with cache:
     return _run_stages(config, workdir, is_main)
@@ -87,29 +66,24 @@ def _run_stages(config, workdir: str, is_main: bool):
   from derm_jax import report
   from derm_jax.evaluation import classification, scoring
   from derm_jax.tasks import classifier as classifier_task
-  from derm_jax.tasks import simclr as simclr_task
-  from derm_jax.tasks import vae as vae_task
+  from derm_jax.tasks import registry
   from derm_jax.train.population import Member
   clock = _StageClock()
   size = population_size(config)
-  for title, lap, stage, train_members in (
-      ("Stage 1: VAE pretraining", "VAE", vae_stage, vae_task.train_members),
-      ("Stage 1b: contrastive pretraining", "contrastive", contrastive_stage,
-       simclr_task.train_members)):
-    pretraining = [Member(*m) for m in stage(config, workdir)]
-    if pretraining:
-      logging.info("%s, %d run(s): %s", title, len(pretraining),
-                   ", ".join(m.workdir for m in pretraining))
-      task = None  # built by the first group, reused by the others
-      for group in groups(pretraining, size):
-        task = train_members(group, task).task
-      clock.lap(f"{lap} x{len(pretraining)}")
-  outside = external_sets(config)
+  plan = plan_lib.build(config, workdir)
+  for task_name, runs in plan.pretraining.items():
+    logging.info("Pretraining stage (%s), %d run(s): %s", task_name, len(runs),
+                 ", ".join(r.workdir for r in runs))
+    train_members = registry.get(task_name).train_members
+    task = None  # built by the first group, reused by the others
+    for group in groups([Member(r.name, r.workdir, r.config) for r in runs], size):
+      task = train_members(group, task).task
+    clock.lap(f"{task_name} x{len(runs)}")
   results = {}
-  for protocol in protocols(config):
-    members = [Member(*m) for m in classifier_stage(config, workdir, protocol)]
+  for protocol, runs in plan.classifiers.items():
+    members = [Member(r.name, r.workdir, r.config) for r in runs]
     n = len(groups(members, size))
-    logging.info("Stage 2 (%s): %d run(s) (%s) as %s", protocol, len(members),
+    logging.info("Classifier stage (%s): %d run(s) (%s) as %s", protocol, len(members),
                  ", ".join(m.name for m in members),
                  "one program" if n == 1 else f"{n} programs of at most {size}")
     task = None  # built by the first group, reused by the others
@@ -117,12 +91,12 @@ def _run_stages(config, workdir: str, is_main: bool):
       run, tests = classifier_task.train_members(group, task)
       task = run.task
       results.update({m.name: t for m, t in zip(group, tests, strict=True)})
-      for name, images, csv_path in outside:
+      for name, images, csv_path in plan.external:
         # The run's own training and validation images are left out (data/outside.py).
         source, _, image_ids, check = task.once(
             ("outside", name),
             lambda: scoring.checked_outside(task, group[0].workdir, images, csv_path))
-        scoring.score(run, source, [fileio.join(m.workdir, "external", name) for m in group],
+        scoring.score(run, source, [layout.external_dir(m.workdir, name) for m in group],
                       name=name, image_ids=image_ids, isic_images=images, isic_csv=csv_path,
                       quiet=True, outside_check=check)
     clock.lap(f"{protocol} x{len(members)}")

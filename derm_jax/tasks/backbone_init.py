@@ -1,5 +1,7 @@
-"""Where a classifier's backbone starts: a pretrained VAE's encoder, converted ImageNet
-weights, or random ('scratch'), selected by `config.init.source`.
+"""Where a classifier's backbone starts, selected by `config.init.source`: a pretraining run
+('pretrained': the run in `config.init.pretrained_workdir`, of any pretraining task, VAE,
+SimCLR, DINO, ...; older configs say 'vae' or 'simclr' with their own field), converted
+ImageNet weights ('imagenet'), or random ('scratch').
 
   variables = init_backbone_variables(config, backbone, workdir, rng)
 `merge_loaded` puts loaded weights into the model's own parameter tree and logs what was
@@ -21,7 +23,6 @@ from jax.experimental import multihost_utils
 
 from derm_jax import fileio
 from derm_jax.errors import ConfigError, NotARunError
-from derm_jax.models import vae as vae_lib
 
 
 def _leaf_paths(tree: Any, prefix: str = "") -> list[str]:
@@ -97,57 +98,74 @@ def placeholder_backbone_variables(backbone, image_size: int) -> dict:
                       backbone_variable_shapes(backbone, image_size))
 
 
-# Self-supervised runs a classifier's backbone can start from: config.init.source ->
-# (the config.init field naming the workdir, the task names of such runs, the config that
-# trains one).
-_PRETRAINED = {"vae": ("vae_workdir", (None, "vae"), "configs/vae.py"),
-               "simclr": ("simclr_workdir", ("simclr",), "configs/simclr.py")}
+# config.init.source values that start from a pretraining run: 'pretrained' (the run named by
+# config.init.pretrained_workdir, of any pretraining task of derm_jax/tasks/registry.py), and
+# the older names, each with its own field, still read from older configs and runs.
+PRETRAINED = "pretrained"
+_LEGACY = {"vae": "vae_workdir", "simclr": "simclr_workdir"}
 
 
-def _check_pretrained_workdir(kind: str, workdir: str, config) -> None:
-  """The `kind` ('vae' or 'simclr') workdir exists, holds such a run with a checkpoint, and
-  pretrained the classifier's backbone."""
-  field, tasks, trainer = _PRETRAINED[kind]
-  label = "VAE" if kind == "vae" else "SimCLR"
+def pretrained_workdir(config) -> str:
+  """The pretraining run a classifier's backbone starts from (config.init.pretrained_workdir,
+  or an older config's init.vae_workdir / init.simclr_workdir), '' when none."""
+  init = config.init
+  field = _LEGACY.get(init.source)
+  return (init.get("pretrained_workdir", "") or (init.get(field, "") if field else "")) or ""
+
+
+def _run_task(workdir: str, config) -> str:
+  """The task of the pretraining run in `workdir` (checked: a pretraining run with a
+  checkpoint, of the classifier's backbone)."""
+  from derm_jax.tasks import registry
+  source = config.init.source
   if not workdir:
-    raise ConfigError(f"config.init.source={kind!r} needs config.init.{field}.")
+    raise ConfigError(f"config.init.source={source!r} needs config.init.pretrained_workdir "
+                      "(a pretraining run's workdir).")
   cfg_path = fileio.join(workdir, "config.json")
   if not fileio.exists(cfg_path):
-    raise NotARunError(f"config.init.{field}={workdir!r} has no config.json: not a {label} "
-                       "workdir.")
+    raise NotARunError(f"config.init.pretrained_workdir={workdir!r} has no config.json: not "
+                       "a pretraining run's workdir.")
   with fileio.open(cfg_path) as f:
     run_cfg = json.load(f)
-  if run_cfg.get("task") not in tasks:
-    raise ConfigError(f"config.init.{field}={workdir!r} holds a {run_cfg.get('task')!r} "
-                      f"run, not a {label} one.")
+  task = run_cfg.get("task") or "vae"  # the first VAE runs recorded no task
+  if task not in registry.PRETRAINING or (source in _LEGACY and task != source):
+    wanted = source if source in _LEGACY else f"pretraining ({', '.join(registry.PRETRAINING)})"
+    raise ConfigError(f"config.init.pretrained_workdir={workdir!r} holds a {task!r} run, not "
+                      f"a {wanted} one.")
   ours = json.loads(json.dumps(config.model.backbone_kwargs.to_dict()))  # tuples -> lists
   theirs = run_cfg.get("model", {})
   if theirs.get("backbone") != config.model.backbone or (
       (theirs.get("backbone_kwargs") or {}) != ours):
-    raise ConfigError(f"The {label} run in {workdir} has backbone "
+    raise ConfigError(f"The {task} run in {workdir} has backbone "
                       f"{theirs.get('backbone')!r} {theirs.get('backbone_kwargs')}, the "
                       f"classifier config asks for {config.model.backbone!r} "
                       f"{dict(config.model.backbone_kwargs)}.")
   ckpts = fileio.join(workdir, "checkpoints")
   if not fileio.isdir(ckpts) or not any(d.isdigit() for d in fileio.listdir(ckpts)):
-    raise NotARunError(f"config.init.{field}={workdir!r} has no checkpoint: train it first "
-                       f"(python -m derm_jax.main --config={trainer} --workdir={workdir}).")
+    raise NotARunError(f"config.init.pretrained_workdir={workdir!r} has no checkpoint: train "
+                       f"it first (python -m derm_jax.main --config="
+                       f"{registry.CONFIG_FILES[task]} --workdir={workdir}).")
+  return task
 
 
-def _pretrained_backbone(kind: str, workdir: str, config) -> dict:
-  """Backbone variables of a VAE or SimCLR workdir's latest verified checkpoint (the
-  decoder or projection head and the optimiser state are left behind)."""
+def _check_pretrained(config, workdir: str) -> None:
+  del workdir
+  _run_task(pretrained_workdir(config), config)
+
+
+def _load_pretrained(config, workdir: str) -> tuple[dict, str]:
+  """Backbone variables of the pretraining run's latest verified checkpoint (the rest of
+  its state, e.g. a decoder, projection head, teacher or optimiser state, is left behind:
+  which part is the backbone is the task's `backbone_variables`)."""
+  from derm_jax.tasks import registry
   from derm_jax.train import checkpoint
-  _check_pretrained_workdir(kind, workdir, config)
-  step, tree = checkpoint.restore_state_tree(fileio.join(workdir, "checkpoints"),
+  del workdir
+  path = pretrained_workdir(config)
+  task = _run_task(path, config)
+  step, tree = checkpoint.restore_state_tree(fileio.join(path, "checkpoints"),
                                              without=("opt_state",))
-  logging.info("Backbone from %s run %s, step %d.", kind, workdir, step)
-  if kind == "vae":
-    return vae_lib.backbone_variables(tree)
-  out = {"params": tree["params"]["backbone"]}
-  if tree.get("batch_stats"):
-    out["batch_stats"] = tree["batch_stats"]["backbone"]
-  return out
+  logging.info("Backbone from %s run %s, step %d.", task, path, step)
+  return registry.get(task).backbone_variables(tree), path
 
 
 def _imagenet_dir(config, workdir: str) -> tuple[str, bool]:
@@ -199,21 +217,6 @@ def _imagenet_backbone(config, workdir: str) -> dict:
   return variables
 
 
-def _pretrained(kind: str):
-  """(check, load) of config.init.source `kind` ('vae' or 'simclr')."""
-  field = _PRETRAINED[kind][0]
-
-  def check(config, workdir: str) -> None:
-    del workdir
-    _check_pretrained_workdir(kind, config.init[field], config)
-
-  def load(config, workdir: str) -> tuple[dict, str]:
-    del workdir
-    return _pretrained_backbone(kind, config.init[field], config), config.init[field]
-
-  return check, load
-
-
 def _load_imagenet(config, workdir: str) -> tuple[dict, str]:
   return _imagenet_backbone(config, workdir), "ImageNet checkpoint"
 
@@ -221,10 +224,10 @@ def _load_imagenet(config, workdir: str) -> tuple[dict, str]:
 # config.init.source -> (check: fails fast without loading, load: (variables, where)).
 # A new source of backbone weights is one pair of functions and one line here.
 _SOURCES = {
-    "vae": _pretrained("vae"),
-    "imagenet": (_check_imagenet, _load_imagenet),
-    "simclr": _pretrained("simclr"),
     "scratch": None,  # the model's own random initialisation
+    "imagenet": (_check_imagenet, _load_imagenet),
+    PRETRAINED: (_check_pretrained, _load_pretrained),
+    **{old: (_check_pretrained, _load_pretrained) for old in _LEGACY},
 }
 SOURCES = tuple(_SOURCES)
 

@@ -30,8 +30,9 @@ from derm_jax.evaluation import classification
 from derm_jax.models import classifier as classifier_lib
 from derm_jax.models import registry as model_registry
 from derm_jax.tasks import backbone_init
-from derm_jax.train import loop, optim
+from derm_jax.train import loop, optim, population
 from derm_jax.train import mesh as mesh_lib
+from derm_jax.train import restore as restore_lib
 from derm_jax.train.population import Member
 from derm_jax.train.task import Task
 
@@ -42,6 +43,22 @@ class ClsState(flax.struct.PyTreeNode):
   frozen: Any        # {'backbone': ...} when the backbone is frozen, else {}
   batch_stats: Any   # {'backbone': ...} if the backbone has BatchNorm, else {}
   opt_state: Any
+
+
+# ----------------------------------------------------------------------------- config
+
+
+def check_config(k) -> None:
+  """This task's own fields, on derm_jax/validate.py's checker (every problem names its
+  field; whether a pretraining run or ImageNet weights exist is the preflight's)."""
+  k.integer("head.hidden", 0, required=False)  # 0: a linear head (the linear probe)
+  k.number("label_fraction", 0, low_open=True, high=1, required=False)
+  k.number("head.dropout", 0, high=1, high_open=True, required=False)
+  if (k.has("init.source") and k.choice("init.source", backbone_init.SOURCES)
+      and k.get("init.source") not in ("scratch", "imagenet")
+      and not backbone_init.pretrained_workdir(k.c)):
+    k.add("init.pretrained_workdir", f" is empty; init.source={k.get('init.source')!r} "
+          "needs a pretraining run's workdir")
 
 
 # ----------------------------------------------------------------------------- models
@@ -219,7 +236,7 @@ def build(config, dataset=None) -> Task:
 # ----------------------------------------------------------------------------- entry points
 
 
-def test_and_write(run: loop.Run) -> list[dict[str, Any]]:
+def test_and_write(run: population.Run) -> list[dict[str, Any]]:
   """Every member's test metrics (with the majority baseline, subgroups and the step) and
   predictions, written into its workdir; one pass over the test split for all members."""
   task = run.task
@@ -244,7 +261,7 @@ def test_and_write(run: loop.Run) -> list[dict[str, Any]]:
 
 
 def train_members(members: Sequence[Member],
-                  task=None) -> tuple[loop.Run, list[dict[str, Any]]]:
+                  task=None) -> tuple[population.Run, list[dict[str, Any]]]:
   """Trains the members (one population: one program) and scores each on the test split.
   `task`: one built for an earlier group of the same stage, reused with its compiled
   programs."""
@@ -299,10 +316,10 @@ def _test_to_tensorboard(config, workdir: str, test: dict[str, Any]) -> None:
     writer.close()
 
 
-def restore(config, workdir: str, step: int | None = None, dataset=None) -> loop.Run:
+def restore(config, workdir: str, step: int | None = None, dataset=None) -> population.Run:
   """A classifier run's checkpoint (latest or `step`) ready to predict (a Run of one);
   `dataset` as in `build`."""
-  return loop.restore(build(config, dataset), [Member("classifier", workdir, config)], step)
+  return restore_lib.restore(build(config, dataset), [Member("classifier", workdir, config)], step)
 
 
 def evaluate(config, workdir: str, step: int | None = None) -> dict[str, Any]:

@@ -4,11 +4,11 @@
 one or many members: two augmented views of each image (derm_jax/tasks/contrastive.py
 `two_views`) -> backbone (train mode) -> `ProjectionHead` -> NT-Xent loss. A member whose
 config has positives='lesion' (MICLe) takes its second view from another image of the same
-lesion, which the loop gathers as batch['partner_image'] from `Task.pairs` (the training
-source's lesion groups, derm_jax/data/pairs.py). What SSL users watch during pretraining is
-k-NN accuracy of the frozen pooled features on the validation split
-(derm_jax/evaluation/knn.py `KnnEvaluator`). The checkpoint's backbone starts a classifier
-with `init.source='simclr'` (derm_jax/tasks/backbone_init.py).
+lesion, which the loop gathers as batch['partner_image'] (`LesionPartners`, this task's
+`Task.extra_inputs` hook, over the training source's lesion groups, derm_jax/data/pairs.py).
+What SSL users watch during pretraining is k-NN accuracy of the frozen pooled features on
+the validation split (derm_jax/evaluation/knn.py `KnnEvaluator`). The checkpoint's backbone
+starts a classifier with `init.source='pretrained'` (derm_jax/tasks/backbone_init.py).
 
 Entry points: `train_members(members)`, `train_and_evaluate(config, workdir)` and
 `evaluate(config, workdir, step)` (`python -m derm_jax.main`).
@@ -34,7 +34,7 @@ from derm_jax.errors import ConfigError
 from derm_jax.evaluation import knn
 from derm_jax.models import registry as model_registry
 from derm_jax.tasks import backbone_init, contrastive
-from derm_jax.train import loop, optim
+from derm_jax.train import loop, optim, population, restore
 from derm_jax.train import mesh as mesh_lib
 from derm_jax.train.population import Member
 from derm_jax.train.task import Task
@@ -207,6 +207,30 @@ def sibling_table(dataset, train_source) -> pairs.SiblingTable | None:
   return table if pairs.num_with_sibling(table) else None
 
 
+class LesionPartners:
+  """MICLe's extra batch input (`Task.extra_inputs`): for each example of a member whose
+  positives are 'lesion', another image of the same lesion, drawn on the host from (the
+  member's seed, the step) so that a resumed run draws the same; for the other members the
+  example itself. The loop gathers them on the device as batch['partner_image']."""
+
+  def __init__(self, table: pairs.SiblingTable):
+    self.table = table
+
+  def __call__(self, members, idx: np.ndarray, step: int, n: int) -> dict[str, np.ndarray]:
+    out = idx.copy()
+    for m, member in enumerate(members):
+      if member.config.get("positives", "views") == "lesion":
+        for t in range(n):
+          rng = np.random.default_rng([int(member.config.seed), step + t])
+          out[t, m] = pairs.sample_partners_np(rng, idx[t, m], self.table)
+    return {"partner_image": out}
+
+
+def lesion_table(task: Task) -> pairs.SiblingTable | None:
+  """The lesion groups a task draws MICLe partners from (None: it draws none)."""
+  return task.extra_inputs.table if isinstance(task.extra_inputs, LesionPartners) else None
+
+
 def _check_positives(config, table, dataset) -> None:
   positives = config.get("positives", "views")
   if positives not in POSITIVES:
@@ -217,6 +241,40 @@ def _check_positives(config, table, dataset) -> None:
                       "another; use positives='views' (SimCLR).")
 
 
+def check_config(k) -> None:
+  """This task's own fields, on derm_jax/validate.py's checker (every problem names its
+  field; whether the data have lesion ids is `preflight`'s)."""
+  k.number("loss.temperature", 0, low_open=True)
+  k.integer("projection.hidden", 1)
+  k.integer("projection.out_dim", 1)
+  k.integer("projection.num_layers", 1, required=False)
+  k.number("contrastive.grayscale", 0, high=1, required=False)
+  if k.has("positives"):
+    k.choice("positives", POSITIVES)
+  k.choice("optimizer.name", OPTIMIZERS)
+  k.number("optimizer.momentum", 0, high=1, high_open=True, required=False)
+  k.number("optimizer.trust_coefficient", 0, low_open=True, required=False)
+  k.integer("knn.k", 1)
+  k.integer("knn.max_train", 0, required=False)
+  k.number("knn.temperature", 0, low_open=True, required=False)
+  if k.has("init.source"):
+    k.choice("init.source", INIT_SOURCES)
+  if k.get("aug.on_device", True) is not True:
+    k.add("aug.on_device", f"={k.get('aug.on_device')!r}: SimCLR makes its two views on the "
+          "device; it must be True")
+
+
+def preflight(config, dataset, what: str = "config.positives='lesion'") -> None:
+  """MICLe needs lesion ids in the data (checked in seconds, before anything trains)."""
+  if config.get("positives", "views") != "lesion":
+    return
+  metadata = getattr(dataset, "metadata", None)
+  if metadata is None or "lesion_id" not in metadata("train"):
+    raise ConfigError(f"{what} pairs images of one lesion, but this {config.data.name!r} data "
+                      "has no lesion ids (dermamnist files the lesion table knows, ham10000, "
+                      "isic2019 and folders with a 'group' column have them).")
+
+
 # ----------------------------------------------------------------------------- build
 
 
@@ -224,7 +282,7 @@ def build(config, partners: bool | None = None) -> Task:
   """Models, optimiser, mesh, steps and the k-NN evaluator of a SimCLR config; each
   member's starting point (its seed, where its backbone starts) comes from its own config
   in `init_member`. `partners`: whether the task's members draw MICLe partners (the task
-  then holds the lesion table, `Task.pairs`, and each step gathers a second image); by
+  then holds the lesion table, `lesion_table(task)`, and each step gathers a second image); by
   default when `config.positives` is 'lesion'."""
   dataset = registry.get(config.data)
   meta = dataset.meta
@@ -283,14 +341,24 @@ def build(config, partners: bool | None = None) -> Task:
                                    grayscale=float(config.contrastive.grayscale)),
       eval_step=functools.partial(eval_step, backbone=backbone, image_size=config.image_size),
       summarize_train=summarize_train, make_evaluator=make_evaluator,
-      train_source=train_source, pairs=table,
-      progress_keys=("loss", "contrastive_accuracy"))
+      train_source=train_source,
+      extra_inputs=LesionPartners(table) if table is not None else None,
+      member_fields=("positives",), progress_keys=("loss", "contrastive_accuracy"))
 
 
 # ----------------------------------------------------------------------------- entry points
 
 
-def train_members(members: Sequence[Member], task=None) -> loop.Run:
+def backbone_variables(tree: dict) -> dict:
+  """The backbone out of a restored SimCLR checkpoint tree (the projection head is left
+  behind): what a classifier with init.source='pretrained' starts from."""
+  out = {"params": tree["params"]["backbone"]}
+  if tree.get("batch_stats"):
+    out["batch_stats"] = tree["batch_stats"]["backbone"]
+  return out
+
+
+def train_members(members: Sequence[Member], task=None) -> population.Run:
   """Trains the members' SimCLR (or MICLe) backbones as one population (one program),
   resuming from their latest checkpoints. `task`: one built for an earlier group of the
   same stage, reused (its compiled programs too) when it draws MICLe partners exactly when
@@ -302,13 +370,14 @@ def train_members(members: Sequence[Member], task=None) -> loop.Run:
                         f"one of {list(INIT_SOURCES)}.")
     backbone_init.check_source(m.config, m.workdir)  # fails fast, nothing loaded
   partners = any(m.config.get("positives", "views") == "lesion" for m in members)
-  if task is None or (task.pairs is not None) != partners:
+  if task is None or (lesion_table(task) is not None) != partners:
     task = build(members[0].config, partners=partners)
+  table = lesion_table(task)
   for m in members:
-    _check_positives(m.config, task.pairs, task.dataset)
+    _check_positives(m.config, table, task.dataset)
   if partners:
     logging.info("MICLe: %d of %d training images have another image of their lesion.",
-                 pairs.num_with_sibling(task.pairs), len(task.pairs.count))
+                 pairs.num_with_sibling(table), len(table.count))
   logging.info("SimCLR: backbone %s, %s, %d epochs x %d steps, batch %d, temperature %g.",
                members[0].config.model.backbone,
                ", ".join(sorted({m.config.get("positives", "views") for m in members})),
@@ -326,4 +395,4 @@ def evaluate(config, workdir: str, step: int | None = None,
              splits=("val", "test")) -> dict[str, Any]:
   """`--mode=eval`: k-NN accuracy of a restored checkpoint (latest or `step`) on `splits`,
   written to WORKDIR/eval_step<step>.json."""
-  return loop.evaluate_checkpoint(build(config), "simclr", workdir, step, splits)
+  return restore.evaluate_checkpoint(build(config), "simclr", workdir, step, splits)

@@ -9,6 +9,7 @@ Read top to bottom: state -> train step -> eval step -> image grids -> build -> 
 
 
 import functools
+import numbers
 from collections.abc import Sequence
 from typing import Any
 
@@ -24,7 +25,7 @@ from derm_jax.data import device_augment, input_pipeline, registry, unlabeled
 from derm_jax.evaluation import vae as vae_evaluator
 from derm_jax.models import vae as vae_lib
 from derm_jax.tasks import losses
-from derm_jax.train import loop, optim
+from derm_jax.train import loop, optim, population, restore
 from derm_jax.train import mesh as mesh_lib
 from derm_jax.train.population import Member
 from derm_jax.train.task import Task
@@ -122,7 +123,7 @@ def summarize_train(outputs: list[dict]) -> dict[str, float]:
           for k in ("loss", "recon", "kl", "elbo", "grad_norm")}
 
 
-def _write_images(task: Task, run: loop.Run, step: int, rows: list[dict], p_images):
+def _write_images(task: Task, run: population.Run, step: int, rows: list[dict], p_images):
   """Each member's reconstruction grid (inputs above reconstructions) and prior samples,
   as PNG + TensorBoard. Every process runs the computation; process 0 writes."""
   config = task.config
@@ -211,7 +212,7 @@ def encode_step(state: TrainState, batch, *, model, image_size: int):
   return {"mean": mean}
 
 
-def latents(run: loop.Run, split: str = "val") -> tuple[np.ndarray, np.ndarray]:
+def latents(run: population.Run, split: str = "val") -> tuple[np.ndarray, np.ndarray]:
   """(posterior means (N, M, D), labels (N,)) of every image of `split` for the run's
   members: those of the validation pass at the run's last step where it made one (no
   second pass), else one encoder pass over the split."""
@@ -234,7 +235,7 @@ def latents(run: loop.Run, split: str = "val") -> tuple[np.ndarray, np.ndarray]:
   return out["mean"], out["label"]
 
 
-def write_latent_maps(run: loop.Run, split: str = "val") -> list[str]:
+def write_latent_maps(run: population.Run, split: str = "val") -> list[str]:
   """MEMBER_DIR/latent_pca.png for each member: the first two principal components of the
   posterior means of `split` (`latents`), one dot per image coloured by its class."""
   from derm_jax import stats
@@ -253,7 +254,43 @@ def write_latent_maps(run: loop.Run, split: str = "val") -> list[str]:
   return paths
 
 
-def train_members(members: Sequence[Member], task=None) -> loop.Run:
+RECON_KINDS = ("gaussian", "l1")
+
+
+def check_config(k) -> None:
+  """This task's own fields, on derm_jax/validate.py's checker (every problem names its
+  field; nothing is raised here)."""
+  k.integer("model.latent_dim", 1)
+  widths = k.get("model.decoder_widths")
+  widths_ok = (isinstance(widths, (list, tuple)) and len(widths) > 0
+               and all(isinstance(w, numbers.Integral) and not isinstance(w, bool) and w > 0
+                       for w in widths))
+  if not widths_ok:
+    k.add("model.decoder_widths", f"={widths!r} must be a non-empty sequence of positive "
+          "integers")
+  if k.model_ok and widths_ok:
+    try:
+      vae_lib.check_image_size(k.get("image_size"), k.get("model.backbone"),
+                               dict(k.get("model.backbone_kwargs") or {}), tuple(widths))
+    except ValueError as e:
+      k.add("image_size", f"={k.get('image_size')!r}: {k.reason(e)}")
+  if k.has("loss.recon"):
+    k.choice("loss.recon", RECON_KINDS)
+  k.number("loss.sigma", 0, low_open=True, required=False)
+  k.number("loss.l1_scale", 0, low_open=True, required=False)
+  k.number("loss.beta", 0, required=False)
+  k.integer("loss.kl_warmup_steps", 0, required=False)
+  k.number("loss.free_bits", 0, required=False)
+  k.integer("num_image_samples", 0, required=False)
+
+
+def backbone_variables(tree: dict) -> dict:
+  """The encoder's backbone out of a restored VAE checkpoint tree: what a classifier with
+  init.source='pretrained' starts from (derm_jax/tasks/registry.py)."""
+  return vae_lib.backbone_variables(tree)
+
+
+def train_members(members: Sequence[Member], task=None) -> population.Run:
   """Trains the members' VAEs (one population: one program), resuming from their latest
   checkpoints; ends with each member's latent map of the validation split. `task`: one
   built for an earlier group of the same stage, reused with its compiled programs."""
@@ -271,4 +308,4 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
 def evaluate(config, workdir: str, step: int | None = None,
              splits=("val", "test")) -> dict[str, float]:
   """Restores a checkpoint (latest or `step`) and reports ELBO, reconstruction and KL."""
-  return loop.evaluate_checkpoint(build(config), "vae", workdir, step, splits)
+  return restore.evaluate_checkpoint(build(config), "vae", workdir, step, splits)

@@ -27,7 +27,6 @@ one row).
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -36,13 +35,12 @@ import jax
 import numpy as np
 from absl import logging
 
-from derm_jax import fileio
-from derm_jax.data import device_data, input_pipeline, memory_source
+from derm_jax import fileio, metrics
+from derm_jax.data import device_data
 from derm_jax.errors import ConfigError, TrainingDivergedError
-from derm_jax.evaluation import common
-from derm_jax.evaluation import metrics as metrics_lib
+from derm_jax.train import feed as feed_lib
 from derm_jax.train import mesh as mesh_lib
-from derm_jax.train import outputs, population
+from derm_jax.train import outputs, population, restore
 from derm_jax.train.population import Member
 from derm_jax.train.task import Task
 
@@ -137,164 +135,6 @@ def dispatch_limit(config) -> int:
   return limit
 
 
-@dataclasses.dataclass
-class Run:
-  """A trained (or restored) population: what evaluation and a task's finish need."""
-
-  task: Task
-  members: list[Member]
-  states: Any             # stacked over members, replicated on the mesh
-  keys: Any               # (M, key data) uint32
-  programs: population.Programs
-  last_rows: list[dict[str, Any]]
-  step: int = 0
-  writers: list | None = None  # each member's MetricWriter, while training
-  # The evaluator of the last validation pass and its step: whatever per-example results it
-  # keeps (a VAE's latents, a classifier's predictions); None before one.
-  val_evaluator: Any = None
-  val_step: int = -1
-
-  def predict(self, batch) -> dict:
-    """The eval step of every member on one (sharded) batch: outputs (B, M, ...)."""
-    return self.programs.predict(self.states, self.keys, batch)
-
-  def member_state(self, m: int):
-    return population.member(self.states, m)
-
-
-# ----------------------------------------------------------------------------- data
-
-
-def training_split(task: Task):
-  """(in-memory or streamed host source, device split or None) of the task's train data;
-  loaded once per task (`task.memo`)."""
-  return task.once("training_split", lambda: _load_training_split(task))
-
-
-def _load_training_split(task: Task):
-  c = task.config
-  source = task.train_source
-  if source is None:
-    source = task.dataset.source("train")
-  # Decoded once into host memory where it fits (input.cache_mb): the device copy is made
-  # from it, and host batches become gathers. Grain worker processes (input.num_workers)
-  # are the other way: they decode every epoch.
-  if not c.input.get("num_workers", 0):
-    source = memory_source.InMemorySource.load(
-        source, c.input.get("cache_mb", 0), c.input.num_threads) or source
-  split = device_data.DeviceSplit.load(source, task.mesh, c.input.get("device_data_mb", 0))
-  return source, split
-
-
-def member_pool(task: Task, member_config):
-  """The training examples a member may draw (None: all of them): with
-  `label_fraction` < 1, a class-stratified subset seeded by the member's seed, nested
-  across fractions (the 1% subset lies inside the 10% one; data/label_fractions.py)."""
-  fraction = float(member_config.get("label_fraction", 1.0) or 1.0)
-  if fraction >= 1.0:
-    return None
-  from derm_jax.data import label_fractions
-  pool = label_fractions.fraction_indices(task.train_labels, fraction, int(member_config.seed))
-  logging.info("Label fraction %g, seed %d: the member trains on %d of the %d labelled "
-               "training images.", fraction, int(member_config.seed), len(pool),
-               len(task.train_labels))
-  return pool
-
-
-def train_stream(task: Task, member_config, source) -> input_pipeline.TrainIndices:
-  """One member's stream of training indices (its seed sets the order)."""
-  return input_pipeline.TrainIndices(len(source), int(member_config.seed),
-                                     pool=member_pool(task, member_config),
-                                     labels=task.train_labels,
-                                     balanced=task.balanced_sampling)
-
-
-def train_dataset(task: Task, source, member_config=None):
-  """The Grain training stream of one member (for splits not held on the device)."""
-  c = member_config if member_config is not None else task.config
-  return input_pipeline.train_dataset(
-      source, global_batch_size=c.batch_size, image_size=c.image_size, aug=c.aug,
-      seed=int(c.seed), labels=task.train_labels, balanced=task.balanced_sampling,
-      pool=member_pool(task, c))
-
-
-def train_iterator(task: Task, ds):
-  """The Grain iterator over `ds` (`train_dataset`, or a `from_step` of it), with the
-  task's reader threads, prefetch and worker processes."""
-  c = task.config
-  return input_pipeline.train_iterator(ds, c.input.num_threads, c.input.prefetch,
-                                       c.input.get("num_workers", 0))
-
-
-class Feed:
-  """The chunks' inputs: indices of every member's stream (data on the device), or their
-  batches read through Grain, padded to `scan_len` steps with an `active` mask."""
-
-  def __init__(self, task: Task, members: Sequence[Member], source, split, scan_len: int,
-               start: int):
-    self.task, self.split, self.scan_len = task, split, scan_len
-    self.batch = task.batch_size
-    self.seeds = [int(m.config.seed) for m in members]
-    self.lesion_pairs = [m.config.get("positives", "views") == "lesion" for m in members]
-    if task.pairs is not None and split is None:
-      raise ConfigError("MICLe pairs are drawn from the training split held in device "
-                        "memory: raise config.input.device_data_mb (the split does not fit).")
-    if split is not None:
-      self.streams = [train_stream(task, m.config, source) for m in members]
-    else:
-      self.iters = [train_iterator(task, input_pipeline.from_step(
-          train_dataset(task, source, m.config), start)) for m in members]
-    self.mesh = task.mesh
-
-  def xs(self, step: int, n: int) -> dict:
-    """Inputs of steps step+1 .. step+n (global batches step .. step+n-1)."""
-    active = np.zeros((self.scan_len,), bool)
-    active[:n] = True
-    if self.split is not None:
-      idx = np.stack([s.global_batches(step, n, self.batch) for s in self.streams], axis=1)
-      idx = np.pad(idx, ((0, self.scan_len - n), (0, 0), (0, 0))).astype(np.int32)
-      sharding = self.split.index_sharding(3)
-      out = {"active": population.replicate(active, self.mesh), "indices": idx}
-      if self.task.pairs is not None:
-        out["partners"] = self._partners(idx, step, n)
-      for k in ("indices", "partners"):
-        if k in out:
-          local = (out[k] if sharding.spec == () or jax.process_count() == 1
-                   else _local_cols(out[k]))
-          out[k] = jax.make_array_from_process_local_data(sharding, local, out[k].shape)
-      return out
-    steps = [[next(it) for it in self.iters] for _ in range(n)]
-    batch = {k: np.stack([np.stack([s[m][k] for m in range(len(s))]) for s in steps])
-             for k in steps[0][0]}
-    batch = {k: np.pad(v, [(0, self.scan_len - n)] + [(0, 0)] * (v.ndim - 1))
-             for k, v in batch.items()}
-    sharding = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec(
-        None, None, "data"))
-    return {"active": population.replicate(active, self.mesh),
-            "batch": {k: jax.make_array_from_process_local_data(sharding, v)
-                      for k, v in batch.items()}}
-
-
-  def _partners(self, idx: np.ndarray, step: int, n: int) -> np.ndarray:
-    """(L, M, B) MICLe partners: for a 'lesion' member another image of each example's
-    lesion, drawn from (seed, step); for the others the example itself."""
-    from derm_jax.data import pairs
-    out = idx.copy()
-    for m, lesion in enumerate(self.lesion_pairs):
-      if lesion:
-        for t in range(n):
-          rng = np.random.default_rng([self.seeds[m], step + t])
-          out[t, m] = pairs.sample_partners_np(rng, idx[t, m], self.task.pairs)
-    return out
-
-
-def _local_cols(idx: np.ndarray) -> np.ndarray:
-  """This process's columns of the global batch axis (the last)."""
-  b = idx.shape[-1] // jax.process_count()
-  p = jax.process_index()
-  return idx[..., p * b:(p + 1) * b]
-
-
 # ----------------------------------------------------------------------------- outputs
 
 
@@ -315,7 +155,7 @@ class _Window:
     """Brings the pending chunks to the host (one transfer) and checks them."""
     if not self.pending:
       return
-    host = common.to_host([o for _, _, o in self.pending])
+    host = mesh_lib.to_host([o for _, _, o in self.pending])
     for (first, n, _), outs in zip(self.pending, host, strict=True):
       finite = np.asarray(outs["finite"])[:n]  # (n, M)
       for t in range(n):
@@ -351,18 +191,11 @@ class _Window:
     return {k: np.stack([np.asarray(o[k]) for o in steps]) for k in steps[0]}
 
 
-def _unstack_window(saved: dict[str, np.ndarray] | None) -> list[dict]:
-  if not saved:
-    return []
-  n = len(next(iter(saved.values())))
-  return [{k: v[t] for k, v in saved.items()} for t in range(n)]
-
-
 def _fmt(row: dict) -> str:
   return ", ".join(f"{k}={v:.4f}" for k, v in row.items() if isinstance(v, float))
 
 
-def eval_rows(task: Task, run: Run, windows: list[list[dict]], step: int
+def eval_rows(task: Task, run: population.Run, windows: list[list[dict]], step: int
               ) -> list[dict[str, Any]]:
   """Each member's row: train metrics of its window, validation metrics, overfitting gap
   (the evaluator stays on the run: `run.val_evaluator`, `run.val_step`)."""
@@ -375,7 +208,7 @@ def eval_rows(task: Task, run: Run, windows: list[list[dict]], step: int
     row = {f"train/{k}": v for k, v in train_m.items() if np.isscalar(v) or v is None}
     row.update({f"val/{k}": v for k, v in val_m.items() if np.isscalar(v) or v is None})
     if "accuracy" in val_m and "loss" in val_m:
-      row.update(metrics_lib.overfitting_gap(train_m, val_m))
+      row.update(metrics.overfitting_gap(train_m, val_m))
     rows.append(row)
   return rows
 
@@ -405,26 +238,20 @@ def _step_flops(task: Task, member_state, image_shape) -> float | None:
 # ----------------------------------------------------------------------------- the loop
 
 
-def initial_states(task: Task, members: Sequence[Member]):
-  """Every member's starting state and key, stacked (host arrays)."""
-  inits = [task.init_member(m.config, m.workdir) for m in members]
-  return population.stack([s for s, _ in inits]), np.stack([k for _, k in inits])
-
-
-def train(task: Task, members: Sequence[Member]) -> Run:
+def train(task: Task, members: Sequence[Member]) -> population.Run:
   """Trains `members` of `task`, resuming from their checkpoints; returns the Run. The
   members' configs must equal the task's but for `population.MEMBER_FIELDS`; later calls
   with the same task (a study stage's next group) reuse its split and compiled programs."""
   members = list(members)
-  population.check_members(members, like=task.config)
+  population.check_members(members, like=task.config, fields=task.member_fields)
   c = task.config
-  source, split = training_split(task)  # bad data settings fail before a workdir is touched
+  source, split = feed_lib.training_split(task)  # bad data settings fail before a workdir is touched
   opened = [outputs.open_run(m.workdir, m.config, c.keep_checkpoints) for m in members]
   ckpts = [o[0] for o in opened]
   writers = [o[1] for o in opened]
   try:
     run = _train(task, members, source, split, ckpts, writers)
-    prune_checkpoints(ckpts, c.keep_checkpoints)  # a stopped or failed run keeps its steps
+    restore.prune_checkpoints(ckpts, c.keep_checkpoints)  # a stopped or failed run keeps its steps
     return run
   finally:  # also on errors: finish pending saves, keep the last good checkpoint
     for ckpt in ckpts:
@@ -433,48 +260,12 @@ def train(task: Task, members: Sequence[Member]) -> Run:
       w.close()
 
 
-def prune_checkpoints(ckpts, keep: int) -> None:
-  """Waits for every member's pending save, then deletes each member's steps older than the
-  `keep` newest steps they all hold intact (none when they share none)."""
-  for ck in ckpts:
-    ck.wait()
-  common = set.intersection(*(set(ck.usable_steps()) for ck in ckpts)) if ckpts else set()
-  for ck in ckpts:
-    ck.prune(keep, common)
-
-
-def _resume(members, ckpts, host_states, mesh):
-  """(start step, stacked states on the mesh, restored windows): the newest step that every
-  member has intact (later steps of some members are discarded), else step 0."""
-  usable = [set(ck.usable_steps()) for ck in ckpts]
-  for ck in ckpts:
-    ck.latest_step()  # warns about damaged steps, naming the step used instead
-  common_steps = set.intersection(*usable) if usable else set()
-  if not common_steps:
-    if any(usable):
-      logging.warning("The members' checkpoints have no step in common (%s): every member "
-                      "starts again from step 0.",
-                      {m.name: sorted(u) for m, u in zip(members, usable, strict=True)})
-    return 0, population.replicate(host_states, mesh), None
-  start = max(common_steps)
-  states, windows = [], []
-  for m, ck in enumerate(ckpts):
-    target = population.replicate(population.member(host_states, m), mesh)
-    state, window = ck.restore_with_window(start, target)
-    states.append(jax.tree.map(np.asarray, state))
-    windows.append(_unstack_window(window))
-    ck.discard_after(start)
-  logging.info("Resuming from checkpoint at step %d (%s).", start,
-               ", ".join(m.workdir for m in members))
-  return start, population.replicate(population.stack(states), mesh), windows
-
-
-def _train(task: Task, members, source, split, ckpts, writers) -> Run:
+def _train(task: Task, members, source, split, ckpts, writers) -> population.Run:
   c = task.config
   spe, total = task.steps_per_epoch, task.total_steps
   mesh = task.mesh
-  host_states, keys = initial_states(task, members)
-  start, states, restored = _resume(members, ckpts, host_states, mesh)
+  host_states, keys = population.initial_states(task, members)
+  start, states, restored = restore.resume(members, ckpts, host_states, mesh)
   for w in writers:  # rows of evaluations after that checkpoint are written again
     w.truncate_after(start)
   one = population.member(host_states, 0)
@@ -485,7 +276,7 @@ def _train(task: Task, members, source, split, ckpts, writers) -> Run:
   cadence = Cadence.of(c, spe, total)
   scan_len = cadence.scan_len(dispatch_limit(c))
   programs = population.Programs.of(task, len(members), scan_len, split)
-  run = Run(task, members, states, keys, programs, last_rows=[{} for _ in members], step=start,
+  run = population.Run(task, members, states, keys, programs, last_rows=[{} for _ in members], step=start,
             writers=writers)
   logging.info("Training %d steps (%d per epoch, batch %d on %d devices) for %d member(s) "
                "as one program, %d steps per dispatch, data %s.", total, spe, c.batch_size,
@@ -493,7 +284,7 @@ def _train(task: Task, members, source, split, ckpts, writers) -> Run:
   if start >= total:
     logging.info("Checkpoint at step %d already completes the %d-step run.", start, total)
     return run
-  feed = Feed(task, members, source, split, scan_len, start)
+  feed = feed_lib.Feed(task, members, source, split, scan_len, start)
   image_shape = source[0]["image"].shape
   arrays = split.arrays if split is not None else {}
   first_xs = feed.xs(start, cadence.next_stop(start, scan_len) - start)
@@ -570,7 +361,7 @@ def _train(task: Task, members, source, split, ckpts, writers) -> Run:
       window.fetch()  # never checkpoint a state that followed a non-finite step
       # Old steps go only now that every member's last save is complete: a kill during
       # this round's saves leaves the step they all share.
-      prune_checkpoints(ckpts, c.keep_checkpoints)
+      restore.prune_checkpoints(ckpts, c.keep_checkpoints)
       for m, ck in enumerate(ckpts):
         ck.save(step, run.member_state(m), window=window.saved(m))
     run.step = step
@@ -593,51 +384,3 @@ class _Stats:
     logging.info("Epoch %s took %.1f s (training, evaluation and writing).",
                  _epoch_text(step, spe), now - self.last)
     self.last = now
-
-
-# ----------------------------------------------------------------------------- inference
-
-
-def init_run(task: Task, members: Sequence[Member]) -> Run:
-  """The members' starting states as a Run, untrained (tests, benchmarks)."""
-  states, keys = initial_states(task, members)
-  return Run(task, list(members), population.replicate(states, task.mesh),
-             population.replicate(keys, task.mesh), population.Programs.of(task, len(members), 1),
-             last_rows=[{} for _ in members])
-
-
-def restore(task: Task, members: Sequence[Member], step: int | None = None) -> Run:
-  """The members' checkpoints (latest, or `step`) as a Run for evaluation: every field of
-  the state but the optimiser's comes from the checkpoint; nothing is trained."""
-  from derm_jax.train import checkpoint
-  states, keys = [], []
-  for m in members:
-    ckpt_dir = fileio.join(m.workdir, "checkpoints")
-    if not fileio.isdir(ckpt_dir):
-      raise checkpoint.CheckpointNotFoundError(
-          f"No checkpoints directory in workdir {m.workdir!r}.")
-    state, key = task.init_member(m.config, m.workdir, for_inference=True)
-    states.append(checkpoint.restore_for_inference(ckpt_dir, state, step))
-    keys.append(key)
-  run_states = population.replicate(population.stack(states), task.mesh)
-  programs = population.Programs.of(task, len(members), 1)
-  return Run(task, list(members), run_states, population.replicate(np.stack(keys), task.mesh),
-             programs, last_rows=[{} for _ in members], step=int(states[0].step))
-
-
-def evaluate_checkpoint(task: Task, name: str, workdir: str, step: int | None,
-                        splits: Sequence[str]) -> dict[str, Any]:
-  """`--mode=eval` of a one-member task: the checkpoint (latest or `step`) through the
-  task's evaluator on each split, logged and written to WORKDIR/eval_step<step>.json."""
-  run = restore(task, [Member(name, workdir, task.config)], step)
-  results: dict[str, Any] = {"step": run.step}
-  for split in splits:
-    for k, v in task.make_evaluator(task.dataset.source(split)).run(run.predict)[0].items():
-      results[f"{split}/{k}"] = v
-  logging.info("Eval of %s at step %d: %s", workdir, run.step,
-               ", ".join(f"{k}={v:.4f}" for k, v in results.items()
-                         if k != "step" and isinstance(v, float)))
-  if jax.process_index() == 0:
-    with fileio.open(fileio.join(workdir, f"eval_step{run.step}.json"), "w") as f:
-      json.dump(results, f, indent=2)
-  return results

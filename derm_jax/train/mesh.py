@@ -1,4 +1,5 @@
-"""Device mesh and shardings: batches split along a 'data' axis, model state replicated.
+"""Device mesh and shardings: batches split along a 'data' axis, model state replicated;
+device results back on the host (`to_host`).
 
 The same jitted step runs on 1 CPU, 8 GPUs or a TPU pod slice: only the mesh changes.
 Host batches (this process's share) become global `jax.Array`s with
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -47,3 +49,10 @@ def shard_batch(batch: dict, mesh: Mesh) -> dict:
   sharding = data_sharded(mesh)
   return {k: jax.make_array_from_process_local_data(sharding, np.array(v, copy=True))
           for k, v in batch.items()}
+
+
+def to_host(tree):
+  """Device arrays -> numpy, gathered over all processes (one transfer for the whole tree)."""
+  if jax.process_count() > 1:
+    return multihost_utils.process_allgather(tree, tiled=True)
+  return jax.tree.map(np.asarray, jax.device_get(tree))

@@ -26,9 +26,9 @@ import jax
 import numpy as np
 from absl import logging
 
-from derm_jax import fileio
+from derm_jax import config_lib, fileio
 from derm_jax.errors import ConfigError
-from derm_jax.evaluation.metrics import to_jsonable
+from derm_jax.metrics import to_jsonable
 from derm_jax.train import checkpoint
 
 # Fields that may change between a run and its resumption (they do not change the numbers).
@@ -54,8 +54,8 @@ def check_resume_config(workdir: str, config) -> None:
   if not fileio.exists(path):
     return
   with fileio.open(path) as f:
-    old = _flatten(json.load(f))
-  new = _flatten(json.loads(config.to_json_best_effort()))
+    old = config_lib.upgrade_flat(_flatten(json.load(f)))  # an older run's renamed fields
+  new = config_lib.upgrade_flat(_flatten(json.loads(config.to_json_best_effort())))
   diff = sorted(k for k in old.keys() | new.keys()
                 if old.get(k) != new.get(k) and not k.startswith(_RESUME_SAFE))
   if diff:
@@ -200,7 +200,7 @@ def open_run(workdir: str, config, keep_checkpoints: int):
   fileio.makedirs(workdir)
   if is_main:
     write_config(workdir, config)
-  # Old steps are deleted by the training loop (`loop.prune_checkpoints`), only once every
+  # Old steps are deleted by the training loop (`restore.prune_checkpoints`), only once every
   # member of its population holds a newer one; `keep_checkpoints` is how many it keeps.
   del keep_checkpoints
   ckpt = checkpoint.Checkpointer(fileio.join(workdir, "checkpoints"), max_to_keep=None)

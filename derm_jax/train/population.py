@@ -42,16 +42,17 @@ from derm_jax.errors import ConfigError
 from derm_jax.train import mesh as mesh_lib
 from derm_jax.train.task import Task
 
-# Config fields in which the members of one population may differ (prefixes).
-MEMBER_FIELDS = ("seed", "init.", "label_fraction", "positives")
+# Config fields in which the members of one population may differ (prefixes); a task adds
+# its method's own (Task.member_fields, e.g. SimCLR's kind of positive pair).
+MEMBER_FIELDS = ("seed", "init.", "label_fraction")
 
 
 @dataclasses.dataclass(frozen=True)
 class Member:
   """One member: its name in logs, its own workdir (config.json, metrics, checkpoints) and
   its full config (equal to every other member's but for MEMBER_FIELDS: its seed, where
-  its backbone starts, the fraction of the training labels it sees, and for contrastive
-  pretraining what its positive pairs are)."""
+  its backbone starts, the fraction of the training labels it sees, and the task's own
+  member fields)."""
 
   name: str
   workdir: str
@@ -68,10 +69,10 @@ def _flat(config) -> dict[str, Any]:
   return dict(walk(json.loads(config.to_json_best_effort()), ""))
 
 
-def check_members(members: Sequence[Member], like=None) -> None:
-  """Members must share everything but MEMBER_FIELDS (a population's members differ in
-  these only), with each other and with the config `like` (the task's, when given), and
-  have distinct workdirs."""
+def check_members(members: Sequence[Member], like=None, fields: Sequence[str] = ()) -> None:
+  """Members must share everything but MEMBER_FIELDS and the task's `fields` (a
+  population's members differ in these only), with each other and with the config `like`
+  (the task's, when given), and have distinct workdirs."""
   if not members:
     raise ConfigError("A population needs at least one member.")
   dirs = [m.workdir for m in members]
@@ -80,13 +81,14 @@ def check_members(members: Sequence[Member], like=None) -> None:
   ref_name, ref = ((members[0].name, members[0].config) if like is None
                    else ("the task", like))
   first = _flat(ref)
+  may_differ = (*MEMBER_FIELDS, *fields)
   for m in members:
     other = _flat(m.config)
     diff = sorted(k for k in first.keys() | other.keys()
-                  if first.get(k) != other.get(k) and not k.startswith(MEMBER_FIELDS))
+                  if first.get(k) != other.get(k) and not k.startswith(may_differ))
     if diff:
       raise ConfigError(f"Member {m.name!r} and {ref_name!r} differ in {diff}: only "
-                        f"{MEMBER_FIELDS} may differ within one population.")
+                        f"{may_differ} may differ within one population.")
 
 
 def stack(trees: Sequence[Any]) -> Any:
@@ -143,9 +145,13 @@ class Programs:
       keys = jax.random.wrap_key_data(keys)
 
       def run(carry, x):
-        batch = gather(arrays, x["indices"]) if gather is not None else x["batch"]
-        if "partners" in x:  # MICLe: another image of each example's lesion
-          batch["partner_image"] = gather(arrays, x["partners"])["image"]
+        if gather is None:
+          batch = x["batch"]
+        else:
+          batch = gather(arrays, x["indices"])
+          for k in x:  # a task's extra inputs (Task.extra_inputs): other training images
+            if k not in ("indices", "active"):
+              batch[k] = gather(arrays, x[k])["image"]
         return vstep(carry, batch, keys)
 
       def body(carry, x):
@@ -250,3 +256,34 @@ def abstract_eval_batch(task: Task, image_shape: Sequence[int]) -> dict[str, np.
   return {"image": np.zeros((b, *image_shape), np.uint8), "label": np.zeros((b,), np.int32),
           "index": np.zeros((b,), np.int32), "id": np.zeros((b,), np.int32),
           "mask": np.zeros((b,), np.float32)}
+
+
+def initial_states(task: Task, members: Sequence[Member]):
+  """Every member's starting state and key, stacked (host arrays)."""
+  inits = [task.init_member(m.config, m.workdir) for m in members]
+  return stack([s for s, _ in inits]), np.stack([k for _, k in inits])
+
+
+@dataclasses.dataclass
+class Run:
+  """A trained (or restored) population: what evaluation and a task's finish need."""
+
+  task: Task
+  members: list[Member]
+  states: Any             # stacked over members, replicated on the mesh
+  keys: Any               # (M, key data) uint32
+  programs: Programs
+  last_rows: list[dict[str, Any]]
+  step: int = 0
+  writers: list | None = None  # each member's MetricWriter, while training
+  # The evaluator of the last validation pass and its step: whatever per-example results it
+  # keeps (a VAE's latents, a classifier's predictions); None before one.
+  val_evaluator: Any = None
+  val_step: int = -1
+
+  def predict(self, batch) -> dict:
+    """The eval step of every member on one (sharded) batch: outputs (B, M, ...)."""
+    return self.programs.predict(self.states, self.keys, batch)
+
+  def member_state(self, m: int):
+    return member(self.states, m)

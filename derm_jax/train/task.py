@@ -52,10 +52,13 @@ class Task:
   train_source: Any = None     # the training split the stream indexes (random access)
   train_labels: np.ndarray | None = None  # balanced sampling and the majority baseline
   balanced_sampling: bool = False
-  # MICLe: the training split's lesion groups (data/pairs.py SiblingTable). A member whose
-  # config has positives='lesion' gets, per example, another image of the same lesion as
-  # batch['partner_image'] (itself when it has none); other members get the image itself.
-  pairs: Any = None
+  # Method-specific batch contents: (members, indices (L, M, B), step, n) -> {name:
+  # indices (L, M, B)} of other training images, gathered on the device into batch[name]
+  # (MICLe: another image of each example's lesion, tasks/simclr.py). Host-side, per chunk.
+  extra_inputs: Callable | None = None
+  # Config fields in which this task's members may differ besides the seed, init.* and the
+  # label fraction (population.MEMBER_FIELDS), e.g. SimCLR's kind of positive pair.
+  member_fields: tuple[str, ...] = ()
   progress_keys: tuple[str, ...] = ("loss",)
   # After each evaluation: (task, run, step, rows) -> None, `run` the loop's
   # population (states, keys, members, predict).

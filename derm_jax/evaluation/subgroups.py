@@ -1,7 +1,7 @@
 """Metrics per patient subgroup (sex, age band, body site, diagnosis type) from per-example
 metadata, each with 95% bootstrap intervals of accuracy, balanced accuracy and macro AUC.
 
-  from derm_jax.data import subgroups
+  from derm_jax.evaluation import subgroups
   meta = dataset.metadata("test")   # dermamnist / ham10000 / isic2019: sex, age, localization
   report = subgroups.subgroup_metrics(labels, probs, num_classes, meta)
   report["by"]["age_band"]["50-69"]          # {'count': n, 'class_counts': [...],
@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from derm_jax import stats
-from derm_jax.evaluation.metrics import classification_metrics
+from derm_jax.metrics import classification_metrics
 
 MIN_GROUP_SIZE = 30
 UNKNOWN = "unknown"

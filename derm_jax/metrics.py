@@ -30,7 +30,6 @@ from typing import Any
 import numpy as np
 
 __all__ = [
-  "MetricsAccumulator",
   "binary_auc",
   "classification_metrics",
   "confusion_matrix",
@@ -191,76 +190,3 @@ def overfitting_gap(train: dict[str, Any], val: dict[str, Any]) -> dict[str, flo
     "gap/accuracy": diff(train.get("accuracy"), val.get("accuracy")),
     "gap/loss": diff(val.get("loss"), train.get("loss")),
   }
-
-
-class MetricsAccumulator:
-  """Collects (labels, probs, per-example loss) batch by batch, on the host, in numpy.
-
-  Usage:
-    acc = MetricsAccumulator(num_classes=7)
-    for batch in ...:
-      acc.update(labels, probs, losses=per_example_loss, mask=is_real_example)
-    metrics = acc.result()   # classification_metrics(...), 'loss' = mean over kept examples
-
-  `mask` (optional, (B,) bool/0-1) drops padded examples. Either every update passes
-  `losses` (shape (B,)) or none does; the reported loss is the mean over all kept examples.
-  Inputs may be jax arrays (they are converted with np.asarray, which waits for them).
-  """
-
-  def __init__(self, num_classes: int):
-    self.num_classes = int(num_classes)
-    self.reset()
-
-  def reset(self) -> None:
-    self._labels: list[np.ndarray] = []
-    self._probs: list[np.ndarray] = []
-    self._losses: list[np.ndarray] = []
-    self._has_loss: bool | None = None
-
-  @property
-  def count(self) -> int:
-    """Number of (unmasked) examples collected so far."""
-    return int(sum(x.shape[0] for x in self._labels))
-
-  def update(self, labels: Any, probs: Any, losses: Any | None = None, mask: Any | None = None) -> None:
-    labels = np.asarray(labels).reshape(-1)
-    probs = np.asarray(probs, dtype=np.float64)
-    b = labels.shape[0]
-    if probs.shape != (b, self.num_classes):
-      raise ValueError(f"probs must have shape ({b}, {self.num_classes}), got {probs.shape}")
-    has_loss = losses is not None
-    if self._has_loss is None:
-      self._has_loss = has_loss
-    elif self._has_loss != has_loss:
-      raise ValueError("pass per-example losses either in every update or in none")
-    if has_loss:
-      losses = np.asarray(losses, dtype=np.float64)
-      if losses.shape != (b,):
-        raise ValueError(f"losses must be per-example with shape ({b},), got {losses.shape}")
-    if mask is not None:
-      mask = np.asarray(mask).reshape(-1).astype(bool)
-      if mask.shape != (b,):
-        raise ValueError(f"mask must have shape ({b},), got {mask.shape}")
-      labels, probs = labels[mask], probs[mask]
-      if has_loss:
-        losses = losses[mask]
-    self._labels.append(labels.astype(np.int64))
-    self._probs.append(probs)
-    if has_loss:
-      self._losses.append(losses)
-
-  def result(self) -> dict[str, Any]:
-    if self._labels:
-      labels = np.concatenate(self._labels)
-      probs = np.concatenate(self._probs)
-    else:
-      labels = np.zeros((0,), np.int64)
-      probs = np.zeros((0, self.num_classes))
-    loss = None
-    if self._has_loss:
-      all_losses = np.concatenate(self._losses)
-      loss = float(all_losses.mean()) if all_losses.size else None
-    out = classification_metrics(labels, probs, self.num_classes)
-    if self._has_loss:
-      out["loss"] = loss
-    return out
