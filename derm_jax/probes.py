@@ -5,7 +5,7 @@ linear probe and a cosine k-NN at several fractions of the training labels
 
   python -m derm_jax.probes --workdir=STUDY [--fractions=0.01,0.1,0.25,1]
       [--subset_seeds=0,1,2] [--arms=vae,imagenet] [--out=FILE] [--features_dir=DIR]
-      [--class_balanced=auto|true|false] [--batch_size=N]
+      [--class_balanced=true|false|auto] [--batch_size=N]
 
 Reads every STUDY/arms/<arm>/seed_<s> (its config.json says where the backbone started),
 caches the features in each run's features/ folder (or --features_dir/<arm>/seed_<s>, to
@@ -56,8 +56,9 @@ _FEATURES_DIR = flags.DEFINE_string(
     "features_dir", None, "Cache the features in DIR/<arm>/seed_<s> instead of each run's "
     "features/ folder (leaves the study untouched).")
 _CLASS_BALANCED = flags.DEFINE_enum(
-    "class_balanced", "auto", ["auto", "true", "false"], "Ridge sample weights inverse to "
-    "class frequency; auto: as the run's class_weighted_loss.")
+    "class_balanced", "true", ["auto", "true", "false"], "Ridge sample weights inverse to "
+    "class frequency (closed_form.py says why this is the default); auto: as each run's "
+    "class_weighted_loss.")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", None, "Images per forward pass (default: "
                                    "the run's eval_batch_size).")
 
@@ -158,7 +159,7 @@ def sgd_results(workdir: str, arm: str, seed: int, fractions: Sequence[float],
 def probe_study(workdir: str, fractions: Sequence[float] = (0.01, 0.1, 0.25, 1.0),
                 subset_seeds: Sequence[int] = (0, 1, 2), arms: Sequence[str] | None = None,
                 out: str | None = None, features_dir: str | None = None,
-                class_balanced: bool | None = None, batch_size: int | None = None,
+                class_balanced: bool | None = True, batch_size: int | None = None,
                 log: Callable[[str], None] = print) -> dict[str, Any]:
   """Caches every run's features, probes them, writes and returns the JSON dict (module
   docstring). `class_balanced` None: as each run's class_weighted_loss."""

@@ -14,10 +14,14 @@ Ridge probe (`ridge_probe`), as big_vision's few-shot evaluator does it:
     AUCs). The scores are the raw regression outputs, not probabilities: argmax gives the
     prediction, and per-class AUCs rank them;
   * W = (Xc^T D Xc + λ I)^-1 Xc^T D Yc with an unregularised intercept by centring
-    (Xc, Yc: centred by their (weighted) means; D: the sample weights, all 1 unless
-    `class_balanced`, which weighs each example by n / (K n_c) as the SGD classifier's
-    `class_weighted_loss` does). This is scikit-learn's `Ridge(alpha=λ)` (with
-    `sample_weight=D`), which the tests check;
+    (Xc, Yc: centred by their (weighted) means; D: the sample weights). This is
+    scikit-learn's `Ridge(alpha=λ)` (with `sample_weight=D`), which the tests check;
+  * class-balanced by default (`class_balanced=True`): each example weighs n / (K n_c), as
+    the SGD classifier's `class_weighted_loss` weighs its loss, so every class counts the
+    same in the squared error. Least squares on one-hot targets otherwise leans on the
+    majority class far more than a cross-entropy probe does (on DermaMNIST, 67% 'nv', the
+    unweighted ridge scored 36.5% balanced accuracy where the balanced one scored 58.0%,
+    same features); `class_balanced=False` gives plain ridge (D = 1);
   * one eigendecomposition of the smaller Gram matrix (Xc^T D Xc, d x d, when n >= d, else
     the n x n kernel), in float64, gives W for every λ of the grid: W(λ) = A diag(1 / (e +
     λ)) C (`RidgePath`);
@@ -216,7 +220,7 @@ class RidgePath:
 def ridge_probe(train: tuple[Any, Any], val: tuple[Any, Any],
                 test: tuple[Any, Any | None] | None, num_classes: int,
                 lambdas: Sequence[float] = DEFAULT_LAMBDAS,
-                class_balanced: bool = False) -> ProbeResult:
+                class_balanced: bool = True) -> ProbeResult:
   """Ridge probe fitted on `train` (X, y), λ chosen by balanced accuracy on `val` (X, y)
   (ties: the larger λ), scored on `test` (X, y or None: scores only)."""
   lambdas = sorted(float(v) for v in lambdas)
@@ -337,7 +341,7 @@ def label_efficiency(features: Mapping[str, tuple[Any, Any]],
                      lambdas: Sequence[float] = DEFAULT_LAMBDAS,
                      ks: Sequence[int] = DEFAULT_KS,
                      temperature: float = DEFAULT_TEMPERATURE,
-                     class_balanced: bool = False) -> list[dict[str, Any]]:
+                     class_balanced: bool = True) -> list[dict[str, Any]]:
   """Ridge and k-NN test metrics for each fraction x subset seed of the training labels.
 
   Args:
