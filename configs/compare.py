@@ -130,7 +130,7 @@ def get_config(arg: str | None = None) -> ConfigDict:
     raise ValueError(f"Unknown configs/compare.py preset {arg!r}; use '', 'recipe', 'honest', "
                      "'ham224' or 'paper'.")
   # The shared settings exist once, at the top level (an override of a copy inside a stage
-  # would be silently ignored): derm_jax/study/arms.py puts them into each stage.
+  # would be silently ignored): derm_jax/study/plan.py puts them into each stage.
   # The contrastive stage keeps its own (stronger) augmentation, `simclr.aug`.
   for stage, shared in ((c.vae, ("data", "image_size", "aug")),
                         (c.classifier, ("data", "image_size", "aug")),

@@ -4,7 +4,7 @@ Default: EfficientNet-Lite0 at 64 px on the embedded DermaMNIST subset, from scr
   python -m derm_jax.main --config=configs/simclr.py --workdir=/tmp/simclr
 Then the identical classifier on that backbone:
   python -m derm_jax.main --config=configs/classify.py --workdir=/tmp/cls_simclr \
-      --config.init.source=simclr --config.init.simclr_workdir=/tmp/simclr
+      --config.init.source=pretrained --config.init.pretrained_workdir=/tmp/simclr
 MICLe (a second image of the same lesion as the positive, on datasets with lesion groups:
 ham10000, isic2019, folder with a group column): --config.positives=lesion.
 Where to change things: views `aug.*` and `contrastive.grayscale`, loss `loss.temperature`,

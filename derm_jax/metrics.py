@@ -29,8 +29,18 @@ from typing import Any
 
 import numpy as np
 
+# The headline metrics: every table, interval and comparison of arms reports these (the
+# report's tables and bootstrap intervals, the probes, the k-NN monitor); the subset with
+# intervals per subgroup and per lesion group; the label-efficiency curves'.
+HEADLINE = ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc")
+INTERVAL = ("accuracy", "balanced_accuracy", "macro_auc")
+EFFICIENCY = ("balanced_accuracy", "macro_auc")
+
 __all__ = [
-  "binary_auc",
+  "EFFICIENCY",
+  "HEADLINE",
+  "INTERVAL",
+  "weighted_metric",
   "classification_metrics",
   "confusion_matrix",
   "majority_baseline",
@@ -82,28 +92,71 @@ def confusion_matrix(labels: Any, preds: Any, num_classes: int) -> np.ndarray:
   return cm
 
 
-def _average_ranks(x: np.ndarray) -> np.ndarray:
-  """1-based ranks of `x`, tied values sharing the average of their ranks."""
-  _, inverse, counts = np.unique(x, return_inverse=True, return_counts=True)
-  starts = np.cumsum(counts) - counts  # 0-based rank of the first element of each tie group
-  avg_rank = starts + (counts + 1) / 2.0
-  return avg_rank[inverse.reshape(-1)]
+# Macro AUC uses a (positives x negatives) pair matrix up to this size (one matrix product per
+# class and chunk), else a sort of the scores with cumulative negative weights (less memory).
+AUC_PAIR_MATRIX_MAX = 4_000_000
 
 
-def binary_auc(is_positive: Any, scores: Any) -> float | None:
-  """Exact ROC AUC = P(score_pos > score_neg) + 0.5 P(tie), via the Mann-Whitney U.
-
-  Returns None when there are no positives or no negatives.
-  """
-  pos = np.asarray(is_positive, dtype=bool)
-  scores = np.asarray(scores, dtype=np.float64)
-  n_pos = int(pos.sum())
-  n_neg = int(pos.size - n_pos)
-  if n_pos == 0 or n_neg == 0:
-    return None
-  ranks = _average_ranks(scores)
-  u = ranks[pos].sum() - n_pos * (n_pos + 1) / 2.0
-  return float(u / (n_pos * n_neg))
+def weighted_metric(name: str, labels: np.ndarray, probs: np.ndarray, w: np.ndarray) -> np.ndarray:
+  """Headline metric `name` under each row of weights w (B, N) (image multiplicities: a
+  bootstrap resample is one row; all ones is the sample itself); (B,) with NaN where it is
+  undefined. The one implementation of the headline metrics: `classification_metrics`
+  and every bootstrap interval (derm_jax/stats.py) use it."""
+  n, k = probs.shape
+  preds = np.argmax(probs, axis=1)
+  correct = (preds == labels).astype(np.float64)
+  total = w.sum(axis=1)
+  with np.errstate(invalid="ignore", divide="ignore"):
+    if name == "accuracy":
+      return (w @ correct) / total
+    onehot = np.zeros((n, k))
+    onehot[np.arange(n), labels] = 1.0
+    support = w @ onehot  # (B, K) true counts
+    tp = w @ (onehot * correct[:, None])  # (B, K)
+    if name == "balanced_accuracy":
+      present = support > 0
+      recall = np.where(present, tp / np.where(present, support, 1.0), 0.0)
+      n_present = present.sum(axis=1)
+      return np.where(n_present > 0, recall.sum(axis=1) / np.maximum(n_present, 1), np.nan)
+    if name == "macro_f1":
+      pred_onehot = np.zeros((n, k))
+      pred_onehot[np.arange(n), preds] = 1.0
+      predicted = w @ pred_onehot
+      denom = support + predicted  # = 2 TP + FP + FN
+      f1 = np.where(denom > 0, 2 * tp / np.where(denom > 0, denom, 1.0), 0.0)
+      return np.where(total > 0, f1.mean(axis=1), np.nan)
+    if name == "macro_auc":
+      auc_sum = np.zeros(w.shape[0])
+      auc_n = np.zeros(w.shape[0])
+      for c in range(k):
+        pos = labels == c
+        if not pos.any() or pos.all():
+          continue
+        sp, sn = probs[pos, c], probs[~pos, c]
+        if sp.size * sn.size <= AUC_PAIR_MATRIX_MAX:
+          # (positive, negative) pair matrix: 1 if the positive scores higher, 1/2 on ties.
+          pair = (sp[:, None] > sn[None, :]) + 0.5 * (sp[:, None] == sn[None, :])
+          wp, wn = w[:, pos], w[:, ~pos]
+          num = np.einsum("bj,bj->b", wp @ pair, wn)
+          den = wp.sum(axis=1) * wn.sum(axis=1)
+          ok = den > 0
+          auc_sum += np.where(ok, num / np.where(ok, den, 1.0), 0.0)
+          auc_n += ok
+          continue
+        order = np.argsort(probs[:, c], kind="stable")
+        s = probs[order, c]
+        starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])  # tie groups of equal scores
+        ws = w[:, order]
+        wp = np.add.reduceat(ws * pos[order], starts, axis=1)  # (B, G) positive weight per group
+        wn = np.add.reduceat(ws * ~pos[order], starts, axis=1)
+        neg_below = np.cumsum(wn, axis=1) - wn
+        num = (wp * (neg_below + 0.5 * wn)).sum(axis=1)
+        den = wp.sum(axis=1) * wn.sum(axis=1)
+        ok = den > 0
+        auc_sum += np.where(ok, num / np.where(ok, den, 1.0), 0.0)
+        auc_n += ok
+      return np.where(auc_n > 0, auc_sum / np.maximum(auc_n, 1), np.nan)
+  raise ValueError(f"unknown metric {name!r}; built-ins: {HEADLINE}")
 
 
 def classification_metrics(labels: Any, probs: Any, num_classes: int,
@@ -131,20 +184,16 @@ def classification_metrics(labels: Any, probs: Any, num_classes: int,
   denom = 2 * tp + fp + fn
   f1 = np.where(denom > 0, 2 * tp / np.where(denom > 0, denom, 1.0), 0.0)
 
-  aucs = [binary_auc(labels == k, probs[:, k]) for k in range(num_classes)]
-  valid_aucs = [a for a in aucs if a is not None]
-
-  out: dict[str, Any] = {
-    "accuracy": float(tp.sum() / n) if n else None,
-    "balanced_accuracy": float(recall[present].mean()) if present.any() else None,
-    "macro_f1": float(f1.mean()) if n else None,
-    "macro_auc": float(np.mean(valid_aucs)) if valid_aucs else None,
+  ones = np.ones((1, n))
+  out: dict[str, Any] = {k: float(weighted_metric(k, labels, probs, ones)[0]) if n else None
+                         for k in HEADLINE}
+  out.update({
     "per_class_recall": recall,
     "per_class_f1": f1,
     "support": support.astype(np.int64),
     "confusion_matrix": cm,
     "num_examples": n,
-  }
+  })
   if loss is not None:
     out["loss"] = float(loss)
   return to_jsonable(out)

@@ -1,5 +1,5 @@
 """Closed-form probes of a study's representations in seconds: for every arm and seed, the
-starting backbone's features (cached, derm_jax/evaluation/features.py), then a ridge
+starting backbone's features (cached, derm_jax/tasks/features.py), then a ridge
 linear probe and a cosine k-NN at several fractions of the training labels
 (derm_jax/evaluation/closed_form.py), without any SGD run.
 
@@ -41,7 +41,7 @@ from typing import Any
 
 from absl import app, flags
 
-from derm_jax import console, fileio
+from derm_jax import console, fileio, layout
 from derm_jax.errors import ConfigError, DermJaxError, NotARunError
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Study workdir (has config.json and arms/).")
@@ -134,12 +134,10 @@ def sgd_results(workdir: str, arm: str, seed: int, fractions: Sequence[float],
   and seed (test_metrics.json), for each fraction that has one."""
   from derm_jax.data import label_fractions
   from derm_jax.evaluation import closed_form
-  from derm_jax.study import arms as study_arms
   out: dict[str, dict[str, Any]] = {"probe": {}, "classifier": {}}
-  for kind, protocol in (("probe", study_arms.PROBE), ("classifier", study_arms.CLASSIFIER)):
+  for kind, protocol in (("probe", layout.PROBE), ("classifier", layout.CLASSIFIER)):
     for f in fractions:
-      path = fileio.join(study_arms.run_dir(workdir, arm, seed, protocol, f),
-                         "test_metrics.json")
+      path = fileio.join(layout.run_dir(workdir, arm, seed, protocol, f), layout.TEST_METRICS)
       if not fileio.exists(path):
         continue
       try:
@@ -163,8 +161,10 @@ def probe_study(workdir: str, fractions: Sequence[float] = (0.01, 0.1, 0.25, 1.0
                 log: Callable[[str], None] = print) -> dict[str, Any]:
   """Caches every run's features, probes them, writes and returns the JSON dict (module
   docstring). `class_balanced` None: as each run's class_weighted_loss."""
+  from derm_jax import metrics
   from derm_jax.data import label_fractions, registry
-  from derm_jax.evaluation import closed_form, features, metrics, scoring
+  from derm_jax.evaluation import closed_form
+  from derm_jax.tasks import features
   start = time.perf_counter()
   workdir = fileio.abspath(workdir)
   config = _study_config(workdir)
@@ -196,7 +196,7 @@ def probe_study(workdir: str, fractions: Sequence[float] = (0.01, 0.1, 0.25, 1.0
   arm_seconds: dict[str, float] = {}
   for arm, seed, run_dir in runs:
     t = time.perf_counter()
-    run_config = scoring.load_run_config(run_dir)
+    run_config = layout.read_config(run_dir, task="classify")
     data_key = json.dumps(run_config.data.to_dict(), sort_keys=True, default=str)
     if data_key not in datasets:
       datasets[data_key] = registry.get(run_config.data)

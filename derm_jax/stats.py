@@ -41,8 +41,9 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from derm_jax import metrics
+
 __all__ = [
-  "AUC_PAIR_MATRIX_MAX",
   "BUILTIN_METRICS",
   "Interval",
   "MajorityCheck",
@@ -58,12 +59,9 @@ __all__ = [
   "reliability_bins",
 ]
 
-BUILTIN_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc")
+BUILTIN_METRICS = metrics.HEADLINE
 # Resamples are scored in chunks holding at most this many (resample, image) weights.
 _CHUNK_ELEMENTS = 2_000_000
-# Macro AUC uses a (positives x negatives) pair matrix up to this size (one matrix product per
-# class and chunk), else a sort of the scores with cumulative negative weights (less memory).
-AUC_PAIR_MATRIX_MAX = 4_000_000
 
 
 class Interval(NamedTuple):
@@ -98,73 +96,13 @@ def _check(labels: Any, probs: Any) -> tuple[np.ndarray, np.ndarray]:
   return labels, probs
 
 
-def _weighted_metric(name: str, labels: np.ndarray, probs: np.ndarray, w: np.ndarray) -> np.ndarray:
-  """Metric `name` for each row of weights w (B, N) (image multiplicities); (B,) with NaN if "
-  "undefined."""
-  n, k = probs.shape
-  preds = np.argmax(probs, axis=1)
-  correct = (preds == labels).astype(np.float64)
-  total = w.sum(axis=1)
-  with np.errstate(invalid="ignore", divide="ignore"):
-    if name == "accuracy":
-      return (w @ correct) / total
-    onehot = np.zeros((n, k))
-    onehot[np.arange(n), labels] = 1.0
-    support = w @ onehot  # (B, K) true counts
-    tp = w @ (onehot * correct[:, None])  # (B, K)
-    if name == "balanced_accuracy":
-      present = support > 0
-      recall = np.where(present, tp / np.where(present, support, 1.0), 0.0)
-      n_present = present.sum(axis=1)
-      return np.where(n_present > 0, recall.sum(axis=1) / np.maximum(n_present, 1), np.nan)
-    if name == "macro_f1":
-      pred_onehot = np.zeros((n, k))
-      pred_onehot[np.arange(n), preds] = 1.0
-      predicted = w @ pred_onehot
-      denom = support + predicted  # = 2 TP + FP + FN
-      f1 = np.where(denom > 0, 2 * tp / np.where(denom > 0, denom, 1.0), 0.0)
-      return np.where(total > 0, f1.mean(axis=1), np.nan)
-    if name == "macro_auc":
-      auc_sum = np.zeros(w.shape[0])
-      auc_n = np.zeros(w.shape[0])
-      for c in range(k):
-        pos = labels == c
-        if not pos.any() or pos.all():
-          continue
-        sp, sn = probs[pos, c], probs[~pos, c]
-        if sp.size * sn.size <= AUC_PAIR_MATRIX_MAX:
-          # (positive, negative) pair matrix: 1 if the positive scores higher, 1/2 on ties.
-          pair = (sp[:, None] > sn[None, :]) + 0.5 * (sp[:, None] == sn[None, :])
-          wp, wn = w[:, pos], w[:, ~pos]
-          num = np.einsum("bj,bj->b", wp @ pair, wn)
-          den = wp.sum(axis=1) * wn.sum(axis=1)
-          ok = den > 0
-          auc_sum += np.where(ok, num / np.where(ok, den, 1.0), 0.0)
-          auc_n += ok
-          continue
-        order = np.argsort(probs[:, c], kind="stable")
-        s = probs[order, c]
-        starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])  # tie groups of equal scores
-        ws = w[:, order]
-        wp = np.add.reduceat(ws * pos[order], starts, axis=1)  # (B, G) positive weight per group
-        wn = np.add.reduceat(ws * ~pos[order], starts, axis=1)
-        neg_below = np.cumsum(wn, axis=1) - wn
-        num = (wp * (neg_below + 0.5 * wn)).sum(axis=1)
-        den = wp.sum(axis=1) * wn.sum(axis=1)
-        ok = den > 0
-        auc_sum += np.where(ok, num / np.where(ok, den, 1.0), 0.0)
-        auc_n += ok
-      return np.where(auc_n > 0, auc_sum / np.maximum(auc_n, 1), np.nan)
-  raise ValueError(f"unknown metric {name!r}; built-ins: {BUILTIN_METRICS}")
-
-
 def metric_value(labels: Any, probs: Any, metric_fn: str | Callable[..., Any]) -> float | None:
   """The metric on the full sample ((N, K) probs), or the mean over runs for (S, N, K)."""
   labels, probs = _check(labels, probs)
   vals = []
   for p in probs:
     if isinstance(metric_fn, str):
-      v = float(_weighted_metric(metric_fn, labels, p, np.ones((1, labels.shape[0])))[0])
+      v = float(metrics.weighted_metric(metric_fn, labels, p, np.ones((1, labels.shape[0])))[0])
     else:
       v = metric_fn(labels, p)
       v = float("nan") if v is None else float(v)
@@ -204,7 +142,7 @@ def bootstrap_values(
       flat = (np.arange(b)[:, None] * n + idx).reshape(-1)
       w = np.bincount(flat, minlength=b * n).reshape(b, n).astype(np.float64)
       for s, p in enumerate(probs):
-        out[row : row + b, s] = _weighted_metric(metric_fn, labels, p, w)
+        out[row : row + b, s] = metrics.weighted_metric(metric_fn, labels, p, w)
     else:
       for i in range(b):
         for s, p in enumerate(probs):

@@ -1,6 +1,6 @@
 """Tests for the probes that cost seconds: the closed-form ridge probe and cosine k-NN
 (derm_jax/evaluation/closed_form.py), the cached starting-backbone features
-(derm_jax/evaluation/features.py) and `python -m derm_jax.probes`."""
+(derm_jax/tasks/features.py) and `python -m derm_jax.probes`."""
 
 from __future__ import annotations
 
@@ -227,10 +227,11 @@ def test_table_rows_pairs_the_sgd_probe_with_the_subset_it_trained_on():
 
 
 def test_feature_cache_of_a_study_run(study, tmp_path):
+  from derm_jax import layout
   from derm_jax.data import registry
-  from derm_jax.evaluation import features, scoring
+  from derm_jax.tasks import features
   run = study / "arms" / "vae" / "seed_0"
-  config = scoring.load_run_config(str(run))
+  config = layout.read_config(str(run), task="classify")
   dataset = registry.get(config.data)
   cache = tmp_path / "cache"
   first = features.run_features(str(run), cache_dir=str(cache), dataset=dataset)
@@ -276,13 +277,14 @@ def test_features_are_the_frozen_backbone_the_classifier_started_from(study, tmp
   import jax
   import jax.numpy as jnp
 
+  from derm_jax import layout
   from derm_jax.data import device_augment, registry
-  from derm_jax.evaluation import features, scoring
   from derm_jax.models import registry as model_registry
+  from derm_jax.tasks import features
   from derm_jax.tasks.contrastive import pool_features
   from derm_jax.train import checkpoint
   run = study / "arms" / "vae" / "seed_0"
-  config = scoring.load_run_config(str(run))
+  config = layout.read_config(str(run), task="classify")
   assert config.freeze_backbone  # the classifier's checkpoint keeps its starting backbone
   dataset = registry.get(config.data)
   fs = features.run_features(str(run), cache_dir=str(tmp_path / "c"), splits=("val",),

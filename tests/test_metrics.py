@@ -10,7 +10,6 @@ import pytest
 from sklearn import metrics as skm
 
 from derm_jax.metrics import (
-  binary_auc,
   classification_metrics,
   majority_baseline,
   overfitting_gap,
@@ -60,11 +59,18 @@ def test_hand_computed_three_class_example():
   assert m["num_examples"] == 7
 
 
-def test_binary_auc_ties_and_undefined():
-  assert binary_auc([1, 0], [0.5, 0.5]) == 0.5
-  assert binary_auc([1, 1, 0, 0], [0.9, 0.4, 0.4, 0.1]) == pytest.approx(3.5 / 4)
-  assert binary_auc([1, 1], [0.2, 0.3]) is None
-  assert binary_auc([0, 0], [0.2, 0.3]) is None
+def _binary_auc(labels, scores):
+  """The one-vs-rest AUC of class 1 out of `classification_metrics` (two classes: the
+  macro AUC averages two equal AUCs)."""
+  p1 = np.asarray(scores, np.float64)
+  return classification_metrics(np.asarray(labels), np.stack([1 - p1, p1], 1), 2)["macro_auc"]
+
+
+def test_auc_ties_and_undefined():
+  assert _binary_auc([1, 0], [0.5, 0.5]) == 0.5
+  assert _binary_auc([1, 1, 0, 0], [0.9, 0.4, 0.4, 0.1]) == pytest.approx(3.5 / 4)
+  assert _binary_auc([1, 1], [0.2, 0.3]) is None
+  assert _binary_auc([0, 0], [0.2, 0.3]) is None
 
 
 def test_json_safe_and_absent_class_is_none():

@@ -44,7 +44,7 @@ def test_macro_auc_pair_matrix_and_sort_paths_agree(data, monkeypatch):
   tied = np.round(good, 1)  # many tied scores
   for p in (good, tied):
     fast = stats.bootstrap_values(labels, p, "macro_auc", n_boot=50, seed=2)
-    monkeypatch.setattr(stats, "AUC_PAIR_MATRIX_MAX", 0)
+    monkeypatch.setattr(metrics, "AUC_PAIR_MATRIX_MAX", 0)
     slow = stats.bootstrap_values(labels, p, "macro_auc", n_boot=50, seed=2)
     monkeypatch.undo()
     np.testing.assert_allclose(fast, slow, atol=1e-12)

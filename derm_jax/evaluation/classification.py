@@ -81,7 +81,7 @@ def summary_line(result: dict[str, Any]) -> str:
   def f(v):
     return "n/a" if v is None else f"{v:.4f}"
   line = ", ".join(f"{k} {f(result.get(k))}" for k in
-                   ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc", "loss")
+                   (*metrics_lib.HEADLINE, "loss")
                    if k in result)
   base = result.get("majority_baseline")
   if base:

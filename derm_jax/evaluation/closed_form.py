@@ -2,7 +2,7 @@
 probe and a cosine k-NN, on cached features, and label efficiency (1% .. 100% of the
 training labels) from the same features without any SGD run.
 
-Numpy only (no jax). The features come from derm_jax/evaluation/features.py (a run's
+Numpy only (no jax). The features come from derm_jax/tasks/features.py (a run's
 starting backbone over train/val/test); `python -m derm_jax.probes` runs this for every arm
 and seed of a study.
 
@@ -56,8 +56,8 @@ from typing import Any
 
 import numpy as np
 
+from derm_jax import metrics
 from derm_jax.data import label_fractions
-from derm_jax.evaluation import metrics
 
 DEFAULT_LAMBDAS = tuple(float(10.0 ** (e / 2)) for e in range(-8, 13))  # 1e-4 .. 1e6
 DEFAULT_KS = (1, 5, 10, 20, 50)
@@ -65,7 +65,7 @@ DEFAULT_TEMPERATURE = 0.07  # knn.py's vote
 DEFAULT_FRACTIONS = (0.01, 0.1, 0.25, 1.0)
 DEFAULT_SUBSET_SEEDS = (0, 1, 2)
 # Scores of a probe's test predictions kept in the results (the rest is per-class detail).
-HEADLINE = ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc")
+HEADLINE = metrics.HEADLINE
 _MIN_STD = 1e-6
 
 

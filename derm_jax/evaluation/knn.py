@@ -82,7 +82,7 @@ def knn_metrics(train_feats: Any, train_labels: Any, query_feats: Any, query_lab
   scores = knn_predict(train_feats, train_labels, query_feats, k, num_classes,
                        temperature=temperature, chunk_size=chunk_size)
   m = metrics.classification_metrics(np.asarray(query_labels).reshape(-1), scores, num_classes)
-  return {key: m[key] for key in ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc")}
+  return {key: m[key] for key in metrics.HEADLINE}
 
 
 # ----------------------------------------------------------------------------- evaluator

@@ -25,11 +25,11 @@ from typing import Any
 
 import numpy as np
 
-from derm_jax import stats
+from derm_jax import metrics, stats
 from derm_jax.metrics import classification_metrics
 
 SEEN_IN = ("train",)
-INTERVAL_METRICS = ("accuracy", "balanced_accuracy", "macro_auc")
+INTERVAL_METRICS = metrics.INTERVAL
 N_BOOT = 1000
 GROUPS = ("all", "seen_lesion", "unseen_lesion")
 

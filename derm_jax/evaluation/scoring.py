@@ -16,7 +16,7 @@ import os
 
 from absl import logging
 
-from derm_jax import fileio
+from derm_jax import fileio, metrics
 
 
 def outside_source(task, isic_images: str, isic_csv: str | None):
@@ -118,8 +118,7 @@ def score(run, source, outs: list[str], *, name: str, split: str | None = None,
     if "accuracy" in result:
       logging.info("%s%s: %s -> %s", name, who, classification.summary_line(result), out)
       if not quiet:
-        print(json.dumps({k: result[k] for k in ("accuracy", "balanced_accuracy", "macro_f1",
-                                                  "macro_auc", "loss")} | {"out": out}))
+        print(json.dumps({k: result[k] for k in (*metrics.HEADLINE, "loss")} | {"out": out}))
     else:
       logging.info("%s%s: predictions for %d images -> %s", name, who,
                    result["num_examples"], out)

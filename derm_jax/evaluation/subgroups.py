@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from derm_jax import stats
+from derm_jax import metrics, stats
 from derm_jax.metrics import classification_metrics
 
 MIN_GROUP_SIZE = 30
@@ -39,7 +39,7 @@ AGE_BANDS: tuple[tuple[str, float, float], ...] = (
     ("<30", -np.inf, 30.0), ("30-49", 30.0, 50.0), ("50-69", 50.0, 70.0),
     (">=70", 70.0, np.inf))
 ATTRIBUTES = ("sex", "age_band", "localization")  # and 'dx_type' where the metadata has it
-INTERVAL_METRICS = ("accuracy", "balanced_accuracy", "macro_auc")
+INTERVAL_METRICS = metrics.INTERVAL
 N_BOOT = 1000
 _MISSING = {"", "unknown", "nan", "none", "na"}
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from derm_jax import stats
+from derm_jax import metrics, stats
 from derm_jax.evaluation.predictions import Predictions
 from derm_jax.report.runs import (
   TEST_SET,
@@ -31,9 +31,9 @@ from derm_jax.report.runs import (
 )
 
 # Metrics with bootstrap intervals, in table order, and their plain names.
-CI_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc")
+CI_METRICS = metrics.HEADLINE
 # The metrics of the label-efficiency table and figure (and of the fraction runs' intervals).
-EFFICIENCY_METRICS = ("balanced_accuracy", "macro_auc")
+EFFICIENCY_METRICS = metrics.EFFICIENCY
 METRIC_NAMES = {
   "accuracy": "accuracy",
   "balanced_accuracy": "balanced accuracy",

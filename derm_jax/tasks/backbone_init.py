@@ -168,7 +168,7 @@ def _load_pretrained(config, workdir: str) -> tuple[dict, str]:
   return registry.get(task).backbone_variables(tree), path
 
 
-def _imagenet_dir(config, workdir: str) -> tuple[str, bool]:
+def imagenet_dir(config, workdir: str) -> tuple[str, bool]:
   """(directory of the converted ImageNet weights, whether they still need converting)."""
   from derm_jax import convert
   path = config.init.imagenet_dir
@@ -190,7 +190,7 @@ def _check_imagenet(config, workdir: str) -> None:
   installed (conversion then happens at the start of training)."""
   from derm_jax import convert
   from derm_jax.convert import store
-  path, to_convert = _imagenet_dir(config, workdir)
+  path, to_convert = imagenet_dir(config, workdir)
   if to_convert:
     convert.default_source(config.model.backbone)  # raises naming the missing package
     return
@@ -203,7 +203,7 @@ def _check_imagenet(config, workdir: str) -> None:
 def _imagenet_backbone(config, workdir: str) -> dict:
   from derm_jax import convert
   from derm_jax.convert import store
-  path, to_convert = _imagenet_dir(config, workdir)
+  path, to_convert = imagenet_dir(config, workdir)
   if to_convert:
     if jax.process_index() == 0:
       logging.info("Converting %s ImageNet weights from their package into %s",

@@ -5,7 +5,7 @@ seconds (derm_jax/evaluation/closed_form.py, `python -m derm_jax.probes`).
   x, y = fs.splits["train"]        # (N, C) float32 pooled features, (N,) int64 labels
 
 A study's classifier run records in its config.json where its backbone started
-(`init.source` and `init.vae_workdir` / `init.simclr_workdir`, the packaged ImageNet weights
+(`init.source` and `init.pretrained_workdir`, the packaged ImageNet weights
 converted into the run's folder, or the seed's random init for 'scratch'). This module
 rebuilds that backbone (models.registry), loads those starting weights
 (tasks/backbone_init.init_backbone_variables: the frozen pretrained representation, not the
@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 from absl import logging
 
-from derm_jax import fileio
+from derm_jax import fileio, layout
 from derm_jax.data import registry
 from derm_jax.errors import DermJaxError
 
@@ -85,11 +85,12 @@ def init_record(config, run_dir: str) -> dict[str, Any]:
   from derm_jax.tasks import backbone_init
   source = str(config.init.source)
   where, step, seed = "", None, None
-  if source in ("vae", "simclr"):
-    where = str(config.init.get(f"{source}_workdir", "") or "")
+  if source not in ("imagenet", "scratch"):  # a pretraining run (older configs: vae, simclr)
+    source = backbone_init.PRETRAINED
+    where = backbone_init.pretrained_workdir(config)
     step = _latest_step(where) if where else None
   elif source == "imagenet":
-    where = backbone_init._imagenet_dir(config, run_dir)[0]  # the weights the run loads
+    where = backbone_init.imagenet_dir(config, run_dir)[0]  # the weights the run loads
   elif source == "scratch":
     seed = int(config.seed)
   return {"source": source, "workdir": fileio.abspath(where) if where else "", "step": step,
@@ -213,12 +214,11 @@ def run_features(run_dir: str, *, cache_dir: str | None = None,
     DermJaxError (NotARunError, ConfigError, CheckpointError, ...) naming what is missing:
     no config.json, a pretraining workdir without a checkpoint, unconvertible weights.
   """
-  from derm_jax.evaluation import scoring
   start = time.perf_counter()
   bad = [s for s in splits if s not in SPLITS]
   if bad:
     raise DermJaxError(f"unknown split(s) {bad}; use {list(SPLITS)}.")
-  config = scoring.load_run_config(run_dir)
+  config = layout.read_config(run_dir, task="classify")
   dataset = dataset if dataset is not None else registry.get(config.data)
   fp = fingerprint(config, run_dir, dataset)
   cache_dir = cache_dir or fileio.join(run_dir, "features")
