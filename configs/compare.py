@@ -52,6 +52,11 @@ def get_config(arg: str | None = None) -> ConfigDict:
   # class-stratified, seeded subset of the training labels (fractions/<f>/...), for the same
   # number of steps; pretraining still sees every training image, never val or test.
   c.label_fractions = (1.0,)
+  # Closed-form probes (python -m derm_jax.probes; seconds per arm): after the classifiers,
+  # every arm's frozen starting features cached once, then a ridge probe and a k-NN at each
+  # of these label fractions (3 label subsets each), beside the SGD probe where there is one
+  # (report section "Closed-form probes"). () = off.
+  c.closed_form_fractions = (0.01, 0.1, 0.25, 1.0)
   # > 0: every stage (each pretraining, every classifier, probe and fraction) stops after
   # this many steps: the whole study in minutes on a CPU (a first look, tests, CI).
   c.smoke_steps = 0

@@ -305,6 +305,12 @@ def _check_compare(config, problems: list[str]) -> None:
     top.add("label_fractions", f"={tuple(fractions)!r} lacks 1.0: the study's arms and its "
             "report are the runs on all the labels; add 1.0, e.g. "
             f"{(*tuple(fractions), 1.0)!r}")
+  closed = top.get("closed_form_fractions", ())
+  if (not isinstance(closed, Sequence) or isinstance(closed, str)
+      or not all(isinstance(f, numbers.Real) and not isinstance(f, bool) and math.isfinite(f)
+                 and 0 < f <= 1 for f in closed) or _repeated([float(f) for f in closed])):
+    top.add("closed_form_fractions", f"={closed!r} must be distinct fractions in (0, 1], e.g. "
+            "(0.01, 0.1, 1.0), or () for none")
   if top.has("vae_per_seed") and not isinstance(top.get("vae_per_seed"), bool):
     top.add("vae_per_seed", f"={top.get('vae_per_seed')!r} must be True or False")
   # One config per pretraining task (its arms differ in starting weights and options only),

@@ -100,7 +100,7 @@ def test_compare_end_to_end_then_evaluate_outside_data(study, tmp_path):
     test = json.load(open(d / "test_metrics.json"))
     assert len(test["confusion_matrix"]) == 7 and "majority_baseline" in test
     cfg = json.load(open(d / "config.json"))
-    assert cfg["init"]["source"] == arm
+    assert cfg["init"]["source"] == ("pretrained" if arm == "vae" else arm)
   report = (workdir / "report.md").read_text()
   # (The report's cells against each arm's metrics files: test_study_numbers.py.)
   assert (workdir / "figures" / "gap.png").exists()

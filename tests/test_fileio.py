@@ -176,8 +176,8 @@ def test_run_outputs_land_in_the_bucket(bucket, monkeypatch):
 
 
 def test_predictions_evaluation_outputs_and_report(bucket):
-  from derm_jax import report
-  from derm_jax.evaluation import classification, metrics, predictions
+  from derm_jax import metrics, report
+  from derm_jax.evaluation import classification, predictions
 
   names = ["akiec", "mel", "nv"]
   rng = np.random.default_rng(0)

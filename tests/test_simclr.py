@@ -120,7 +120,7 @@ def test_checkpoint_starts_a_classifier_bit_for_bit(simclr_run, tmp_path):
   (other_run / "config.json").write_text(json.dumps({"task": "vae"}))
   cls.init.source = "simclr"  # an older config's name: a SimCLR run, nothing else
   cls.init.pretrained_workdir = str(other_run)
-  with pytest.raises(ConfigError, match="not a 'simclr' one"):
+  with pytest.raises(ConfigError, match="holds a 'vae' run, not a simclr one"):
     task.init_member(cls, str(tmp_path / "cls2"))
   cls.init.source = "pretrained"
   cls.init.pretrained_workdir = str(tmp_path / "nothing")

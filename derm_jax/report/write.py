@@ -20,6 +20,7 @@ from derm_jax.report.analysis import (
   seed_summary,
   summarize,
 )
+from derm_jax.report.closed_form import lines as closed_form_lines
 from derm_jax.report.formatting import (
   config_field,
   flatten,
@@ -455,6 +456,8 @@ def write_report(workdir: str, n_boot: int = 2000, seed: int = 0, figures: bool 
     )
     L.append("")
     L += efficiency_lines(eff, EFFICIENCY_METRICS)
+  with plots.banner(figure_banner):
+    L += closed_form_lines(workdir, fig_dir if figures else None)
 
   withheld = "smoke run" if smoke else None
   if len(analysis) > 1:

@@ -8,7 +8,9 @@ pretraining runs of one task (every arm and seed of it) train side by side; then
 (`config.population_size` caps a program's members; 1 trains them one after another, the
 default on a CPU). A stage builds its task once: its later groups reuse the training split,
 compiled programs and outside sets of the first (`Task.memo`), so a group after the first
-costs its own steps and evaluations only.
+costs its own steps and evaluations only. Then, with `config.closed_form_fractions`, the
+closed-form probes of every arm's frozen starting features (derm_jax/probes.py, seconds per
+arm) and the report.
 """
 
 from __future__ import annotations
@@ -102,6 +104,14 @@ def _run_stages(config, workdir: str, is_main: bool):
     clock.lap(f"{protocol} x{len(members)}")
   for name, test in results.items():
     logging.info("Test split, %s: %s", name, classification.summary_line(test))
+  fractions = tuple(config.get("closed_form_fractions", ()) or ())
+  if fractions and jax.process_count() > 1:
+    logging.info("Closed-form probes are left to one process after the job: python -m "
+                 "derm_jax.probes --workdir=%s", workdir)
+  elif fractions:  # seconds per arm: cached frozen features, ridge and k-NN
+    from derm_jax import probes
+    probes.probe_study(workdir, fractions=fractions, log=logging.info)
+    clock.lap("closed-form probes")
   if is_main:
     path = report.write_report(workdir)
     logging.info("Report written to %s", path)
