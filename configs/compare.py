@@ -22,6 +22,7 @@ from ml_collections import ConfigDict
 
 sys.path.insert(0, os.path.dirname(__file__))
 import classify as classify_config
+import dino as dino_config
 import simclr as simclr_config
 import vae as vae_config
 
@@ -32,10 +33,11 @@ def get_config(arg: str | None = None) -> ConfigDict:
   c = ConfigDict()
   c.task = "compare"
   c.seeds = (0,)
-  # Arms (fixed names): vae, imagenet (the paper's two, the default), scratch, and the
-  # contrastive ones: simclr (SimCLR from scratch on the training images), imagenet_simclr
-  # (ImageNet weights, then SimCLR), micle (as imagenet_simclr, with two images of one
-  # lesion as a positive pair where the data have lesion groups).
+  # Arms (rows of the arm table, derm_jax/arms.py): vae, imagenet (the paper's two, the
+  # default), scratch, the contrastive ones: simclr (SimCLR from scratch on the training
+  # images), imagenet_simclr (ImageNet weights, then SimCLR), micle (as imagenet_simclr, with
+  # two images of one lesion as a positive pair where the data have lesion groups), and the
+  # self-distillation ones: dino (DINO from scratch), imagenet_dino (ImageNet, then DINO).
   c.arms = ("vae", "imagenet")
   c.vae_workdir = ""                 # reuse one pretrained VAE (for every seed) instead of training
   c.vae_per_seed = True              # one VAE per seed (vae/seed_<s>): the VAE arm's spread over
@@ -78,6 +80,7 @@ def get_config(arg: str | None = None) -> ConfigDict:
   c.classifier = classify_config.get_config()
   c.classifier.num_epochs = 10
   c.simclr = simclr_config.get_config()  # contrastive pretraining (simclr, imagenet_simclr, micle)
+  c.dino = dino_config.get_config()      # self-distillation (dino, imagenet_dino)
 
   if arg in ("ham224", "paper"):
     # Full-resolution HAM10000 (bring it: --config.data.manual_dir=/path/HAM10000), stored
@@ -121,6 +124,8 @@ def get_config(arg: str | None = None) -> ConfigDict:
     c.classifier.optimizer.backbone_lr = 3e-4
     c.simclr.num_epochs = 6
     c.simclr.log_every_steps = 20
+    c.dino.num_epochs = 6
+    c.dino.log_every_steps = 20
     if arg == "honest":
       # The study measured honestly: the arms that matter, scored on the unseen-lesion test
       # images (report section "Seen vs unseen lesions") and on ISIC 2018 *test* images (an
@@ -136,14 +141,16 @@ def get_config(arg: str | None = None) -> ConfigDict:
                      "'ham224' or 'paper'.")
   # The shared settings exist once, at the top level (an override of a copy inside a stage
   # would be silently ignored): derm_jax/study/plan.py puts them into each stage.
-  # The contrastive stage keeps its own (stronger) augmentation, `simclr.aug`.
+  # The contrastive and self-distillation stages keep their own (stronger) augmentation,
+  # `simclr.aug` and `dino.aug` (its global views).
   for stage, shared in ((c.vae, ("data", "image_size", "aug")),
                         (c.classifier, ("data", "image_size", "aug")),
-                        (c.simclr, ("data", "image_size"))):
+                        (c.simclr, ("data", "image_size")),
+                        (c.dino, ("data", "image_size"))):
     for field in shared:
       del stage[field]
     del stage.model["backbone"]
     del stage.model["backbone_kwargs"]
-  for stage in (c.classifier, c.simclr):
+  for stage in (c.classifier, c.simclr, c.dino):
     del stage["seed"]  # one per member, from `seeds`
   return c

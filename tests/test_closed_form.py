@@ -343,7 +343,7 @@ def test_probes_command_on_the_study(study, tmp_path):
 
 
 def test_sgd_runs_of_a_study_are_read_beside_the_closed_form_probe(study, tmp_path):
-  from derm_jax import probes
+  from derm_jax.study import probes
   # The folders a study with linear_probe and label_fractions=(0.5, 1) writes, holding a
   # copy of a real run's test_metrics.json.
   metrics_file = study / "arms" / "vae" / "seed_0" / "test_metrics.json"

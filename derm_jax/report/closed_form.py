@@ -43,9 +43,13 @@ def _signed(v: float | None) -> str:
   return "—" if v is None else f"{100 * v:+.1f}"
 
 
-def lines(workdir: str, fig_dir: str | None) -> list[str]:
+def _percent(fraction: float) -> str:
+  return f"{100 * fraction:g}%"
+
+
+def lines(workdir: str, fig_dir: str | None, smoke: bool = False) -> list[str]:
   """The section's markdown lines ([] without closed-form results); draws its figure into
-  `fig_dir` (None: no figure)."""
+  `fig_dir` (None: no figure). A smoke run gets the numbers but no ranking of the arms."""
   doc = read(workdir)
   if doc is None:
     return []
@@ -69,17 +73,18 @@ def lines(workdir: str, fig_dir: str | None) -> list[str]:
   body = []
   for r in rows:
     body.append([
-        f"`{r['arm']}`", closed_form.fraction_key(r["fraction"]),
+        f"`{r['arm']}`", _percent(r["fraction"]),
         "—" if r["n_train"] is None else f"{int(round(r['n_train'])):,}",
-        _pct(r["ridge_balanced_accuracy"], r["ridge_balanced_accuracy_sd"]),
-        _pct(r["knn_balanced_accuracy"], r["knn_balanced_accuracy_sd"]),
+        _pct(r["ridge_balanced_accuracy"], _spread(r, "ridge")),
+        _pct(r["knn_balanced_accuracy"], _spread(r, "knn")),
         _pct(r["sgd_probe_balanced_accuracy"]), _signed(r["ridge_minus_sgd_probe"]),
         _pct(r["sgd_classifier_balanced_accuracy"])])
   L += table(["arm", "fraction", "train images", "ridge", "k-NN", "SGD probe",
               "ridge − SGD probe", "SGD classifier"], body)
   L.append("")
   L += _agreement(rows)
-  L += _ranking(rows)
+  if not smoke:
+    L += _ranking(rows)
   if doc.get("seconds") is not None:
     L.append(f"Cost: {float(doc['seconds']):.0f} s for every arm, seed, fraction and subset "
              "(features computed once per run and cached in its features/ folder); each SGD "
@@ -89,6 +94,13 @@ def lines(workdir: str, fig_dir: str | None) -> list[str]:
     _figure(rows, fileio.join(fig_dir, FIGURE))
     L += [f"![closed-form label efficiency](figures/{FIGURE})", ""]
   return L
+
+
+def _spread(row: dict[str, Any], method: str) -> float | None:
+  """The sd of a cell where it has a spread: over seeds and label subsets, and with all the
+  labels (every subset the same) over seeds only."""
+  spread = row["num_seeds"] if row["fraction"] >= 1.0 else row["num_records"]
+  return row[f"{method}_balanced_accuracy_sd"] if spread > 1 else None
 
 
 def _agreement(rows: list[dict[str, Any]]) -> list[str]:
@@ -103,7 +115,7 @@ def _agreement(rows: list[dict[str, Any]]) -> list[str]:
           f"agree within {100 * AGREE:.0f} points")
   if apart:
     text += "; they differ for " + ", ".join(
-        f"`{r['arm']}` at {closed_form.fraction_key(r['fraction'])} "
+        f"`{r['arm']}` at {_percent(r['fraction'])} "
         f"({_signed(r['ridge_minus_sgd_probe'])})" for r in apart)
   return [text + ".", ""]
 
@@ -116,7 +128,7 @@ def _ranking(rows: list[dict[str, Any]]) -> list[str]:
     if len(at) < 2:
       continue
     at.sort(key=lambda r: -r["ridge_balanced_accuracy"])
-    out.append(f"- {closed_form.fraction_key(f)} of the labels: " + " > ".join(
+    out.append(f"- {_percent(f)} of the labels: " + " > ".join(
         f"`{r['arm']}` {_pct(r['ridge_balanced_accuracy'])}" for r in at))
   if not out:
     return []
@@ -128,7 +140,7 @@ def _figure(rows: list[dict[str, Any]], path: str) -> None:
   lines_: dict[tuple[str, str], list[tuple[float, Any, Any, Any]]] = {}
   for method, label in (("ridge", "ridge probe"), ("knn", "k-NN")):
     for r in rows:
-      est, sd = r[f"{method}_balanced_accuracy"], r[f"{method}_balanced_accuracy_sd"]
+      est, sd = r[f"{method}_balanced_accuracy"], _spread(r, method)
       lo = None if est is None or sd is None else est - sd
       hi = None if est is None or sd is None else est + sd
       lines_.setdefault((r["arm"], label), []).append((r["fraction"], est, lo, hi))

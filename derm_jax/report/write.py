@@ -457,7 +457,7 @@ def write_report(workdir: str, n_boot: int = 2000, seed: int = 0, figures: bool 
     L.append("")
     L += efficiency_lines(eff, EFFICIENCY_METRICS)
   with plots.banner(figure_banner):
-    L += closed_form_lines(workdir, fig_dir if figures else None)
+    L += closed_form_lines(workdir, fig_dir if figures else None, smoke=bool(smoke))
 
   withheld = "smoke run" if smoke else None
   if len(analysis) > 1:

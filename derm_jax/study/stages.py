@@ -9,7 +9,7 @@ pretraining runs of one task (every arm and seed of it) train side by side; then
 default on a CPU). A stage builds its task once: its later groups reuse the training split,
 compiled programs and outside sets of the first (`Task.memo`), so a group after the first
 costs its own steps and evaluations only. Then, with `config.closed_form_fractions`, the
-closed-form probes of every arm's frozen starting features (derm_jax/probes.py, seconds per
+closed-form probes of every arm's frozen starting features (derm_jax/study/probes.py, seconds per
 arm) and the report.
 """
 
@@ -109,7 +109,7 @@ def _run_stages(config, workdir: str, is_main: bool):
     logging.info("Closed-form probes are left to one process after the job: python -m "
                  "derm_jax.probes --workdir=%s", workdir)
   elif fractions:  # seconds per arm: cached frozen features, ridge and k-NN
-    from derm_jax import probes
+    from derm_jax.study import probes
     probes.probe_study(workdir, fractions=fractions, log=logging.info)
     clock.lap("closed-form probes")
   if is_main:
