@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 from conftest import REPO, TINY_COMPARE, run_main
 
+from derm_jax import arms as arm_table
+
 TINY_CLASSIFY = os.path.join(REPO, "tests", "configs", "tiny_classify.py")
 ISIC = os.path.join(REPO, "tests", "data", "isic2018_sample")  # training images: not outside
 TEST_DEV = os.path.join(REPO, "tests", "data", "isic2018_test_dev")  # an outside set
@@ -217,14 +219,15 @@ def test_population_study_stopped_killed_and_resumed_equals_uninterrupted_run(da
     assert json.load(open(a / "test_metrics.json")) == json.load(open(b / "test_metrics.json"))
 
 
-ALL_ARMS = ("vae", "imagenet", "scratch", "simclr", "imagenet_simclr", "micle")
+ALL_ARMS = arm_table.NAMES  # every row of the arm table
 
 
 @pytest.mark.slow
 @pytest.mark.imagenet
 def test_smoke_study_with_every_arm_protocol_and_fraction_on_the_ham10000_sample(tmp_path):
   """configs/compare.py:ham224 made tiny (the HAM10000 sample, lesion-grouped splits) with
-  every arm, both protocols and a label fraction, each stage capped at 2 steps
+  every arm of the arm table (each pretraining task: VAE, SimCLR/MICLe, DINO), both
+  protocols and a label fraction, each stage capped at 2 steps
   (`smoke_steps`): every run is written where the report reads it, the lesion-grouped
   splits reach the arms (subgroup metrics from the metadata), MICLe pretrains, and the
   report names every arm and has the probe and label-efficiency sections."""
@@ -246,10 +249,12 @@ def test_smoke_study_with_every_arm_protocol_and_fraction_on_the_ham10000_sample
       assert cfg["label_fraction"] == (0.5 if base.startswith("fractions") else 1.0)
       assert cfg["freeze_backbone"] == base.endswith("probes")  # :ham224 fine-tunes
       assert (cfg["head"]["hidden"] == 0) == base.endswith("probes")
-  for arm in ("simclr", "imagenet_simclr", "micle"):
+  for arm in ("simclr", "imagenet_simclr", "micle", "dino", "imagenet_dino"):
     cfg = json.load(open(workdir / "pretrain" / arm / "seed_0" / "config.json"))
-    assert cfg["task"] == "simclr"
-    assert cfg["positives"] == ("lesion" if arm == "micle" else "views")
+    assert cfg["task"] == arm_table.get(arm).pretraining
+    assert cfg["init"]["source"] == arm_table.get(arm).start
+    if cfg["task"] == "simclr":
+      assert cfg["positives"] == ("lesion" if arm == "micle" else "views")
     assert json.load(open(workdir / "arms" / arm / "seed_0" / "config.json"))["init"][
         "pretrained_workdir"] == str(workdir / "pretrain" / arm / "seed_0")
   report = (workdir / "report.md").read_text()
@@ -258,3 +263,7 @@ def test_smoke_study_with_every_arm_protocol_and_fraction_on_the_ham10000_sample
     assert f"`{arm}`" in report, arm
   assert "## Second evaluation protocol: linear probe" in report
   assert "## Label efficiency" in report and (workdir / "figures" / "label_efficiency.png").exists()
+  # The closed-form probes of every arm, beside the SGD probe the study trained.
+  assert "## Closed-form probes" in report and "Closed-form vs SGD probe:" in report
+  probes = json.load(open(workdir / "closed_form_probes.json"))
+  assert list(probes["arms"]) == list(ALL_ARMS)

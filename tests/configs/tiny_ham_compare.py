@@ -25,4 +25,9 @@ def get_config(arg=None):
   c.classifier.eval_batch_size = 8
   c.classifier.num_epochs = 2
   c.classifier.log_every_steps = 3
+  c.dino.batch_size = 8
+  c.dino.eval_batch_size = 8
+  c.dino.head.hidden = 64
+  c.dino.head.out_dim = 64
+  c.dino.local_size = 32
   return c
