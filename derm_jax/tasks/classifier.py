@@ -29,7 +29,7 @@ from derm_jax.data import device_augment, outside, registry, run_data
 from derm_jax.evaluation import classification
 from derm_jax.models import classifier as classifier_lib
 from derm_jax.models import registry as model_registry
-from derm_jax.tasks import backbone_init
+from derm_jax.tasks import backbone_init, common
 from derm_jax.train import loop, optim, population
 from derm_jax.train import mesh as mesh_lib
 from derm_jax.train import restore as restore_lib
@@ -109,17 +109,10 @@ def make_optimizer(config, total_steps: int, warmup_steps: int, finetune: bool):
 def _features(backbone, state: ClsState, params, x, rng, train_backbone: bool):
   """Backbone feature map. Frozen: plain inference, outside any gradient."""
   if train_backbone:
-    variables = {"params": params["backbone"], **({"batch_stats": state.batch_stats["backbone"]}
-                                                  if state.batch_stats else {})}
-    if state.batch_stats:
-      feats, upd = backbone.apply(variables, x, train=True, rngs={"dropout": rng},
-                                  mutable=["batch_stats"])
-      return feats, {"backbone": upd["batch_stats"]}
-    return backbone.apply(variables, x, train=True, rngs={"dropout": rng}), state.batch_stats
+    return common.apply_backbone(backbone, params["backbone"], state.batch_stats, x,
+                                 train=True, rng=rng)
   bb_params = params["backbone"] if "backbone" in params else state.frozen["backbone"]
-  variables = {"params": bb_params, **({"batch_stats": state.batch_stats["backbone"]}
-                                       if state.batch_stats else {})}
-  return backbone.apply(variables, x, train=False), state.batch_stats
+  return common.apply_backbone(backbone, bb_params, state.batch_stats, x, train=False)
 
 
 def _cross_entropy(logits, labels):

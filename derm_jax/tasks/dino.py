@@ -58,7 +58,7 @@ from derm_jax.data import device_augment, registry, unlabeled
 from derm_jax.errors import ConfigError
 from derm_jax.evaluation import knn
 from derm_jax.models import registry as model_registry
-from derm_jax.tasks import backbone_init, contrastive
+from derm_jax.tasks import backbone_init, common, contrastive
 from derm_jax.train import loop, optim, population, restore
 from derm_jax.train import mesh as mesh_lib
 from derm_jax.train.population import Member
@@ -339,14 +339,8 @@ def multi_crop_views(images_u8, key, *, image_size: int, aug, local_crops: int,
 def _features(backbone, params, batch_stats, x, rng):
   """(pooled backbone features (N, C) float32, batch_stats) of images `x` in train mode
   (BatchNorm normalises with the batch's statistics and updates its running averages)."""
-  variables = {"params": params["backbone"]}
-  if batch_stats:
-    variables["batch_stats"] = batch_stats["backbone"]
-    feats, upd = backbone.apply(variables, x, train=True, rngs={"dropout": rng},
-                                mutable=["batch_stats"])
-    batch_stats = {"backbone": upd["batch_stats"]}
-  else:
-    feats = backbone.apply(variables, x, train=True, rngs={"dropout": rng})
+  feats, batch_stats = common.apply_backbone(backbone, params["backbone"], batch_stats, x,
+                                             train=True, rng=rng)
   return contrastive.pool_features(feats.astype(jnp.float32)), batch_stats
 
 
@@ -429,10 +423,8 @@ def eval_step(state: DinoState, batch, key, *, teacher_backbone, image_size: int
   what k-NN votes with (DINO evaluates the teacher)."""
   del key  # deterministic
   x = device_augment.model_images(batch["image"], image_size=image_size)
-  variables = {"params": state.teacher["backbone"]}
-  if state.teacher_batch_stats:
-    variables["batch_stats"] = state.teacher_batch_stats["backbone"]
-  feats = teacher_backbone.apply(variables, x, train=False)
+  feats, _ = common.apply_backbone(teacher_backbone, state.teacher["backbone"],
+                                   state.teacher_batch_stats, x, train=False)
   return {"features": contrastive.pool_features(feats).astype(jnp.float32)}
 
 
@@ -440,9 +432,7 @@ SUMMARY_KEYS = ("loss", "teacher_entropy", "teacher_marginal_entropy", "student_
                 "grad_norm", "teacher_temp", "momentum")
 
 
-def summarize_train(outputs: list[dict]) -> dict[str, float]:
-  """Mean of each per-step scalar over a window of steps."""
-  return {k: float(np.mean([o[k] for o in outputs], dtype=np.float64)) for k in SUMMARY_KEYS}
+summarize_train = common.mean_summary(SUMMARY_KEYS)
 
 
 # ----------------------------------------------------------------------------- config checks

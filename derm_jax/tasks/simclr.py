@@ -33,7 +33,7 @@ from derm_jax.data import device_augment, pairs, registry, unlabeled
 from derm_jax.errors import ConfigError
 from derm_jax.evaluation import knn
 from derm_jax.models import registry as model_registry
-from derm_jax.tasks import backbone_init, contrastive
+from derm_jax.tasks import backbone_init, common, contrastive
 from derm_jax.train import loop, optim, population, restore
 from derm_jax.train import mesh as mesh_lib
 from derm_jax.train.population import Member
@@ -112,20 +112,6 @@ def create_train_state(backbone_vars: dict, projection_params, tx) -> SimclrStat
 # ----------------------------------------------------------------------------- steps
 
 
-def _backbone(backbone, params, batch_stats, x, rng, train: bool):
-  """(feature map, batch_stats): train mode updates the BatchNorm statistics."""
-  variables = {"params": params["backbone"]}
-  if batch_stats:
-    variables["batch_stats"] = batch_stats["backbone"]
-  if not train:
-    return backbone.apply(variables, x, train=False), batch_stats
-  if batch_stats:
-    feats, upd = backbone.apply(variables, x, train=True, rngs={"dropout": rng},
-                                mutable=["batch_stats"])
-    return feats, {"backbone": upd["batch_stats"]}
-  return backbone.apply(variables, x, train=True, rngs={"dropout": rng}), batch_stats
-
-
 def train_step(state: SimclrState, batch, key, *, backbone, projection, tx, temperature: float,
                image_size: int, aug, grayscale: float):
   """One optimisation step of one member; its randomness (views, dropout) is a pure function
@@ -139,8 +125,8 @@ def train_step(state: SimclrState, batch, key, *, backbone, projection, tx, temp
   x = jnp.concatenate([v1, v2], axis=0)
 
   def loss_fn(params):
-    feats, bs = _backbone(backbone, params, state.batch_stats, x,
-                          jax.random.fold_in(rng, DROPOUT_STREAM), True)
+    feats, bs = common.apply_backbone(backbone, params["backbone"], state.batch_stats, x,
+                                      train=True, rng=jax.random.fold_in(rng, DROPOUT_STREAM))
     z = projection.apply({"params": params["projection"]}, feats)
     loss, aux = contrastive.nt_xent_loss(z[:n], z[n:], temperature)
     return loss, (aux["accuracy"], bs)
@@ -159,14 +145,12 @@ def eval_step(state: SimclrState, batch, key, *, backbone, image_size: int):
   """Pooled backbone features (float32) of the un-augmented images: what k-NN votes with."""
   del key  # deterministic
   x = device_augment.model_images(batch["image"], image_size=image_size)
-  feats, _ = _backbone(backbone, state.params, state.batch_stats, x, None, False)
+  feats, _ = common.apply_backbone(backbone, state.params["backbone"], state.batch_stats, x,
+                                   train=False)
   return {"features": contrastive.pool_features(feats).astype(jnp.float32)}
 
 
-def summarize_train(outputs: list[dict]) -> dict[str, float]:
-  """Mean of each per-step scalar over a window of steps."""
-  return {k: float(np.mean([o[k] for o in outputs], dtype=np.float64))
-          for k in ("loss", "contrastive_accuracy", "grad_norm")}
+summarize_train = common.mean_summary(("loss", "contrastive_accuracy", "grad_norm"))
 
 
 # ----------------------------------------------------------------------------- lesion groups

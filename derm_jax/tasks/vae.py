@@ -24,7 +24,7 @@ from derm_jax import fileio, plots
 from derm_jax.data import device_augment, input_pipeline, registry, unlabeled
 from derm_jax.evaluation import vae as vae_evaluator
 from derm_jax.models import vae as vae_lib
-from derm_jax.tasks import losses
+from derm_jax.tasks import common, losses
 from derm_jax.train import loop, optim, population, restore
 from derm_jax.train import mesh as mesh_lib
 from derm_jax.train.population import Member
@@ -117,10 +117,7 @@ def _reconstruct_and_sample(state, x, rng, *, model, num_samples: int):
   return recon, samples
 
 
-def summarize_train(outputs: list[dict]) -> dict[str, float]:
-  """Mean of each per-step scalar over a window of steps."""
-  return {k: float(np.mean([o[k] for o in outputs], dtype=np.float64))
-          for k in ("loss", "recon", "kl", "elbo", "grad_norm")}
+summarize_train = common.mean_summary(("loss", "recon", "kl", "elbo", "grad_norm"))
 
 
 def _write_images(task: Task, run: population.Run, step: int, rows: list[dict], p_images):
