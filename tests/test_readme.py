@@ -13,6 +13,8 @@ Not run, and why (SKIPPED):
   install  creates a virtual environment and installs packages (network, minutes).
   honest   needs the full DermaMNIST npz (`/path/to/dermamnist.npz`), which is not in the
            repository, and trains for hours on a CPU.
+  ssl      the same study with the DINO arms, then its closed-form probes (the same reason;
+           the probes' command is tested in tests/test_closed_form.py).
   tests    is the test suite itself.
 """
 
@@ -40,11 +42,14 @@ BLOCKS = (
                 "python -m derm_jax.main --config=configs/compare.py --workdir=runs/own_study")),
   ("outside", ("python -m derm_jax.evaluate --workdir=runs/study/arms/imagenet/seed_0 "
                "--isic_images=tests/data/isic2018_test_dev/",)),
+  ("ssl", ("python -m derm_jax.main --config=configs/compare.py:honest",
+           "python -m derm_jax.probes --workdir=runs/honest_official")),
   ("tests", ("python -m pytest -q -n 2",)),
 )
 SKIPPED = {
   "install": "installs packages",
   "honest": "needs the full DermaMNIST npz, not in the repository; hours on a CPU",
+  "ssl": "needs the full DermaMNIST npz, not in the repository; hours on a CPU",
   "tests": "the test suite itself",
 }
 # What the log of each block's last command ends with (the README shows one such line).
