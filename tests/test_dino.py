@@ -152,6 +152,18 @@ def test_schedules():
   np.testing.assert_allclose([float(wd(s)) for s in (0, 5, 10)], [0.04, 0.22, 0.4], rtol=1e-6)
 
 
+def test_head_outputs_cosines_to_weight_normalised_prototypes():
+  head = dino.DinoHead(hidden=16, bottleneck=8, out_dim=32, batch_norm=True)
+  feats = jnp.asarray(np.random.default_rng(0).normal(size=(6, 2, 2, 12)), jnp.float32)
+  params = head.init(jax.random.key(0), feats)["params"]
+  apply = jax.jit(lambda p: head.apply({"params": p}, feats))
+  logits = np.asarray(apply(params))
+  assert logits.shape == (6, 32) and np.abs(logits).max() <= 1 + 1e-5
+  # A prototype's norm is not a parameter: scaling the kernel changes nothing.
+  scaled = {**params, dino.LAST_LAYER: params[dino.LAST_LAYER] * 3.0}
+  np.testing.assert_allclose(np.asarray(apply(scaled)), logits, rtol=1e-5, atol=1e-6)
+
+
 # ------------------------------------------------------------- 2. the teacher, one real step
 
 
@@ -190,9 +202,10 @@ def test_teacher_gets_no_gradient_and_is_the_scheduled_ema_of_the_student():
   assert dino.teacher_module(convnext).drop_path_rate == 0.0 and convnext.drop_path_rate == 0.1
   backbone = ToyBackbone()  # (dropout's random bits would add seconds of compiling here)
   teacher_bb = dino.teacher_module(backbone)
-  head = dino.DinoHead(hidden=16, bottleneck=8, out_dim=32)
+  head = dino.DinoHead(hidden=16, bottleneck=8, out_dim=32, batch_norm=True)
   variables = _numpy_init(backbone, jnp.zeros((1, 16, 16, 3)), train=False)
   head_params = _numpy_init(head, jnp.zeros((1, 8, 8, 8)))["params"]
+  assert {"bn_0_scale", "bn_1_bias", dino.LAST_LAYER} <= set(head_params)
   opt = config_lib.optimizer(lr=1e-2, weight_decay=0.04)
   opt.weight_decay_end = 0.4
   opt.grad_clip = 3.0

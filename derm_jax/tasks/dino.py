@@ -32,6 +32,9 @@ Choices (and how they follow the paper's code, facebookresearch/dino):
 * Evaluation. DINO evaluates (and hands on) the teacher: `eval_step` gives the pooled
   teacher backbone features the k-NN monitor (derm_jax/evaluation/knn.py) votes with, and
   `backbone_variables` takes the teacher's backbone out of a checkpoint for a classifier.
+* Collapse. Each step reports the teacher's mean entropy and the entropy of its
+  batch-mean distribution; when they meet, the teacher's output says nothing about the
+  image. docs/dino.md has what short runs at our scale measured.
 
 Entry points: `train_members(members)`, `train_and_evaluate(config, workdir)`,
 `evaluate(config, workdir, step)` and `backbone_variables(state_tree)`.
