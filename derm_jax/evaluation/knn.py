@@ -173,3 +173,20 @@ class KnnEvaluator:
       results.append({"knn_accuracy": scores["accuracy"],
                       "knn_balanced_accuracy": scores["balanced_accuracy"]})
     return results
+
+
+def monitor(config, dataset, mesh):
+  """A self-supervised task's `make_evaluator`: k-NN accuracy of the frozen features of
+  each query split against the labelled training split (`config.knn.*`: k, a fixed
+  class-stratified subset of at most `max_train` neighbours, the vote temperature)."""
+  train_labels = np.asarray(dataset.labels("train"))
+
+  def make_evaluator(source, has_labels: bool = True):
+    del has_labels  # k-NN scores labelled queries only
+    return KnnEvaluator(dataset.source("train"), source, train_labels=train_labels,
+                        num_classes=dataset.meta.num_classes,
+                        batch_size=config.eval_batch_size, mesh=mesh, k=config.knn.k,
+                        max_train=config.knn.get("max_train", 0),
+                        temperature=config.knn.get("temperature", 0.07))
+
+  return make_evaluator

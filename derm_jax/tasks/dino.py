@@ -536,14 +536,7 @@ def build(config) -> Task:
 
   schedule = optim.learning_rate_schedule(config.optimizer.lr, total_steps, warmup,
                                           config.optimizer.end_lr_factor)
-  train_labels = np.asarray(dataset.labels("train"))
-
-  def make_evaluator(source, has_labels: bool = True):
-    del has_labels  # k-NN scores labelled queries only
-    return knn.KnnEvaluator(dataset.source("train"), source, train_labels=train_labels,
-                            num_classes=meta.num_classes, batch_size=config.eval_batch_size,
-                            mesh=mesh, k=config.knn.k, max_train=config.knn.get("max_train", 0),
-                            temperature=config.knn.get("temperature", 0.07))
+  make_evaluator = knn.monitor(config, dataset, mesh)
 
   d = config.dino
   step = functools.partial(
