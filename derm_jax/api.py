@@ -1,4 +1,4 @@
-"""The Python API: load a trained classifier run and predict on images.
+"""The Python API: load a trained classifier run and predict on images, or evaluate it.
 
   import derm_jax
   model = derm_jax.load("runs/study/arms/imagenet/seed_0")   # latest checkpoint
@@ -9,6 +9,8 @@ square crop, resized to the run's stored training resolution, then to its model 
 A run folder is self-contained: it keeps its class names, stored image size and training
 class counts (`dataset.json`) beside its config and checkpoints, so it predicts where its
 training data are absent (runs of older versions rebuild their dataset).
+
+  derm_jax.api.evaluate(workdir, split="test")     # what `python -m derm_jax.evaluate` does
 """
 
 from __future__ import annotations
@@ -67,3 +69,35 @@ def load(workdir: str, step: int | None = None) -> Model:
   """The classifier of `workdir` (a classify run, or an arm of a study; a local folder or a
   gs:// URL) at its latest checkpoint, or at `step`."""
   return Model(workdir, step)
+
+
+def evaluate(workdir: str, step: int | None = None, split: str = "test",
+             isic_images: str | None = None, isic_csv: str | None = None,
+             out: str | None = None, leak_free_ids: str | None = None) -> dict:
+  """One classifier run's checkpoint on a project split, on outside ISIC-layout data, or
+  (no CSV) predictions on a folder of images; the CLI `python -m derm_jax.evaluate`."""
+  from derm_jax import fileio, layout
+  from derm_jax.data import run_data
+  from derm_jax.errors import ConfigError
+  from derm_jax.evaluation.scoring import checked_outside, score
+  from derm_jax.tasks import classifier as classifier_task
+  from derm_jax.train import restore
+  from derm_jax.train.population import Member
+  config = layout.read_config(workdir, task="classify")
+  if isic_csv and not isic_images:
+    raise ConfigError("--isic_csv needs --isic_images (the folder of the images it lists).")
+  if isic_images and leak_free_ids:
+    raise ConfigError("--leak_free_ids goes with --split (the project's own splits).")
+  # Outside images need only what the run keeps of its data (data/run_data.py); a project
+  # split needs the data themselves, where config.json says.
+  task = classifier_task.build(config, run_data.load(workdir) if isic_images else None)
+  check = None
+  if isic_images:
+    source, name, image_ids, check = checked_outside(task, workdir, isic_images, isic_csv)
+  else:
+    source, name, image_ids = task.dataset.source(split), split, None
+  run = restore.restore(task, [Member("classifier", workdir, config)], step)
+  out = out or fileio.join(workdir, "eval", f"{name}_step{run.step}")
+  return score(run, source, [out], name=name, split=None if isic_images else split,
+               image_ids=image_ids, isic_images=isic_images, isic_csv=isic_csv,
+               leak_free_ids=leak_free_ids, outside_check=check)[0]

@@ -22,46 +22,11 @@ import sys
 
 from absl import app, flags
 
-from derm_jax import console, fileio, layout
-from derm_jax.errors import ConfigError, DermJaxError
+from derm_jax import console
+from derm_jax.api import evaluate
+from derm_jax.errors import DermJaxError
 
-__all__ = ["evaluate", "load_run_config", "main"]
-
-
-def load_run_config(workdir: str):
-  """A classifier run's config.json (ConfigError if the run is of another task)."""
-  return layout.read_config(workdir, task="classify")
-
-
-def evaluate(workdir: str, step: int | None = None, split: str = "test",
-                        isic_images: str | None = None, isic_csv: str | None = None,
-                        out: str | None = None, leak_free_ids: str | None = None) -> dict:
-  """One classifier run's checkpoint on a project split, on outside ISIC-layout data, or
-  (no CSV) predictions on a folder of images; the CLI `python -m derm_jax.evaluate`."""
-  from derm_jax.data import run_data
-  from derm_jax.evaluation.scoring import checked_outside, score
-  from derm_jax.tasks import classifier as classifier_task
-  from derm_jax.train import restore
-  from derm_jax.train.population import Member
-  config = load_run_config(workdir)
-  if isic_csv and not isic_images:
-    raise ConfigError("--isic_csv needs --isic_images (the folder of the images it lists).")
-  if isic_images and leak_free_ids:
-    raise ConfigError("--leak_free_ids goes with --split (the project's own splits).")
-  # Outside images need only what the run keeps of its data (data/run_data.py); a project
-  # split needs the data themselves, where config.json says.
-  task = classifier_task.build(config, run_data.load(workdir) if isic_images else None)
-  check = None
-  if isic_images:
-    source, name, image_ids, check = checked_outside(task, workdir, isic_images, isic_csv)
-  else:
-    source, name, image_ids = task.dataset.source(split), split, None
-  run = restore.restore(task, [Member("classifier", workdir, config)], step)
-  out = out or fileio.join(workdir, "eval", f"{name}_step{run.step}")
-  return score(run, source, [out], name=name, split=None if isic_images else split,
-               image_ids=image_ids, isic_images=isic_images, isic_csv=isic_csv,
-               leak_free_ids=leak_free_ids, outside_check=check)[0]
-
+__all__ = ["evaluate", "main"]
 
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Classifier workdir (has config.json).")

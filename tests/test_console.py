@@ -64,7 +64,7 @@ def test_unknown_field_names_the_nearest_fields_of_each_stage():
 def test_nearest_fields():
   c = _compare()
   assert set(config_text.nearest_fields(c, "num_epochs")) == {
-      "classifier.num_epochs", "vae.num_epochs", "simclr.num_epochs"}
+      "classifier.num_epochs", "vae.num_epochs", "simclr.num_epochs", "dino.num_epochs"}
   assert config_text.nearest_fields(c, "dat.npz_pth")[0] == "data.npz_path"
   assert config_text.nearest_fields(c, "classifier.optimizer.l")[0] == "classifier.optimizer.lr"
 

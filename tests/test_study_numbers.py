@@ -41,8 +41,8 @@ def _own_copy(run_dir, tmp_path):
 
 def _arm_config(study, arm):
   # The library function (the CLI modules define absl flags: one of them per process).
-  from derm_jax.evaluate import load_run_config
-  return load_run_config(str(_arm(study, arm)))
+  from derm_jax import layout
+  return layout.read_config(str(_arm(study, arm)), task="classify")
 
 
 def _flat(tree):
